@@ -1,0 +1,125 @@
+"""The backbone protocol: what an engine implements to bring its own model.
+
+A backbone owns the model weights and a row-indexed KV cache. The runtime never
+touches either directly; it calls :meth:`Backbone.forward` with a packed
+:class:`ForwardBatch` and manages cache rows through ``alloc_rows``,
+``free_rows`` and ``crop``.
+
+Attention in every decoding mode attends to the *whole* cached prefix of a row
+plus a pattern among the new tokens of that row, so a batch carries one boolean
+``[B, L, L]`` mask over the new tokens (``True`` = may attend) and a named kind
+that a backbone may specialise on:
+
+* ``"causal"``        -- lower-triangular among the new tokens (AR, prefill, verify);
+* ``"bidirectional"`` -- all new tokens of a row see each other (diffusion blocks);
+* ``"mask"``          -- an arbitrary pattern (quadratic self-speculation, mixed rows).
+
+Padding rows (``valid == False``) attend to themselves only and their logits are
+ignored; they never write the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+ATTENTION_KINDS = ("causal", "bidirectional", "mask")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The facts about a model that the runtime needs.
+
+    Attributes
+    ----------
+    vocab_size, max_positions:
+        Logit width and the number of absolute positions the model supports.
+    mask_token_id, bos_token_id, eos_token_id:
+        Special token ids (``eos_token_id`` may be ``None``).
+    block_size:
+        Default block length of the diffusion and self-speculation modes.
+    """
+
+    vocab_size: int
+    max_positions: int
+    mask_token_id: int
+    bos_token_id: int | None
+    eos_token_id: int | None
+    block_size: int
+
+
+@dataclass
+class ForwardBatch:
+    """One packed backbone call.
+
+    Attributes
+    ----------
+    rows:
+        ``[B]`` cache row of each batch row.
+    tokens, positions:
+        ``[B, L]`` int64 token ids and absolute positions. Position ``p`` of a
+        written token is the cache slot it is written to.
+    attention:
+        ``[B, L, L]`` bool, ``attention[b, i, j]``: query ``i`` may attend to new
+        token ``j``. Every query also attends to the whole cached prefix of its row.
+    kind:
+        One of :data:`ATTENTION_KINDS`, a hint that ``attention`` has that shape.
+    kv_write:
+        ``[B, L]`` bool, which tokens write their K/V into the cache.
+    adapter:
+        ``[B, L]`` bool, which tokens run with the draft adapter (if the model has one).
+    valid:
+        ``[B, L]`` bool, ``False`` for padding.
+    """
+
+    rows: list[int]
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    attention: torch.Tensor
+    kind: str
+    kv_write: torch.Tensor
+    adapter: torch.Tensor
+    valid: torch.Tensor
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A model forward over a KV cache that the backbone owns and indexes by row."""
+
+    config: BackboneConfig
+
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Run one packed call and return logits ``[B, L, V]``.
+
+        Queries attend to their row's cached prefix ``[0, cache_length(row))``
+        plus the new tokens allowed by ``batch.attention``. Tokens with
+        ``kv_write`` store their K/V at slot ``positions[b, i]``; the row's
+        cache length then becomes ``max(old, max written position + 1)``.
+        """
+        ...
+
+    def cache_length(self, row: int) -> int:
+        """Number of valid cached positions of ``row``."""
+        ...
+
+    def crop(self, row: int, length: int) -> None:
+        """Forget cached positions ``>= length`` of ``row``."""
+        ...
+
+    def alloc_rows(self, n: int) -> list[int]:
+        """Reserve ``n`` free cache rows (each holds ``config.max_positions`` slots
+        unless the backbone was built with a smaller row capacity).
+
+        Raises ``RuntimeError`` when fewer than ``n`` rows are free.
+        """
+        ...
+
+    def free_row_count(self) -> int:
+        """Number of rows that :meth:`alloc_rows` can still hand out."""
+        ...
+
+    def free_rows(self, rows: list[int]) -> None:
+        """Return rows to the free pool (their contents are discarded)."""
+        ...

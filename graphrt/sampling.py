@@ -1,0 +1,143 @@
+"""Reference semantics of sampling and of the fused decode ops.
+
+These torch functions *define* what the fused ops ``sample``, ``denoise_select``
+and ``verify_accept`` mean; the op registry, the fusion passes and the CUDA
+kernels are all checked against them. Shapes are per request (no batch
+dimension) unless a leading ``...`` is shown.
+
+Conventions (DESIGN.md):
+
+* ties in ``argmax`` go to the lowest index; among equally confident positions
+  the lowest position wins;
+* NaN logits are treated as ``-inf``; a row that is entirely ``-inf`` samples
+  token 0 (the lowest index), so no kernel ever reads or writes out of bounds;
+* at ``T > 0`` a token is the Gumbel-max ``argmax(filtered(logits / T) + g)``
+  with ``g`` from :mod:`graphrt.noise` keyed by the token's absolute position.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphrt import noise
+
+NEG_INF = float("-inf")
+
+
+def clean_logits(logits: torch.Tensor) -> torch.Tensor:
+    """float64 copy of ``logits [..., V]`` with NaN replaced by ``-inf``."""
+    x = logits.to(torch.float64)
+    return torch.where(torch.isnan(x), torch.full_like(x, NEG_INF), x)
+
+
+def argmax_lowest(x: torch.Tensor) -> torch.Tensor:
+    """``argmax`` over the last dim that returns the lowest index among ties.
+
+    NaN counts as ``-inf``; an all ``-inf`` row gives 0.
+    """
+    x = clean_logits(x)
+    best = x.max(dim=-1, keepdim=True).values
+    hit = x == best
+    index = torch.arange(x.shape[-1], device=x.device).expand_as(x)
+    sentinel = torch.full_like(index, x.shape[-1])
+    first = torch.where(hit, index, sentinel).min(dim=-1).values
+    return torch.where(first == x.shape[-1], torch.zeros_like(first), first)
+
+
+def top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask ``[..., V]`` of the ``k`` largest entries (ties: lowest index)."""
+    v = x.shape[-1]
+    if k <= 0 or k >= v:
+        return torch.ones_like(x, dtype=torch.bool)
+    # Stable descending sort keeps lower indices first among equal values.
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    return mask.scatter(-1, order[..., :k], True)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) filtering, float64 ``[..., V]``.
+
+    Filtered-out entries are ``-inf``. Top-p keeps the smallest prefix of the
+    tokens sorted by probability (ties: lowest index) whose mass reaches
+    ``top_p``; the most probable token is always kept.
+    """
+    x = clean_logits(logits) / temperature
+    x = torch.where(top_k_mask(x, top_k), x, torch.full_like(x, NEG_INF))
+    if top_p < 1.0:
+        order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+        probs = torch.softmax(x, dim=-1).gather(-1, order)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        keep_sorted = mass_before < top_p
+        keep_sorted[..., 0] = True
+        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+        x = torch.where(keep, x, torch.full_like(x, NEG_INF))
+    return x
+
+
+def sample(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    seed: int,
+    stream: int,
+    purpose: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Token ids ``[...]`` drawn from ``logits [..., V]``.
+
+    ``temperature == 0`` is greedy (:func:`argmax_lowest`); otherwise Gumbel-max
+    over :func:`filter_logits` with noise keyed by ``positions [...]`` (the
+    absolute position each sampled token will occupy) and ``purpose``.
+    """
+    if temperature <= 0:
+        return argmax_lowest(logits)
+    scores = filter_logits(logits, temperature, top_k, top_p)
+    scores = scores + noise.gumbel(seed, stream, positions, purpose, logits.shape[-1])
+    return argmax_lowest(scores)
+
+
+def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Softmax probability (temperature 1, no noise) of ``tokens [...]`` under ``logits [..., V]``."""
+    probs = torch.softmax(clean_logits(logits), dim=-1)
+    return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).nan_to_num(0.0)
+
+
+def log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability (temperature 1) of ``tokens [...]`` under ``logits [..., V]``, float64."""
+    return torch.log_softmax(clean_logits(logits), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def denoise_select(
+    block: torch.Tensor,
+    candidates: torch.Tensor,
+    conf: torch.Tensor,
+    mask_token_id: int,
+    threshold: float | None,
+    count: int = 1,
+) -> torch.Tensor:
+    """Commit candidates into the masked slots of ``block [L]``; returns the new block.
+
+    Among masked slots: with a ``threshold``, the most confident slot (lowest
+    position on ties) plus every slot whose confidence is ``>= threshold``; with
+    ``threshold=None``, the ``count`` most confident slots. Unmasked slots never
+    change. A block with no mask is returned unchanged.
+    """
+    masked = block == mask_token_id
+    scores = torch.where(masked, conf.to(torch.float64), torch.full_like(conf, NEG_INF, dtype=torch.float64))
+    if threshold is None:
+        chosen = top_k_mask(scores, count) & masked
+    else:
+        best = argmax_lowest(scores)
+        forced = torch.zeros_like(masked).scatter(-1, best.unsqueeze(-1), True)
+        chosen = masked & (forced | (scores >= threshold))
+    return torch.where(chosen, candidates, block)
+
+
+def verify_accept(block: torch.Tensor, ar_tokens: torch.Tensor) -> torch.Tensor:
+    """Number ``k`` of accepted drafts (int64 scalar): the longest run with
+    ``ar_tokens[i] == block[i + 1]``. The emitted tokens are ``ar_tokens[:k + 1]``,
+    the bonus (next seed) is ``ar_tokens[k]`` and the cache keeps ``start + k + 1``."""
+    match = (ar_tokens[:-1] == block[1:]).to(torch.int64)
+    return torch.cumprod(match, dim=-1).sum()
