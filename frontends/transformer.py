@@ -1,0 +1,483 @@
+"""The tri-mode transformer and its KV-cached backbone.
+
+One layer implementation serves two entry points:
+
+* :meth:`Transformer.forward_dense` -- no cache, an explicit ``[B, L, L]`` mask;
+  used by training and as the test reference.
+* :class:`TransformerBackbone` -- implements :class:`graphrt.backbone.Backbone`
+  over a :class:`graphrt.kvcache.RowKVCache`: queries attend to their row's
+  cached prefix plus the new tokens the batch's mask allows.
+
+Architecture (DESIGN.md): pre-norm RMSNorm, GQA, SiLU-gated MLP, RoPE (plain or
+YaRN exactly as transformers computes it, attention factor included), the
+released checkpoints' query scaling ``1 + beta * log(1 + floor(pos / orig))``,
+no biases unless ``attention_bias`` (Qwen2), optional q/k RMSNorm (Qwen3), tied
+embeddings, and an optional LoRA draft adapter on ``o_proj`` applied per token.
+
+Numerics follow transformers: RoPE angles are computed in float32 and cast to the
+model dtype; RMSNorm runs in float32 for half-precision models (and in the model
+dtype for float32/float64).
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graphrt.backbone import ATTENTION_KINDS, BackboneConfig, ForwardBatch
+from graphrt.kvcache import RowKVCache
+
+from .config import ModelConfig
+
+
+# ----------------------------------------------------------------------------- RoPE
+def rope_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``[head_dim // 2]`` (float32) and the cos/sin attention factor.
+
+    Plain RoPE: ``1 / theta ** (2i / d)``, factor 1. YaRN: transformers'
+    ``_compute_yarn_parameters`` (ramp between interpolated and extrapolated
+    frequencies over the correction range of ``beta_fast``/``beta_slow``; factor
+    ``get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)`` or
+    ``0.1 * ln(factor) + 1``).
+    """
+    dim = config.head_dim
+    base = config.rope_theta
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # [d/2]
+    if config.rope_type != "yarn":
+        return 1.0 / pos_freqs, 1.0
+    rp = config.rope_parameters or {}
+    factor = float(rp["factor"])
+    orig = float(rp["original_max_position_embeddings"])
+
+    def get_mscale(scale: float, mscale: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+    attention_factor = rp.get("attention_factor")
+    if attention_factor is None:
+        mscale, mscale_all_dim = rp.get("mscale"), rp.get("mscale_all_dim")
+        if mscale and mscale_all_dim:
+            attention_factor = float(get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim))
+        else:
+            attention_factor = get_mscale(factor)
+    beta_fast = rp.get("beta_fast") or 32
+    beta_slow = rp.get("beta_slow") or 1
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(orig / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rp.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolation_factor = 1 - ramp  # [d/2]
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_factor) + (1.0 / pos_freqs) * extrapolation_factor
+    return inv_freq, float(attention_factor)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, L, d]`` by ``cos/sin [B, L, d]`` (rotate-half convention)."""
+    cos, sin = cos[:, None], sin[:, None]  # [B, 1, L, d]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+# ----------------------------------------------------------------------------- modules
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim (float32 for half dtypes)."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
+
+
+class LoRALinear(nn.Linear):
+    """A bias-free ``nn.Linear`` with an optional LoRA (``lora_A``, ``lora_B``) applied per token.
+
+    State-dict names: ``weight``, ``lora_A.weight [r, in]``, ``lora_B.weight [out, r]``
+    (PEFT's layout). The LoRA delta ``scale * B(A(x))`` is added where ``select``
+    is True.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int | None = None, alpha: float | None = None) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.lora_A: nn.Linear | None = None
+        self.lora_B: nn.Linear | None = None
+        self.lora_scale = 0.0
+        if rank is not None:
+            self.lora_A = nn.Linear(in_features, rank, bias=False)
+            self.lora_B = nn.Linear(rank, out_features, bias=False)
+            self.lora_scale = float(alpha if alpha is not None else rank) / rank
+
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        """``x [B, L, in]``, ``select [B, L]`` bool or None -> ``[B, L, out]``."""
+        out = F.linear(x, self.weight)
+        if self.lora_A is None or select is None:
+            return out
+        delta = self.lora_B(self.lora_A(x)) * self.lora_scale  # [B, L, out]
+        return torch.where(select[..., None], out + delta, out)
+
+
+class Attention(nn.Module):
+    """GQA self-attention with RoPE, optional q/k norm, biases and draft adapter."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h, d = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
+        self.q_proj = nn.Linear(h, self.num_heads * d, bias=config.attention_bias)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=config.attention_bias)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=config.attention_bias)
+        ad = config.draft_adapter
+        self.o_proj = LoRALinear(self.num_heads * d, h,
+                                 rank=None if ad is None else int(ad["rank"]),
+                                 alpha=None if ad is None else float(ad["alpha"]))
+        self.q_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
+                mask: torch.Tensor, adapter: torch.Tensor | None,
+                past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One attention block.
+
+        Parameters
+        ----------
+        x: ``[B, L, hidden]`` normalised input.
+        cos, sin: ``[B, L, d]`` RoPE tables.
+        qscale: ``[B, L]`` query scale or None.
+        mask: ``[B, L, S]`` bool, ``S = P + L`` (P cached keys first, then the L new keys).
+        adapter: ``[B, L]`` bool or None.
+        past_k, past_v: ``[B, kvh, P, d]`` or None (P = 0).
+
+        Returns
+        -------
+        out ``[B, L, hidden]``, and the new tokens' rotated ``k`` and ``v`` ``[B, kvh, L, d]``.
+        """
+        B, L, _ = x.shape
+        H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(B, L, H, d)  # [B, L, H, d]
+        k = self.k_proj(x).view(B, L, KV, d)  # [B, L, KV, d]
+        v = self.v_proj(x).view(B, L, KV, d).transpose(1, 2)  # [B, KV, L, d]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, L, d]
+        k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, KV, L, d]
+        if qscale is not None:
+            q = q * qscale[:, None, :, None]
+        keys = k if past_k is None else torch.cat((past_k, k), dim=2)  # [B, KV, S, d]
+        vals = v if past_v is None else torch.cat((past_v, v), dim=2)  # [B, KV, S, d]
+        # GQA without copying K/V: fold each KV group's query heads into the query axis.
+        g = H // KV
+        S = keys.shape[2]
+        qg = q.reshape(B, KV, g * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
+        mg = mask[:, None, None].expand(B, 1, g, L, S).reshape(B, 1, g * L, S)  # [B, 1, g*L, S]
+        o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mg)  # [B, KV, g*L, d]
+        o = o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
+        return self.o_proj(o, adapter), k, v
+
+
+class MLP(nn.Module):
+    """SiLU-gated MLP: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
+                mask: torch.Tensor, adapter: torch.Tensor | None,
+                past_k: torch.Tensor | None, past_v: torch.Tensor | None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x [B, L, hidden]`` -> (``[B, L, hidden]``, k, v ``[B, KV, L, d]``); see :meth:`Attention.forward`."""
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, past_k, past_v)
+        x = x + a
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k, v
+
+
+class Encoder(nn.Module):
+    """Embedding, decoder layers and final norm (state-dict prefix ``encoder.``)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """The tri-mode transformer (weights named as in DESIGN.md's checkpoint format).
+
+    Parameters
+    ----------
+    config:
+        The architecture.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.diffusion_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.diffusion_head.weight = self.encoder.embed_tokens.weight
+        inv_freq, self.rope_attention_factor = rope_inv_freq(config)
+        self.register_buffer("rope_inv_freq", inv_freq, persistent=False)  # [d/2] float32
+
+    def reset_rope(self, device: torch.device | str | None = None) -> None:
+        """Recompute the (non-persistent) RoPE buffer, e.g. after building on the meta device."""
+        inv_freq, self.rope_attention_factor = rope_inv_freq(self.config)
+        dev = device if device is not None else self.encoder.embed_tokens.weight.device
+        self.rope_inv_freq = inv_freq.to(dev)
+
+    def tie_weights(self) -> None:
+        """Make ``diffusion_head.weight`` the embedding matrix when ``tie_word_embeddings``."""
+        if self.config.tie_word_embeddings:
+            self.diffusion_head.weight = self.encoder.embed_tokens.weight
+
+    # ------------------------------------------------------------------ pieces
+    def rope_tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions [B, L]`` -> ``cos, sin [B, L, d]`` (angles in float32, as transformers)."""
+        freqs = positions[..., None].float() * self.rope_inv_freq.float()  # [B, L, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, L, d]
+        f = self.rope_attention_factor
+        return (emb.cos() * f).to(dtype), (emb.sin() * f).to(dtype)
+
+    def query_scale(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """``1 + beta * log(1 + floor(pos / original_max))`` ``[B, L]``, or None without a beta."""
+        beta = self.config.query_scale_beta
+        if beta is None:
+            return None
+        orig = self.config.original_max_positions
+        return (1 + beta * torch.log(1 + torch.floor(positions / orig))).to(dtype)
+
+    def run_layers(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                   adapter: torch.Tensor | None = None,
+                   past_k: torch.Tensor | None = None, past_v: torch.Tensor | None = None,
+                   return_kv: bool = False,
+                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The whole stack, shared by the dense and the cached path (and what gets compiled).
+
+        Parameters
+        ----------
+        tokens, positions: ``[B, L]`` int64.
+        mask: ``[B, L, P + L]`` bool, True = may attend (P cached keys first).
+        adapter: ``[B, L]`` bool or None.
+        past_k, past_v: ``[B, layers, KV, P, d]`` or None.
+        return_kv: also return the new tokens' K/V.
+
+        Returns
+        -------
+        logits ``[B, L, V]``; and with ``return_kv`` k, v ``[B, L, layers, KV, d]`` (else None).
+        """
+        h = self.encoder.embed_tokens(tokens)  # [B, L, hidden]
+        cos, sin = self.rope_tables(positions, h.dtype)  # [B, L, d]
+        qscale = self.query_scale(positions, h.dtype)  # [B, L] or None
+        if self.encoder.layers[0].self_attn.o_proj.lora_A is None:
+            adapter = None
+        ks, vs = [], []
+        for i, layer in enumerate(self.encoder.layers):
+            pk = None if past_k is None else past_k[:, i]  # [B, KV, P, d]
+            pv = None if past_v is None else past_v[:, i]
+            h, k, v = layer(h, cos, sin, qscale, mask, adapter, pk, pv)
+            if return_kv:
+                ks.append(k)
+                vs.append(v)
+        logits = self.diffusion_head(self.encoder.norm(h))  # [B, L, V]
+        if not return_kv:
+            return logits, None, None
+        k_all = torch.stack(ks, dim=1).permute(0, 3, 1, 2, 4)  # [B, L, layers, KV, d]
+        v_all = torch.stack(vs, dim=1).permute(0, 3, 1, 2, 4)
+        return logits, k_all, v_all
+
+    # ------------------------------------------------------------------ entry points
+    def forward_dense(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                      adapter: torch.Tensor | None = None) -> torch.Tensor:
+        """Cache-free forward (training and test reference).
+
+        Parameters
+        ----------
+        tokens: ``[B, L]`` int64 token ids.
+        positions: ``[B, L]`` int64 absolute positions (RoPE and query scale).
+        mask: ``[B, L, L]`` bool, ``mask[b, i, j]``: query i may attend to key j.
+            Every query must be allowed at least one key (else its output is NaN).
+        adapter: ``[B, L]`` bool, where the draft adapter applies (ignored without one).
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``[B, L, V]`` in the model dtype.
+        """
+        B, L = tokens.shape
+        if positions.shape != (B, L) or mask.shape != (B, L, L) or mask.dtype != torch.bool:
+            raise ValueError(f"forward_dense: expected positions [{B}, {L}] and bool mask [{B}, {L}, {L}], "
+                             f"found positions {list(positions.shape)}, mask {list(mask.shape)} {mask.dtype}")
+        logits, _, _ = self.run_layers(tokens, positions, mask, adapter)
+        return logits
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                adapter: torch.Tensor | None = None) -> torch.Tensor:
+        """Alias of :meth:`forward_dense`."""
+        return self.forward_dense(tokens, positions, mask, adapter)
+
+
+def causal_mask(B: int, L: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[B, L, L]`` bool lower-triangular mask."""
+    return torch.ones(L, L, dtype=torch.bool, device=device).tril().expand(B, L, L)
+
+
+# ----------------------------------------------------------------------------- backbone
+class TransformerBackbone:
+    """A :class:`Transformer` behind :class:`graphrt.backbone.Backbone`, with its own KV cache.
+
+    Parameters
+    ----------
+    model:
+        The model; dtype and device of the cache follow its parameters.
+    max_rows:
+        Number of cache rows (concurrent requests).
+    row_capacity:
+        Slots per row; defaults to ``config.max_position_embeddings``.
+    compile:
+        Run the layer stack under ``torch.compile(dynamic=True)`` so changing
+        ``B``/``L``/prefix length does not recompile every call. Inductor's compiled
+        kernels are cached on disk (``TORCHINDUCTOR_CACHE_DIR``, default under
+        ``/tmp/torchinductor_$USER``) and reused across runs, so only the first
+        run on a machine pays the full compile.
+
+    Notes
+    -----
+    Per call the host reads the rows' cache lengths (kept on the host) to size the
+    prefix, and ``positions``/``kv_write``/``valid`` to update them; pass those as
+    CPU tensors to keep the call free of device-to-host syncs.
+    """
+
+    def __init__(self, model: Transformer, max_rows: int, row_capacity: int | None = None,
+                 compile: bool = False) -> None:
+        self.model = model
+        cfg = model.config
+        self.config: BackboneConfig = cfg.to_backbone_config()
+        capacity = cfg.max_position_embeddings if row_capacity is None else int(row_capacity)
+        if not 0 < capacity <= cfg.max_position_embeddings:
+            raise ValueError(f"TransformerBackbone: row_capacity expected in [1, {cfg.max_position_embeddings}] "
+                             f"(max_position_embeddings), found {row_capacity}")
+        p = next(model.parameters())
+        self.dtype, self.device = p.dtype, p.device
+        self.cache = RowKVCache(max_rows, cfg.num_hidden_layers, cfg.num_key_value_heads, capacity,
+                                cfg.head_dim, dtype=self.dtype, device=self.device)
+        self._has_adapter = cfg.draft_adapter is not None
+        self._run = model.run_layers
+        if compile:
+            self._run = torch.compile(model.run_layers, dynamic=True)
+
+    # ------------------------------------------------------------------ rows
+    def cache_length(self, row: int) -> int:
+        """Number of valid cached positions of ``row``."""
+        return self.cache.length(row)
+
+    def crop(self, row: int, length: int) -> None:
+        """Forget cached positions ``>= length`` of ``row``."""
+        self.cache.crop(row, length)
+
+    def alloc_rows(self, n: int) -> list[int]:
+        """Reserve ``n`` free rows (RuntimeError when too few are free)."""
+        return self.cache.alloc_rows(n)
+
+    def free_row_count(self) -> int:
+        """Rows :meth:`alloc_rows` can still hand out."""
+        return self.cache.free_row_count()
+
+    def free_rows(self, rows: list[int]) -> None:
+        """Return rows to the pool."""
+        self.cache.free_rows(rows)
+
+    # ------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Run one packed call; see :meth:`graphrt.backbone.Backbone.forward`.
+
+        Rows whose id is outside ``[0, max_rows)`` are treated as padding (no prefix,
+        no writes). A query that may attend to nothing (padding) attends to itself,
+        so no output is NaN.
+
+        Returns
+        -------
+        torch.Tensor
+            Logits ``[B, L, V]`` in the model dtype.
+        """
+        tokens = batch.tokens
+        B, L = tokens.shape
+        if len(batch.rows) != B:
+            raise ValueError(f"ForwardBatch: expected {B} rows (tokens is [{B}, {L}]), found {len(batch.rows)}")
+        for name in ("positions", "kv_write", "adapter", "valid"):
+            t = getattr(batch, name)
+            if tuple(t.shape) != (B, L):
+                raise ValueError(f"ForwardBatch.{name}: expected shape [{B}, {L}], found {list(t.shape)}")
+        if tuple(batch.attention.shape) != (B, L, L):
+            raise ValueError(f"ForwardBatch.attention: expected shape [{B}, {L}, {L}], "
+                             f"found {list(batch.attention.shape)}")
+        if batch.kind not in ATTENTION_KINDS:
+            raise ValueError(f"ForwardBatch.kind: expected one of {ATTENTION_KINDS}, found {batch.kind!r}")
+        dev = self.device
+        cache = self.cache
+        in_range = [0 <= r < cache.rows for r in batch.rows]
+        rows = [r if ok else 0 for r, ok in zip(batch.rows, in_range)]
+        lens = [cache.length(r) if ok else 0 for r, ok in zip(rows, in_range)]
+        P = max(lens) if lens else 0
+
+        tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
+        pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
+        valid = batch.valid.to(dev)  # [B, L]
+        new = batch.attention.to(dev) & valid[:, None, :]  # [B, L, L]
+        if P > 0:
+            lens_t = torch.tensor(lens, device=dev)  # [B]
+            prefix = torch.arange(P, device=dev)[None, None, :] < lens_t[:, None, None]  # [B, 1, P]
+            mask = torch.cat((prefix.expand(B, L, P), new), dim=2)  # [B, L, P+L]
+            past_k, past_v = cache.read(rows, P)  # [B, layers, KV, P, d]
+        else:
+            mask, past_k, past_v = new, None, None
+        # A query allowed no key (padding) attends to itself: no NaN.
+        lonely = ~mask.any(dim=2)  # [B, L]
+        eye = torch.eye(L, dtype=torch.bool, device=dev)[None]  # [1, L, L]
+        mask[:, :, P:] |= eye & lonely[:, :, None]
+        adapter = batch.adapter.to(dev) if self._has_adapter else None
+
+        logits, k, v = self._run(tok, pos, mask, adapter, past_k, past_v, return_kv=True)
+        write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
+        if not all(in_range):
+            write = write & torch.tensor(in_range, device=write.device)[:, None]
+        cache.write(rows, batch.positions, write, k, v)
+        return logits
+
+    __call__ = forward
+
+
+__all__ = ["Transformer", "TransformerBackbone", "RMSNorm", "LoRALinear", "rope_inv_freq", "apply_rope",
+           "causal_mask"]
