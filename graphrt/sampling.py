@@ -55,24 +55,28 @@ def top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
     return mask.scatter(-1, order[..., :k], True)
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) filtering, float64 ``[..., V]``.
+def top_p_mask(x: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean nucleus mask ``[..., V]`` over ``softmax(x)``.
 
-    Filtered-out entries are ``-inf``. Top-p keeps the smallest prefix of the
-    tokens sorted by probability (ties: lowest index) whose mass reaches
-    ``top_p``; the most probable token is always kept.
+    Keeps the smallest prefix of the tokens sorted by probability (ties: lowest
+    index) whose mass reaches ``top_p``; the most probable token is always kept.
+    ``top_p >= 1`` keeps everything.
     """
+    if top_p >= 1.0:
+        return torch.ones_like(x, dtype=torch.bool)
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+    probs = torch.softmax(x.to(torch.float64), dim=-1).nan_to_num(0.0).gather(-1, order)
+    mass_before = torch.cumsum(probs, dim=-1) - probs
+    keep_sorted = mass_before < top_p
+    keep_sorted[..., 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p filtering, float64 ``[..., V]``; filtered entries are ``-inf``."""
     x = clean_logits(logits) / temperature
     x = torch.where(top_k_mask(x, top_k), x, torch.full_like(x, NEG_INF))
-    if top_p < 1.0:
-        order = torch.sort(x, dim=-1, descending=True, stable=True).indices
-        probs = torch.softmax(x, dim=-1).gather(-1, order)
-        mass_before = torch.cumsum(probs, dim=-1) - probs
-        keep_sorted = mass_before < top_p
-        keep_sorted[..., 0] = True
-        keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
-        x = torch.where(keep, x, torch.full_like(x, NEG_INF))
-    return x
+    return torch.where(top_p_mask(x, top_p), x, torch.full_like(x, NEG_INF))
 
 
 def sample(

@@ -1,0 +1,194 @@
+"""The built-in decode policies, written with the builder.
+
+Each function returns a :class:`graphrt.policy.Policy`; its graph follows
+DESIGN.md's semantics of the mode exactly (see the docstrings). The policies
+are written in primitives; the pass pipeline fuses them.
+"""
+
+from __future__ import annotations
+
+from graphrt import noise
+from graphrt.backbone import BackboneConfig
+from graphrt.builder import GraphBuilder, Var
+from graphrt.ir import Graph
+from graphrt.library import (DecodeInputs, accept_length, confidence, decode_inputs, denoise_select,
+                             sample_tokens, token_logprobs)
+from graphrt.policy import Policy
+
+MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
+
+
+def _prefill(b: GraphBuilder, io: DecodeInputs) -> tuple[Var, Var, Var, Var]:
+    """Causal prefill writing the prompt's KV; returns (cache, seed, seed_logprob, prompt_len)."""
+    n = b.size(io.prompt)
+    logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all")
+    last = logits[-1]                                              # [V]
+    seed = sample_tokens(b, last, n, io)                           # token at position n
+    return cache, seed, token_logprobs(b, last, seed), n
+
+
+def build_ar(config: BackboneConfig) -> Graph:
+    """Autoregressive decoding: one causal token per forward after the prefill."""
+    b = GraphBuilder("ar")
+    io = decode_inputs(b)
+    cache, tok, lp, pos = _prefill(b, io)
+    done = b.emit(tok.unsqueeze(), 1, lp.unsqueeze())
+
+    def step(cache: Var, tok: Var, pos: Var) -> tuple[Var, ...]:
+        logits, cache = b.forward(cache, tok.unsqueeze(), pos.unsqueeze(), attention="causal", write="all")
+        nxt = sample_tokens(b, logits[0], pos + 1, io)
+        done = b.emit(nxt.unsqueeze(), 1, token_logprobs(b, logits[0], nxt).unsqueeze())
+        return ~done, cache, nxt, pos + 1
+
+    b.loop(~done, [cache, tok, pos], step, name="decode")
+    return b.build()
+
+
+def _check_block(block_length: int | None, threshold: float | None, what: str) -> None:
+    if block_length is not None and (not isinstance(block_length, int) or block_length <= 0):
+        raise ValueError(f"{what}: block_length must be a positive int, found {block_length!r}")
+    if threshold is not None and not (0.0 <= float(threshold) <= 1.0):
+        raise ValueError(f"{what}: threshold must be within [0, 1] (or None for a step schedule), found {threshold!r}")
+
+
+def _denoise_block(b: GraphBuilder, io: DecodeInputs, cache: Var, block: Var, positions: Var, mask_id: int,
+                   eos_id: int | None, threshold: float | None, steps: int, adapter: bool) -> Var:
+    """Iterate bidirectional, read-only forwards until no mask is left (or an EOS with no mask before it)."""
+    length = block.type.shape[0]  # type: ignore[union-attr]
+
+    def unresolved(block: Var) -> Var:
+        masked = block == mask_id
+        if eos_id is None:
+            return masked.any()
+        is_eos = b.cast(block == eos_id, dtype="i64")
+        no_eos_before = (is_eos.cumsum() - is_eos) == 0
+        return (masked & no_eos_before).any()
+
+    n_masks = length - 1
+    base, rem = divmod(n_masks, steps) if threshold is None else (0, 0)
+
+    def denoise(block: Var, step: Var) -> tuple[Var, ...]:
+        extra = [block == mask_id] if adapter else []
+        logits = b.forward(cache, block, positions, *extra, attention="bidirectional", write="none",
+                           adapter="mask" if adapter else "none")
+        cand = sample_tokens(b, logits, positions, io, purpose=noise.DENOISE)
+        conf = confidence(b, logits, cand)
+        count = None if threshold is None else None
+        if threshold is None:
+            count = base + b.cast(step < rem, dtype="i64")
+        block = denoise_select(b, block, cand, conf, mask_id, threshold, count)
+        return unresolved(block), block, step + 1
+
+    block, _ = b.loop(unresolved(block), [block, b.const(0)], denoise, name="denoise")
+    return block
+
+
+def _block_start(b: GraphBuilder, seed: Var, mask_id: int, length: int) -> Var:
+    """``[seed, MASK x (length - 1)]``."""
+    if length == 1:
+        return seed.unsqueeze()
+    return b.concat(seed.unsqueeze(), b.fill(length=length - 1, value=mask_id, dtype="i64"))
+
+
+def build_diffusion(config: BackboneConfig, block_length: int | None = None, threshold: float | None = 0.9,
+                    steps: int | None = None) -> Graph:
+    """Block diffusion: denoise ``[seed, MASK...]`` blocks, then one causal forward writes the block's KV."""
+    blen = block_length or config.block_size
+    steps = steps or blen
+    b = GraphBuilder("diffusion")
+    io = decode_inputs(b)
+    cache, seed, seed_lp, start = _prefill(b, io)
+
+    def block_step(cache: Var, seed: Var, seed_lp: Var, start: Var) -> tuple[Var, ...]:
+        positions = b.arange(start, length=blen)
+        block = _block_start(b, seed, config.mask_token_id, blen)
+        block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, config.eos_token_id,
+                               threshold, steps, adapter=False)
+        logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
+        lps = b.concat(seed_lp.unsqueeze(), token_logprobs(b, logits[:-1], block[1:])) if blen > 1 \
+            else seed_lp.unsqueeze()
+        nxt = sample_tokens(b, logits[-1], start + blen, io)
+        done = b.emit(block, blen, lps)
+        return ~done, cache, nxt, token_logprobs(b, logits[-1], nxt), start + blen
+
+    b.loop(True, [cache, seed, seed_lp, start], block_step, name="block")
+    return b.build()
+
+
+def build_self_spec(config: BackboneConfig, block_length: int | None = None, threshold: float = 0.0) -> Graph:
+    """Linear self-speculation: diffusion draft (read-only), causal verify (writes KV), accept longest prefix."""
+    blen = block_length or config.block_size
+    b = GraphBuilder("self_spec")
+    io = decode_inputs(b)
+    cache, seed, lp, start = _prefill(b, io)
+    done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
+
+    def cycle(cache: Var, seed: Var, start: Var) -> tuple[Var, ...]:
+        positions = b.arange(start, length=blen)
+        block = _block_start(b, seed, config.mask_token_id, blen)
+        block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, None, threshold, blen,
+                               adapter=True)
+        logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
+        ar = sample_tokens(b, logits, positions + 1, io)              # [b] AR token after each slot
+        k = accept_length(b, block, ar)
+        n = k + 1
+        done = b.emit(ar, n, token_logprobs(b, logits, ar))
+        cache = b.commit(cache, start + n)
+        return ~done, cache, b.gather(ar, k), start + n
+
+    b.loop(~done, [cache, seed, start], cycle, name="cycle")
+    return b.build()
+
+
+def ar() -> Policy:
+    """Autoregressive decoding (``ar``)."""
+    return Policy("ar", build_ar)
+
+
+def diffusion(block_length: int | None = None, threshold: float | None = 0.9, steps: int | None = None) -> Policy:
+    """Block diffusion (``diffusion``).
+
+    Parameters
+    ----------
+    block_length:
+        Block length ``b`` (default: the checkpoint's ``block_size``).
+    threshold:
+        Commit the most confident masked slot plus all with confidence >= threshold;
+        ``None`` uses an even schedule of ``steps`` denoise steps per block.
+    steps:
+        Denoise steps per block with ``threshold=None`` (default ``b``).
+    """
+    _check_block(block_length, threshold, "diffusion")
+    if steps is not None and (not isinstance(steps, int) or steps <= 0):
+        raise ValueError(f"diffusion: steps must be a positive int, found {steps!r}")
+    return Policy("diffusion", lambda c: build_diffusion(c, block_length, threshold, steps),
+                  {"block_length": block_length, "threshold": threshold, "steps": steps},
+                  overshoot=lambda c: (block_length or c.block_size) + 1)
+
+
+def self_spec(block_length: int | None = None, threshold: float = 0.0) -> Policy:
+    """Linear self-speculation (``self-spec``): lossless, output equals AR's.
+
+    ``threshold`` is the draft's denoise threshold (0: one forward fills every mask).
+    """
+    _check_block(block_length, threshold, "self_spec")
+    if threshold is None:
+        raise ValueError("self_spec: threshold must be a number in [0, 1], found None")
+    return Policy("self-spec", lambda c: build_self_spec(c, block_length, threshold),
+                  {"block_length": block_length, "threshold": threshold},
+                  overshoot=lambda c: (block_length or c.block_size) + 1)
+
+
+def policy_for_mode(mode: str, block_length: int | None = None, threshold: float | None = None) -> Policy:
+    """The built-in policy for a mode name of the API/CLI (defaults per DESIGN.md)."""
+    if mode == "ar":
+        return ar()
+    if mode == "diffusion":
+        return diffusion(block_length, 0.9 if threshold is None else threshold)
+    if mode == "self-spec":
+        return self_spec(block_length, 0.0 if threshold is None else threshold)
+    if mode == "self-spec-quadratic":
+        from graphrt.passes.forward_merging import merge_forwards
+
+        return merge_forwards(self_spec(block_length, 0.0 if threshold is None else threshold))
+    raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")

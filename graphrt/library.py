@@ -1,0 +1,104 @@
+"""Decode building blocks written in primitives.
+
+Policies call these; each builds the primitive chain whose meaning is the
+corresponding fused op of :mod:`graphrt.sampling` (the fusion passes recognise
+the chains and replace them by ``sample``, ``confidence``, ``denoise_select``
+and ``verify_accept``). Keeping policies in primitives is what lets a policy
+author change one rule (say, the acceptance test) without writing a kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphrt import noise
+from graphrt.builder import GraphBuilder, Var
+from graphrt.types import CACHE, scalar, tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class DecodeInputs:
+    """The standard inputs of a decode policy graph."""
+
+    prompt: Var
+    cache: Var
+    seed: Var
+    stream: Var
+    temperature: Var
+    top_k: Var
+    top_p: Var
+
+
+def decode_inputs(b: GraphBuilder) -> DecodeInputs:
+    """Declare ``prompt i64[P]``, ``cache``, ``seed``, ``stream``, ``temperature``, ``top_k``, ``top_p``."""
+    return DecodeInputs(
+        prompt=b.input("prompt", tensor("i64", "P")),
+        cache=b.input("cache", CACHE),
+        seed=b.input("seed", scalar("i64")),
+        stream=b.input("stream", scalar("i64")),
+        temperature=b.input("temperature", scalar("float")),
+        top_k=b.input("top_k", scalar("i64")),
+        top_p=b.input("top_p", scalar("float")),
+    )
+
+
+def sample_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs, purpose: int = noise.SAMPLE) -> Var:
+    """Tokens ``[...]`` from ``logits [..., V]``: greedy at T = 0, else Gumbel-max (fuses to ``sample``).
+
+    ``positions [...]`` are the absolute positions the sampled tokens will occupy.
+    """
+    x = b.clean(logits)
+    scaled = x / b.maximum(io.temperature, 1e-30)
+    neg = b.const(NEG_INF, "float")
+    kept = b.where(b.topk(scaled, io.top_k), scaled, neg)
+    kept = b.where(b.top_p(kept, io.top_p), kept, neg)
+    g = b.noise(io.seed, io.stream, positions, kept, purpose=purpose)
+    sampled = b.argmax(kept + g)
+    greedy = b.argmax(logits)
+    return b.where(io.temperature > 0.0, sampled, greedy)
+
+
+def confidence(b: GraphBuilder, logits: Var, tokens: Var) -> Var:
+    """Softmax probability of ``tokens`` under ``logits`` (fuses to ``confidence``)."""
+    return b.gather(b.softmax(b.clean(logits)), tokens)
+
+
+def denoise_select(b: GraphBuilder, block: Var, candidates: Var, conf: Var, mask_token_id: int,
+                   threshold: float | None, count: Var | None = None) -> Var:
+    """Commit candidates into masked slots of ``block [L]`` (fuses to ``denoise_select``).
+
+    With a threshold: the most confident masked slot plus every masked slot with
+    confidence ``>= threshold``. With ``threshold=None``: the ``count`` most
+    confident masked slots.
+    """
+    masked = block == mask_token_id
+    scores = b.where(masked, conf, b.const(NEG_INF, "float"))
+    if threshold is None:
+        if count is None:
+            raise ValueError("denoise_select: threshold=None needs a count (slots to commit this step)")
+        chosen = b.topk(scores, count) & masked
+    else:
+        best = b.argmax(scores)
+        forced = b.arange(b.const(0), length=_static_len(block)) == best
+        chosen = masked & (forced | (scores >= float(threshold)))
+    return b.where(chosen, candidates, block)
+
+
+def accept_length(b: GraphBuilder, block: Var, ar_tokens: Var) -> Var:
+    """Longest run with ``ar_tokens[i] == block[i+1]`` (fuses to ``verify_accept``)."""
+    match = ar_tokens[:-1] == block[1:]
+    return b.cast(match, dtype="i64").cumprod().sum()
+
+
+def token_logprobs(b: GraphBuilder, logits: Var, tokens: Var) -> Var:
+    """Log-probabilities (temperature 1) of ``tokens`` under causal ``logits``."""
+    return b.gather(b.log_softmax(b.clean(logits)), tokens)
+
+
+def _static_len(x: Var) -> int:
+    n = x.type.shape[0]  # type: ignore[union-attr]
+    if not isinstance(n, int):
+        raise ValueError(f"expected a block with a static length, found {x.type}")
+    return n
