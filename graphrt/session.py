@@ -1,0 +1,292 @@
+"""The session: many requests, of any modes, sharing backbone calls.
+
+Each round (:meth:`Session.step`) admits waiting requests whose cache row is
+free, collects the pending :class:`~graphrt.executor.ForwardRequest` of every
+active request, packs them into one backbone call (every attention kind is a
+per-row boolean mask, so rows of different modes share a call), and resumes
+each request with its slice of the logits until it suspends again. Emitted
+tokens are checked against the request's budget and stops here; a finished
+request frees its row.
+
+This is the step-level API for engines: ``add`` a request, call ``step`` from
+your scheduler, read ``poll``/``result``, ``cancel`` at will.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from graphrt.backbone import Backbone, ForwardBatch
+from graphrt.compiled import CompiledPolicy
+from graphrt.executor import CacheHandle, CommitRequest, EmitRequest, Event, ForwardRequest, Program
+from graphrt.params import GenerationParams, GenerationResult
+
+
+class TokenizerLike(Protocol):
+    """What the session needs from a tokenizer (stop strings, text output)."""
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str: ...
+
+
+@dataclass
+class _Request:
+    id: int
+    policy: CompiledPolicy
+    prompt: torch.Tensor
+    params: GenerationParams
+    row: int = -1
+    program: Program | None = None
+    pending: ForwardRequest | None = None
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    emit_sizes: list[int] = field(default_factory=list)
+    forwards: int = 0
+    finish_reason: str = ""
+    started: float = 0.0
+    seconds: float = 0.0
+    new: list[int] = field(default_factory=list)
+
+
+class Session:
+    """Active requests over one backbone.
+
+    Parameters
+    ----------
+    backbone:
+        Any :class:`~graphrt.backbone.Backbone`.
+    tokenizer:
+        Optional; needed for stop strings and ``text`` in results.
+    row_capacity:
+        Cache slots per row (defaults to ``backbone.config.max_positions`` plus the
+        largest policy overshoot admitted; the backbone must provide them).
+    """
+
+    def __init__(self, backbone: Backbone, tokenizer: TokenizerLike | None = None,
+                 row_capacity: int | None = None) -> None:
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = backbone.config
+        self.row_capacity = row_capacity
+        self.device = _backbone_device(backbone)
+        self.backbone_calls = 0
+        self._next_id = 0
+        self._waiting: list[_Request] = []
+        self._active: dict[int, _Request] = {}
+        self._done: dict[int, _Request] = {}
+
+    # ------------------------------------------------------------------ public API
+    def add(self, policy: CompiledPolicy, prompt: Sequence[int] | torch.Tensor,
+            params: GenerationParams | None = None) -> int:
+        """Queue a request; returns its id. Validates everything before anything runs.
+
+        Raises ``ValueError`` for an empty prompt, token ids outside the vocabulary,
+        or a prompt whose length plus ``max_new_tokens`` exceeds the model's positions
+        (or the cache row capacity).
+        """
+        params = params or GenerationParams()
+        ids = torch.as_tensor(prompt, dtype=torch.int64).flatten()
+        if ids.numel() == 0:
+            raise ValueError("prompt: expected at least one token, found an empty prompt")
+        vocab = self.config.vocab_size
+        bad = ((ids < 0) | (ids >= vocab)).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise ValueError(f"prompt: token id {int(ids[i])} at index {i} is outside the vocabulary [0, {vocab})")
+        need = ids.numel() + params.max_new_tokens
+        if need > self.config.max_positions:
+            raise ValueError(f"prompt of {ids.numel()} tokens + max_new_tokens {params.max_new_tokens} = {need} "
+                             f"exceeds the model's {self.config.max_positions} positions")
+        capacity = self.row_capacity or getattr(self.backbone, "row_capacity", None)
+        if capacity is not None and need + policy.overshoot > capacity:
+            raise ValueError(f"request needs {need} + {policy.overshoot} (the {policy.name} policy's last-block "
+                             f"slack) cache slots, but a cache row holds {capacity}: it can never be admitted")
+        req = _Request(self._next_id, policy, ids.to(self.device), params)
+        self._next_id += 1
+        self._waiting.append(req)
+        return req.id
+
+    def cancel(self, request_id: int) -> None:
+        """Stop a request now; its result keeps what was emitted so far."""
+        for req in self._waiting:
+            if req.id == request_id:
+                self._waiting.remove(req)
+                req.finish_reason = "cancelled"
+                self._done[req.id] = req
+                return
+        req = self._active.get(request_id)
+        if req is None:
+            if request_id in self._done:
+                return
+            raise KeyError(f"cancel: no request with id {request_id}")
+        self._finish(req, "cancelled")
+
+    @property
+    def has_work(self) -> bool:
+        """Whether any request is waiting or active."""
+        return bool(self._waiting or self._active)
+
+    def step(self) -> dict[int, list[int]]:
+        """One round: admit, run one packed backbone call, resume everyone.
+
+        Returns the tokens each request emitted (after cuts) during this round.
+        """
+        self._admit()
+        batch_reqs = [r for r in self._active.values() if r.pending is not None]
+        if batch_reqs:
+            logits = self._forward(batch_reqs)  # [B, L, V]
+            for i, req in enumerate(batch_reqs):
+                req.forwards += 1
+                n = req.pending.tokens.shape[0]  # type: ignore[union-attr]
+                req.pending = None
+                self._drive(req, lambda r=req, x=logits[i, :n]: r.program.resume(x))  # type: ignore[union-attr]
+        out: dict[int, list[int]] = {}
+        for req in list(self._active.values()) + list(self._done.values()):
+            if req.new:
+                out[req.id], req.new = req.new, []
+        return out
+
+    def run(self) -> dict[int, GenerationResult]:
+        """Step until every request is finished; returns all results by id."""
+        while self.has_work:
+            self.step()
+        return {rid: self.result(rid) for rid in self._done}
+
+    def done(self, request_id: int) -> bool:
+        """Whether the request has finished."""
+        return request_id in self._done
+
+    def result(self, request_id: int) -> GenerationResult:
+        """The result of a finished request."""
+        req = self._done.get(request_id)
+        if req is None:
+            raise KeyError(f"result: request {request_id} is not finished (or does not exist)")
+        text = self.tokenizer.decode(req.tokens, skip_special=True) if self.tokenizer is not None else None
+        if text is not None and req.finish_reason == "stop_string":
+            text = _cut_at_stop_string(text, req.params.stop_strings)
+        return GenerationResult(
+            tokens=list(req.tokens), text=text, forwards=req.forwards, seconds=req.seconds,
+            finish_reason=req.finish_reason, mode=req.policy.name, prompt_tokens=int(req.prompt.numel()),
+            emit_sizes=list(req.emit_sizes), logprobs=list(req.logprobs) if req.params.logprobs else None)
+
+    # ------------------------------------------------------------------ internals
+    def _admit(self) -> None:
+        while self._waiting and self.backbone.free_row_count() > 0:
+            req = self._waiting.pop(0)
+            req.row = self.backbone.alloc_rows(1)[0]
+            self.backbone.crop(req.row, 0)
+            req.started = time.perf_counter()
+            p = req.params
+            dev = self.device
+            inputs: dict[str, Any] = {
+                "prompt": req.prompt, "cache": CacheHandle(req.row),
+                "seed": torch.tensor(p.seed, dtype=torch.int64, device=dev),
+                "stream": torch.tensor(p.stream, dtype=torch.int64, device=dev),
+                "temperature": torch.tensor(float(p.temperature), dtype=torch.float64, device=dev),
+                "top_k": torch.tensor(p.top_k, dtype=torch.int64, device=dev),
+                "top_p": torch.tensor(float(p.top_p), dtype=torch.float64, device=dev),
+            }
+            req.program = Program(req.policy.lowered(dev), inputs)
+            self._active[req.id] = req
+            self._drive(req, req.program.start)
+
+    def _drive(self, req: _Request, resume: Any) -> None:
+        """Advance a request until it waits for a forward or finishes."""
+        event: Event | None = resume()
+        while True:
+            if event is None:
+                self._finish(req, req.finish_reason or "end")
+                return
+            if isinstance(event, ForwardRequest):
+                req.pending = event
+                return
+            if isinstance(event, EmitRequest):
+                if self._on_emit(req, event):
+                    self._finish(req, req.finish_reason)
+                    return
+                event = req.program.resume(False)  # type: ignore[union-attr]
+            elif isinstance(event, CommitRequest):
+                self.backbone.crop(req.row, event.length)
+                event = req.program.resume(None)  # type: ignore[union-attr]
+            else:  # pragma: no cover - Program yields only the three events
+                raise TypeError(f"unexpected event {event!r}")
+
+    def _on_emit(self, req: _Request, event: EmitRequest) -> bool:
+        """Record emitted tokens; returns True when the request is finished."""
+        p = req.params
+        toks = event.tokens.tolist()
+        lps = event.logprobs.tolist() if (p.logprobs and event.logprobs is not None) else [float("nan")] * len(toks)
+        req.emit_sizes.append(len(toks))
+        stops = set(p.stop_token_ids)
+        if not p.ignore_eos and self.config.eos_token_id is not None:
+            stops.add(self.config.eos_token_id)
+        for tok, lp in zip(toks, lps):
+            req.tokens.append(tok)
+            req.new.append(tok)
+            req.logprobs.append(lp)
+            n = len(req.tokens)
+            if n >= p.min_new_tokens and tok in stops:
+                req.finish_reason = "stop"
+                return True
+            if n >= p.min_new_tokens and p.stop_strings and self._stop_string_hit(req):
+                req.finish_reason = "stop_string"
+                return True
+            if n >= p.max_new_tokens:
+                req.finish_reason = "length"
+                return True
+        return False
+
+    def _stop_string_hit(self, req: _Request) -> bool:
+        if self.tokenizer is None:
+            raise ValueError("stop_strings need a tokenizer: load the model with one or pass tokenizer= to Session")
+        tail = self.tokenizer.decode(req.tokens[-16:], skip_special=True)
+        return any(s in tail for s in req.params.stop_strings)
+
+    def _finish(self, req: _Request, reason: str) -> None:
+        if req.program is not None and not req.program.finished:
+            req.program.close()
+        req.pending = None
+        req.finish_reason = reason
+        req.seconds = time.perf_counter() - req.started
+        self._active.pop(req.id, None)
+        if req.row >= 0:
+            self.backbone.free_rows([req.row])
+        self._done[req.id] = req
+
+    def _forward(self, reqs: list[_Request]) -> torch.Tensor:
+        """Pack the pending forwards of ``reqs`` into one backbone call."""
+        pend = [r.pending for r in reqs]
+        B, L = len(pend), max(p.tokens.shape[0] for p in pend)  # type: ignore[union-attr]
+        dev = self.device
+        tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        attention = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
+        kv_write = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        adapter = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        for i, p in enumerate(pend):
+            n = p.tokens.shape[0]  # type: ignore[union-attr]
+            tokens[i, :n] = p.tokens  # type: ignore[union-attr]
+            positions[i, :n] = p.positions  # type: ignore[union-attr]
+            attention[i, :n, :n] = p.attention  # type: ignore[union-attr]
+            kv_write[i, :n] = p.kv_write  # type: ignore[union-attr]
+            adapter[i, :n] = p.adapter  # type: ignore[union-attr]
+            valid[i, :n] = True
+        kinds = {p.kind for p in pend}  # type: ignore[union-attr]
+        kind = kinds.pop() if len(kinds) == 1 and all(p.tokens.shape[0] == L for p in pend) else "mask"  # type: ignore[union-attr]
+        batch = ForwardBatch([r.row for r in reqs], tokens, positions, attention, kind, kv_write, adapter, valid)
+        self.backbone_calls += 1
+        return self.backbone.forward(batch)
+
+
+def _cut_at_stop_string(text: str, stops: Sequence[str]) -> str:
+    hits = [text.find(s) for s in stops if s in text]
+    return text[:min(hits)] if hits else text
+
+
+def _backbone_device(backbone: Backbone) -> torch.device:
+    dev = getattr(backbone, "device", None)
+    return torch.device(dev) if dev is not None else torch.device("cpu")
