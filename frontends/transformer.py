@@ -86,6 +86,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def group_mask(mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[B, L, S]`` -> ``[B, 1, groups*L, S]``: the mask of GQA queries folded per KV head.
+
+    Attention runs with queries ``[B, KV, groups*L, d]`` (each KV head's query heads
+    stacked along the query axis) so K/V are never repeated; every query head of a
+    group shares the token's mask row.
+    """
+    B, L, S = mask.shape
+    return mask[:, None, None].expand(B, 1, groups, L, S).reshape(B, 1, groups * L, S)
+
+
 # ----------------------------------------------------------------------------- modules
 class RMSNorm(nn.Module):
     """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim (float32 for half dtypes)."""
@@ -157,7 +168,8 @@ class Attention(nn.Module):
         x: ``[B, L, hidden]`` normalised input.
         cos, sin: ``[B, L, d]`` RoPE tables.
         qscale: ``[B, L]`` query scale or None.
-        mask: ``[B, L, S]`` bool, ``S = P + L`` (P cached keys first, then the L new keys).
+        mask: ``[B, 1, g*L, S]`` bool from :func:`group_mask`, ``S = P + L`` (P cached keys
+            first, then the L new keys), ``g`` query heads per KV head.
         adapter: ``[B, L]`` bool or None.
         past_k, past_v: ``[B, kvh, P, d]`` or None (P = 0).
 
@@ -179,11 +191,8 @@ class Attention(nn.Module):
         keys = k if past_k is None else torch.cat((past_k, k), dim=2)  # [B, KV, S, d]
         vals = v if past_v is None else torch.cat((past_v, v), dim=2)  # [B, KV, S, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
-        g = H // KV
-        S = keys.shape[2]
-        qg = q.reshape(B, KV, g * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
-        mg = mask[:, None, None].expand(B, 1, g, L, S).reshape(B, 1, g * L, S)  # [B, 1, g*L, S]
-        o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mg)  # [B, KV, g*L, d]
+        qg = q.reshape(B, KV, (H // KV) * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
+        o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mask)  # [B, KV, g*L, d]
         o = o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
         return self.o_proj(o, adapter), k, v
 
@@ -302,11 +311,12 @@ class Transformer(nn.Module):
         qscale = self.query_scale(positions, h.dtype)  # [B, L] or None
         if self.encoder.layers[0].self_attn.o_proj.lora_A is None:
             adapter = None
+        gmask = group_mask(mask, self.config.num_attention_heads // self.config.num_key_value_heads)
         ks, vs = [], []
         for i, layer in enumerate(self.encoder.layers):
             pk = None if past_k is None else past_k[:, i]  # [B, KV, P, d]
             pv = None if past_v is None else past_v[:, i]
-            h, k, v = layer(h, cos, sin, qscale, mask, adapter, pk, pv)
+            h, k, v = layer(h, cos, sin, qscale, gmask, adapter, pk, pv)
             if return_kv:
                 ks.append(k)
                 vs.append(v)
@@ -480,4 +490,4 @@ class TransformerBackbone:
 
 
 __all__ = ["Transformer", "TransformerBackbone", "RMSNorm", "LoRALinear", "rope_inv_freq", "apply_rope",
-           "causal_mask"]
+           "causal_mask", "group_mask"]

@@ -1,0 +1,277 @@
+"""The transformer backbone: dense vs cached paths, and agreement with transformers.
+
+Shapes are tiny (vocab 96, hidden 32, 2 layers); token-for-token checks run in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphrt.backbone import Backbone, ForwardBatch
+from graphrt.frontends.checkpoint import init_random_, load_checkpoint
+from graphrt.frontends.config import ModelConfig, default_test_config
+from graphrt.frontends.transformer import Transformer, TransformerBackbone, causal_mask
+from graphrt.kvcache import RowKVCache
+
+F64 = torch.float64
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = F64, **overrides) -> Transformer:
+    cfg = default_test_config(**overrides)
+    return init_random_(Transformer(cfg), seed).to(dtype).eval()
+
+
+def batch(rows, tokens, positions, attention, *, kind="mask", write=True, adapter=None, valid=None) -> ForwardBatch:
+    B, L = tokens.shape
+    full = torch.ones(B, L, dtype=torch.bool)
+    w = full.clone() if write is True else (~full if write is False else write)
+    return ForwardBatch(rows=list(rows), tokens=tokens, positions=positions, attention=attention, kind=kind,
+                        kv_write=w, adapter=~full if adapter is None else adapter,
+                        valid=full if valid is None else valid)
+
+
+def prefix_block_mask(P: int, block: torch.Tensor) -> torch.Tensor:
+    """Dense ``[1, P+L, P+L]`` mask: causal over the prefix, the new tokens see the whole prefix + ``block``."""
+    L = block.shape[-1]
+    m = torch.zeros(P + L, P + L, dtype=torch.bool)
+    m[:P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+    m[P:, :P] = True
+    m[P:, P:] = block
+    return m[None]
+
+
+def ar_reference(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    B, L = tokens.shape
+    return model.forward_dense(tokens, torch.arange(L).expand(B, L), causal_mask(B, L))
+
+
+# ----------------------------------------------------------------------------- cache
+def test_kvcache_rows_and_errors() -> None:
+    c = RowKVCache(rows=3, layers=1, kv_heads=1, capacity=4, head_dim=2, dtype=F64)
+    assert c.alloc_rows(2) == [0, 1] and c.free_row_count() == 1
+    with pytest.raises(RuntimeError, match="cannot allocate 2 rows: only 1 of 3 are free"):
+        c.alloc_rows(2)
+    k = torch.arange(4, dtype=F64).view(1, 2, 1, 1, 2)  # [B=1, L=2, layers, KV, d]
+    c.write([1], torch.tensor([[2, 0]]), torch.tensor([[True, False]]), k, -k)
+    assert c.length(1) == 3 and c.length(0) == 0
+    rk, rv = c.read([1, 0])
+    assert rk.shape == (2, 1, 1, 3, 2) and torch.equal(rk[0, 0, 0, 2], k[0, 0, 0, 0])
+    assert torch.equal(c.prefix_mask([1, 0], 3), torch.tensor([[True, True, True], [False, False, False]]))
+    with pytest.raises(ValueError, match=r"positions expected in \[0, 4\)"):
+        c.write([1], torch.tensor([[4, 0]]), torch.tensor([[True, False]]), k, k)
+    c.crop(1, 1)
+    assert c.length(1) == 1
+    c.free_rows([1])
+    with pytest.raises(ValueError, match="row 1 is not allocated"):
+        c.free_rows([1])
+    assert c.alloc_rows(2) == [1, 2]
+
+
+# ----------------------------------------------------------------------------- self-consistency
+def test_protocol_and_prefill_then_steps_match_dense() -> None:
+    model = make_model()
+    bb = TransformerBackbone(model, max_rows=2, row_capacity=32)
+    assert isinstance(bb, Backbone) and bb.config.vocab_size == 96
+    tokens = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(1))
+    ref = ar_reference(model, tokens)  # [1, 9, V]
+    (row,) = bb.alloc_rows(1)
+    outs = [bb.forward(batch([row], tokens[:, :5], torch.arange(5)[None], causal_mask(1, 5).clone(), kind="causal"))]
+    for i in range(5, 9):
+        outs.append(bb.forward(batch([row], tokens[:, i:i + 1], torch.tensor([[i]]),
+                                     torch.ones(1, 1, 1, dtype=torch.bool), kind="causal")))
+    torch.testing.assert_close(torch.cat(outs, 1), ref, rtol=0, atol=1e-12)
+    assert bb.cache_length(row) == 9
+
+
+def test_block_bidirectional_read_only_and_arbitrary_mask() -> None:
+    model = make_model(seed=2)
+    bb = TransformerBackbone(model, max_rows=1, row_capacity=16)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 96, (1, 10), generator=g)
+    (row,) = bb.alloc_rows(1)
+    bb.forward(batch([row], tokens[:, :6], torch.arange(6)[None], causal_mask(1, 6).clone(), kind="causal"))
+    pos = torch.arange(6, 10)[None]
+    for kind, block in [("bidirectional", torch.ones(4, 4, dtype=torch.bool)),
+                        ("mask", (torch.rand(4, 4, generator=g) < 0.5) | torch.eye(4, dtype=torch.bool))]:
+        out = bb.forward(batch([row], tokens[:, 6:], pos, block[None].clone(), kind=kind, write=False))
+        ref = model.forward_dense(tokens, torch.arange(10)[None], prefix_block_mask(6, block))[:, 6:]
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        assert bb.cache_length(row) == 6  # read-only
+
+
+def test_crop_then_rewrite() -> None:
+    model = make_model(seed=4)
+    bb = TransformerBackbone(model, max_rows=1, row_capacity=16)
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randint(0, 96, (1, 8), generator=g), torch.randint(0, 96, (1, 3), generator=g)
+    (row,) = bb.alloc_rows(1)
+    bb.forward(batch([row], a, torch.arange(8)[None], causal_mask(1, 8).clone(), kind="causal"))
+    bb.crop(row, 5)
+    assert bb.cache_length(row) == 5
+    out = bb.forward(batch([row], b, torch.arange(5, 8)[None], causal_mask(1, 3).clone(), kind="causal"))
+    ref = ar_reference(model, torch.cat((a[:, :5], b), 1))[:, 5:]
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+
+
+def test_batch_packing_invariance_with_padding() -> None:
+    model = make_model(seed=6)
+    g = torch.Generator().manual_seed(7)
+    p0, p1 = torch.randint(0, 96, (1, 5), generator=g), torch.randint(0, 96, (1, 3), generator=g)
+    n0, n1 = torch.randint(0, 96, (1, 2), generator=g), torch.randint(0, 96, (1, 3), generator=g)
+
+    def prefill(bb: TransformerBackbone, row: int, p: torch.Tensor) -> None:
+        L = p.shape[1]
+        bb.forward(batch([row], p, torch.arange(L)[None], causal_mask(1, L).clone(), kind="causal"))
+
+    solo = TransformerBackbone(model, max_rows=2, row_capacity=16)
+    r0, r1 = solo.alloc_rows(2)
+    prefill(solo, r0, p0)
+    prefill(solo, r1, p1)
+    s0 = solo.forward(batch([r0], n0, torch.tensor([[5, 6]]), causal_mask(1, 2).clone()))
+    s1 = solo.forward(batch([r1], n1, torch.tensor([[3, 4, 5]]), causal_mask(1, 3).clone()))
+
+    packed = TransformerBackbone(model, max_rows=2, row_capacity=16)
+    q0, q1 = packed.alloc_rows(2)
+    prefill(packed, q0, p0)
+    prefill(packed, q1, p1)
+    tokens = torch.cat((torch.cat((n0, torch.tensor([[-1]])), 1), n1, torch.zeros(1, 3, dtype=torch.long)))
+    positions = torch.tensor([[5, 6, 0], [3, 4, 5], [-1, -1, -1]])
+    valid = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
+    attention = causal_mask(3, 3).clone()
+    attention[2] = False  # a padding row that may attend to nothing
+    out = packed.forward(batch([q0, q1, -1], tokens, positions, attention, valid=valid))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, :2], s0[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[1], s1[0], rtol=0, atol=1e-12)
+    assert (packed.cache_length(q0), packed.cache_length(q1)) == (7, 6)
+    torch.testing.assert_close(packed.cache.k[q0, :, :, :7], solo.cache.k[r0, :, :, :7], rtol=0, atol=1e-12)
+
+
+def test_draft_adapter_applies_per_token() -> None:
+    model = make_model(seed=8, draft_adapter={"rank": 4, "alpha": 8})
+    base = make_model(seed=8)
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if "lora" not in k})
+    tokens = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(9))
+    pos, mask = torch.arange(6)[None], causal_mask(1, 6)
+    sel = torch.tensor([[False, False, False, True, True, False]])
+    with_ad = model.forward_dense(tokens, pos, mask, adapter=sel)
+    plain = base.forward_dense(tokens, pos, mask)
+    torch.testing.assert_close(with_ad[:, :3], plain[:, :3], rtol=0, atol=1e-12)
+    assert (with_ad[:, 3:] - plain[:, 3:]).abs().max() > 1e-3
+    bb = TransformerBackbone(model, max_rows=1, row_capacity=8)
+    (row,) = bb.alloc_rows(1)
+    out = bb.forward(batch([row], tokens, pos, mask.clone(), kind="causal", adapter=sel))
+    torch.testing.assert_close(out, with_ad, rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- vs transformers
+transformers = pytest.importorskip("transformers")
+
+
+def hf_model(kind: str, cfg: ModelConfig, ours: Transformer, dtype: torch.dtype):
+    """A transformers model of ``kind`` with ``ours``' weights."""
+    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                  num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                  num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+                  max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if kind == "mistral":
+        hc = transformers.MistralConfig(**common, rope_theta=cfg.rope_theta, sliding_window=None)
+        cls = transformers.MistralForCausalLM
+    elif kind == "ministral3":
+        hc = transformers.Ministral3Config(**common, rope_parameters=dict(cfg.rope_parameters), sliding_window=None)
+        cls = transformers.Ministral3ForCausalLM
+    elif kind == "qwen2":
+        hc = transformers.Qwen2Config(**common, rope_theta=cfg.rope_theta, use_sliding_window=False)
+        cls = transformers.Qwen2ForCausalLM
+    else:
+        hc = transformers.Qwen3Config(**common, rope_theta=cfg.rope_theta, use_sliding_window=False)
+        cls = transformers.Qwen3ForCausalLM
+    hc._attn_implementation = "eager"
+    model = cls(hc).to(dtype).eval()
+    sd = {("lm_head.weight" if k == "diffusion_head.weight" else "model." + k[len("encoder."):]): v
+          for k, v in ours.state_dict().items()}
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and all("rotary" in m for m in missing), (missing, unexpected)
+    return model
+
+
+YARN = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 16384,
+        "beta_fast": 32.0, "beta_slow": 1.0, "llama_4_scaling_beta": 0.1}
+
+
+@pytest.mark.parametrize("kind,overrides", [
+    ("mistral", {}),
+    ("ministral3", {"rope_parameters": {**YARN, "mscale": 1.0, "mscale_all_dim": 1.0}}),
+    ("ministral3", {"rope_parameters": YARN}),  # attention factor 0.1 * ln(16) + 1
+    ("qwen2", {"attention_bias": True}),
+    ("qwen3", {"qk_norm": True}),
+])
+def test_logits_match_transformers(kind: str, overrides: dict) -> None:
+    big = kind == "ministral3"
+    model = make_model(seed=10, dtype=torch.float32, rope_theta=1e6 if big else 10000.0,
+                       max_position_embeddings=16384 * 16 if big else 256, **overrides)
+    ref = hf_model(kind, model.config, model, torch.float32)
+    tokens = torch.randint(0, 96, (1, 8), generator=torch.Generator().manual_seed(11))
+    pos = (torch.tensor([[0, 1, 2, 16383, 16384, 40000, 100000, 262000]]) if big else torch.arange(8)[None])
+    with torch.no_grad():
+        want = ref(input_ids=tokens, position_ids=pos).logits
+        dense = model.forward_dense(tokens, pos, causal_mask(1, 8))
+    torch.testing.assert_close(dense, want, rtol=0, atol=1e-4)
+    bb = TransformerBackbone(model, max_rows=1, row_capacity=16)
+    (row,) = bb.alloc_rows(1)
+    out = bb.forward(batch([row], tokens, pos, causal_mask(1, 8).clone(), kind="causal", write=False))
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-4)
+
+
+def test_load_transformers_checkpoint(tmp_path) -> None:
+    """A ``save_pretrained`` Qwen3 directory loads through the AR name mapping."""
+    model = make_model(seed=12, dtype=torch.float32, qk_norm=True)
+    ref = hf_model("qwen3", model.config, model, torch.float32)
+    ref.save_pretrained(tmp_path / "qwen3")
+    with pytest.warns(UserWarning, match="no mask_token_id"):
+        cfg, loaded = load_checkpoint(tmp_path / "qwen3")
+    assert cfg.qk_norm and cfg.mask_token_id == 95 and cfg.dlm_paradigm == "autoregressive"
+    tokens = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        torch.testing.assert_close(ar_reference(loaded, tokens), ref(input_ids=tokens).logits, rtol=0, atol=1e-4)
+
+
+def test_greedy_generation_matches_transformers_mistral() -> None:
+    model = make_model(seed=14)
+    ref = hf_model("mistral", model.config, model, F64)
+    prompt = torch.randint(3, 96, (1, 5), generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        want = ref.generate(prompt, max_new_tokens=10, do_sample=False, eos_token_id=None, pad_token_id=0)
+    bb = TransformerBackbone(model, max_rows=1, row_capacity=32)
+    (row,) = bb.alloc_rows(1)
+    logits = bb.forward(batch([row], prompt, torch.arange(5)[None], causal_mask(1, 5).clone(), kind="causal"))
+    seq = prompt[0].tolist()
+    for _ in range(10):
+        nxt = int(logits[0, -1].argmax())
+        seq.append(nxt)
+        logits = bb.forward(batch([row], torch.tensor([[nxt]]), torch.tensor([[len(seq) - 1]]),
+                                  torch.ones(1, 1, 1, dtype=torch.bool), kind="causal"))
+    assert seq == want[0].tolist()
+
+
+@pytest.mark.slow
+def test_compiled_backbone_matches_eager() -> None:
+    """Compiled == eager; a new token count L (beyond 0/1 specialisation) does not recompile."""
+    from torch._dynamo.utils import counters
+
+    model = make_model(seed=16, dtype=torch.float32)
+    eager = TransformerBackbone(model, max_rows=1, row_capacity=16)
+    comp = TransformerBackbone(model, max_rows=1, row_capacity=16, compile=True)
+    tokens = torch.randint(0, 96, (1, 11), generator=torch.Generator().manual_seed(17))
+    for bb in (eager, comp):
+        bb.alloc_rows(1)
+    compiled_before_last = 0
+    for lo, hi in [(0, 5), (5, 6), (6, 9), (9, 11)]:
+        if hi == 11:
+            compiled_before_last = counters["stats"]["unique_graphs"]
+        L = hi - lo
+        args = ([0], tokens[:, lo:hi], torch.arange(lo, hi)[None], causal_mask(1, L).clone())
+        torch.testing.assert_close(comp.forward(batch(*args)), eager.forward(batch(*args)), rtol=1e-5, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == compiled_before_last
