@@ -167,7 +167,8 @@ def _safetensors_keys(path: Path) -> list[str]:
 
 
 def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = None,
-                    device: torch.device | str = "cpu") -> tuple[ModelConfig, Transformer]:
+                    device: torch.device | str = "cpu",
+                    adapter: str | os.PathLike[str] | None = None) -> tuple[ModelConfig, Transformer]:
     """Load a checkpoint directory into a :class:`Transformer`.
 
     Parameters
@@ -179,6 +180,11 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = No
         Parameter dtype; default: the stored dtype of the embedding.
     device:
         Where the parameters live.
+    adapter:
+        Optional PEFT LoRA adapter directory (``adapter_config.json`` +
+        ``adapter_model.safetensors``, target ``o_proj``) loaded as the draft adapter;
+        it replaces ``config.draft_adapter``. A checkpoint saved by
+        :func:`save_checkpoint` already holds its adapter and needs none.
 
     Returns
     -------
@@ -196,38 +202,44 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = No
     config, src_type = read_config(root)
     files = _weight_files(root)
     is_ar = src_type != MODEL_TYPE
-    names = {(_map_ar_name(n) if is_ar else n): n for n in files}
-    if is_ar and "diffusion_head.weight" not in names and not config.tie_word_embeddings:
+    # mapped name -> (file, name stored in that file)
+    sources = {(_map_ar_name(n) if is_ar else n): (fp, n) for n, fp in files.items()}
+    if is_ar and "diffusion_head.weight" not in sources and not config.tie_word_embeddings:
         config.tie_word_embeddings = True  # AR checkpoints without lm_head tie it to the embedding
+    if adapter is not None:
+        config.draft_adapter, adapter_sources = read_peft_adapter(adapter)
+        sources.update(adapter_sources)
 
     with torch.device("meta"):
         model = Transformer(config)
     want = expected_shapes(model)
     where = f"{root / (WEIGHTS_NAME if (root / WEIGHTS_NAME).is_file() else INDEX_NAME)}"
-    missing = [n for n in want if n not in names]
+    missing = [n for n in want if n not in sources]
     if missing:
         raise ValueError(f"{where}: expected tensor {missing[0]!r}, found it missing"
                          + (f" (and {len(missing) - 1} more: {missing[1:4]})" if len(missing) > 1 else ""))
-    extra = [n for n in names if n not in want and not (n == "diffusion_head.weight" and config.tie_word_embeddings)
+    extra = [n for n in sources if n not in want and not (n == "diffusion_head.weight" and config.tie_word_embeddings)
              and not n.endswith("rotary_emb.inv_freq")]
     if extra:
-        raise ValueError(f"{where}: unexpected tensor {names[extra[0]]!r} (no such weight in a "
+        fp, stored = sources[extra[0]]
+        raise ValueError(f"{fp}: unexpected tensor {stored!r} (no such weight in a "
                          f"{config.num_hidden_layers}-layer model)"
                          + (f" (and {len(extra) - 1} more: {extra[1:4]})" if len(extra) > 1 else ""))
 
     state: dict[str, torch.Tensor] = {}
-    by_file: dict[Path, list[str]] = {}
+    by_file: dict[Path, list[tuple[str, str]]] = {}
     for n in want:
-        by_file.setdefault(files[names[n]], []).append(n)
+        fp, stored = sources[n]
+        by_file.setdefault(fp, []).append((n, stored))
     for fp, ns in by_file.items():
         try:
             with safe_open(str(fp), framework="pt", device="cpu") as f:
-                for n in ns:
-                    shape = tuple(f.get_slice(names[n]).get_shape())
+                for n, stored in ns:
+                    shape = tuple(f.get_slice(stored).get_shape())
                     if shape != want[n]:
-                        raise ValueError(f"{fp}: tensor {names[n]!r}: expected shape {list(want[n])}, "
+                        raise ValueError(f"{fp}: tensor {stored!r}: expected shape {list(want[n])}, "
                                          f"found {list(shape)}")
-                    state[n] = f.get_tensor(names[n])
+                    state[n] = f.get_tensor(stored)
         except ValueError:
             raise
         except Exception as e:
@@ -240,6 +252,51 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = No
     model.reset_rope(device)
     model.eval()
     return config, model
+
+
+def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[Path, str]]]:
+    """Read a PEFT LoRA adapter on ``o_proj`` (the released drafter's format).
+
+    Returns
+    -------
+    (draft_adapter, sources)
+        ``{"rank": r, "alpha": lora_alpha}`` and mapped tensor name ->
+        (file, stored name), e.g. ``base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight``
+        -> ``encoder.layers.0.self_attn.o_proj.lora_A.weight``.
+
+    Raises
+    ------
+    ValueError
+        Missing/corrupt files, or an adapter other than a plain LoRA on ``o_proj``.
+    """
+    root = Path(path)
+    cfg_path, weights = root / "adapter_config.json", root / "adapter_model.safetensors"
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise ValueError(f"adapter: expected {p.name} in {root}, found none")
+    try:
+        acfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: expected valid JSON, found a corrupt file ({e})") from None
+    if not isinstance(acfg, dict):
+        raise ValueError(f"{cfg_path}: expected a JSON object, found {type(acfg).__name__}")
+    targets = acfg.get("target_modules")
+    targets = [targets] if isinstance(targets, str) else targets
+    checks = [("peft_type", acfg.get("peft_type", "LORA") == "LORA", "LORA"),
+              ("target_modules", targets == ["o_proj"], "['o_proj']"),
+              ("r", isinstance(acfg.get("r"), int) and acfg["r"] > 0, "a positive int"),
+              ("lora_alpha", isinstance(acfg.get("lora_alpha"), (int, float)), "a number"),
+              ("use_rslora", not acfg.get("use_rslora"), "false"),
+              ("use_dora", not acfg.get("use_dora"), "false")]
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{cfg_path}: field {key!r}: expected {expected}, found {acfg.get(key)!r}")
+    sources: dict[str, tuple[Path, str]] = {}
+    for stored in _safetensors_keys(weights):
+        name = stored.removeprefix("base_model.model.")
+        name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        sources[_map_ar_name(name)] = (weights, stored)
+    return {"rank": int(acfg["r"]), "alpha": float(acfg["lora_alpha"])}, sources
 
 
 # ----------------------------------------------------------------------------- save
@@ -388,4 +445,4 @@ def random_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None =
 
 
 __all__ = ["load_checkpoint", "save_checkpoint", "random_checkpoint", "init_random_", "read_config",
-           "default_test_config", "expected_shapes", "AR_MODEL_TYPES"]
+           "default_test_config", "expected_shapes", "read_peft_adapter", "AR_MODEL_TYPES"]

@@ -184,3 +184,25 @@ def test_missing_shard(tmp_path: Path) -> None:
     shard.unlink()
     with pytest.raises(ValueError, match=rf"index.json: shard '{shard.name}' listed in weight_map, expected at "):
         load_checkpoint(root)
+
+
+def test_peft_adapter(tmp_path: Path) -> None:
+    cfg, model = small_model(draft_adapter={"rank": 2, "alpha": 8.0})
+    base_cfg = default_test_config()
+    base = Transformer(base_cfg)
+    base.load_state_dict({k: v for k, v in model.state_dict().items() if "lora" not in k})
+    save_checkpoint(base, base_cfg, tmp_path / "base")
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["o_proj"]}))
+    lora = {"base_model.model.model." + k[len("encoder."):]: v for k, v in model.state_dict().items() if "lora" in k}
+    save_file(lora, ad / "adapter_model.safetensors")
+    cfg2, loaded = load_checkpoint(tmp_path / "base", adapter=ad)
+    assert cfg2.draft_adapter == {"rank": 2, "alpha": 8.0}
+    assert_same(loaded, model)
+    (ad / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"]}))
+    with pytest.raises(ValueError, match=r"adapter_config.json: field 'target_modules': expected \['o_proj'\], "
+                                         r"found \['q_proj', 'o_proj'\]"):
+        load_checkpoint(tmp_path / "base", adapter=ad)
