@@ -1,11 +1,11 @@
 """Byte-level BPE tokenizer for the shipped model, and the runtime's wrapper.
 
-Pre-tokenization splits the text into lines first (each piece is a line
-*including* its trailing run of newlines), then applies the GPT-2 byte-level
-regex inside each line. So a newline always ends a token and a line's
-indentation starts the next line's first token: a prompt cut at a line
-boundary ends in exactly the token the model saw in training before the
-next line, whatever that line's indentation.
+Pre-tokenization splits the text into lines first (each piece is one line
+*including* its newline; a blank line is a piece of its own), then applies
+the GPT-2 byte-level regex inside each line. So every newline ends a token
+and a line's indentation starts the next line's first token: the tokens of a
+prompt cut at a line boundary are a prefix of the tokens of the whole text,
+whatever the next line holds (indentation, or a blank line).
 
 The tokenizer is saved as ``tokenizer.json`` plus ``tokenizer_config.json``
 and ``special_tokens_map.json``, so ``transformers.AutoTokenizer`` /
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 BOS, EOS, PAD, MASK = "<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, MASK)  # ids 0, 1, 2, 3
-LINE_SPLIT_PATTERN = r"[^\n]*\n+|[^\n]+"
+LINE_SPLIT_PATTERN = r"[^\n]*\n|[^\n]+"
 DEFAULT_VOCAB_SIZE = 4096
 
 

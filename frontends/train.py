@@ -1,0 +1,918 @@
+"""``graphrt train``: train the tri-mode model on the standard library's source.
+
+Objective (DESIGN.md, "The shipped model"): every step,
+``L = L_AR + 0.3 * L_diffusion`` on one packed forward per batch row.
+
+Row layout (one ``forward_dense`` call, ``T = L + n_blocks * b`` tokens)::
+
+    [ x_0 ... x_{L-1} | block_0 (b tokens) | block_1 | ... ]
+      clean sequence,    extra query tokens, one group per block
+      causal             block_k sits at positions p_k .. p_k+b-1
+
+* The clean part attends causally to itself (never to a block): its logits at
+  ``i`` give the AR loss on ``x_{i+1}``.
+* Block ``k`` starts at a random offset ``p_k`` in ``[1, L - b]``. Its slot 0
+  holds the clean seed ``x_{p_k}``; of slots ``1..b-1``, ``n`` chosen at random
+  hold the mask token, where per block ``n = b - 1`` (everything but the seed:
+  what self-speculation drafts) with probability ``full_mask_prob``, else
+  ``n`` uniform in ``1..b-1``. Its queries attend to the clean prefix
+  ``x_0 .. x_{p_k - 1}`` and bidirectionally to the whole block; nothing else.
+  That is exactly a diffusion forward at inference (cache = prefix, block =
+  ``[seed, MASK...]`` partly decided), so training mirrors inference.
+* The diffusion loss is on masked slots, predicting their own token (no
+  shift). With ``distill = w > 0`` its target mixes the true token (weight
+  ``1 - w``) with the model's own AR argmax at the same position under the
+  clean prefix (weight ``w``; teacher-forced self-distillation: the AR logit
+  at ``p + j - 1`` predicts the token at ``p + j``; detached). Verification
+  accepts drafts equal to the AR argmax, so this trains drafts toward what
+  gets accepted.
+
+The AR loss is the mean over the ``L - 1`` clean targets, the diffusion loss
+the mean over masked slots. Weights train in float32 under bfloat16 autocast
+(CPU); randomness is a pure function of ``(seed, step)``, so a run resumed from
+its checkpoint reproduces the uninterrupted run's losses exactly.
+
+Outputs under ``--out``: ``ckpt.pt`` (resume state), ``train_log.csv`` and
+``loss_curves.png``, ``tokenizer/`` and ``data/`` (cached token streams), and
+``model/``: the checkpoint in DESIGN.md's format with the tokenizer and
+``training_record.json`` (corpus hash, Python version, arguments, final
+held-out losses and draft quality).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import corpus as corpus_mod
+from .checkpoint import save_checkpoint
+from .config import ModelConfig
+from .tokenizer import Tokenizer, save_tokenizer, train_tokenizer
+from .transformer import Transformer
+
+DIFFUSION_WEIGHT = 0.3
+IGNORE = -100
+CSV_FIELDS = (
+    "step", "lr", "loss", "ar_loss", "diff_loss", "diff_true_loss", "tokens", "elapsed_s",
+    "heldout_ar_loss", "heldout_diff_loss", "draft_slot1_agree", "draft_mean_accepted",
+)
+ARCH_ARGS = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate",
+             "seq_len", "block_size")
+
+
+# ============================================================================ data
+def prepare_data(out_dir: str | Path, vocab_size: int, tokenizer_dir: str | Path | None = None,
+                 ) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Corpus, tokenizer and token streams (cached under ``out_dir``).
+
+    Each split's stream is the concatenation, in corpus order, of
+    ``[bos] + encode(file) + [eos]`` for its files.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        Run directory; the tokenizer goes to ``out_dir/tokenizer`` and the
+        streams to ``out_dir/data`` (reused when corpus and tokenizer match).
+    vocab_size : int
+        BPE vocabulary size when a tokenizer has to be trained.
+    tokenizer_dir : str or Path, optional
+        Use this trained tokenizer instead of training one.
+
+    Returns
+    -------
+    tuple
+        ``(tokenizer, train_stream, heldout_stream, corpus_info)``; the streams
+        are ``uint16`` arrays.
+
+    Raises
+    ------
+    ValueError
+        If the tokenizer's vocabulary does not fit in ``uint16``.
+    """
+    out = Path(out_dir)
+    files = corpus_mod.load_corpus()
+    info = corpus_mod.corpus_info(files)
+    tok_dir = out / "tokenizer"
+    if tokenizer_dir is not None:
+        tok = Tokenizer.from_dir(tokenizer_dir)
+        save_tokenizer(tok.hf, tok_dir)
+    elif (tok_dir / "tokenizer.json").is_file():
+        tok = Tokenizer.from_dir(tok_dir)
+    else:
+        hf = train_tokenizer((f.text for f in corpus_mod.split_texts(files, "train")), vocab_size)
+        save_tokenizer(hf, tok_dir)
+        tok = Tokenizer.from_dir(tok_dir)
+    if tok.vocab_size > 65535:
+        raise ValueError(f"prepare_data: expected a vocabulary < 65536 (uint16 streams), found {tok.vocab_size}")
+    tok_hash = hashlib.sha256((tok_dir / "tokenizer.json").read_bytes()).hexdigest()
+    key = f"{info['sha256']}-{tok_hash}"
+    data_dir = out / "data"
+    meta_path = data_dir / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+        train = np.load(data_dir / "train.npy")
+        heldout = np.load(data_dir / "heldout.npy")
+    else:
+        streams = {}
+        for split in ("train", "heldout"):
+            part = corpus_mod.split_texts(files, split)
+            ids = tok.encode_batch([f.text for f in part])
+            chunks = [np.asarray([tok.bos_id] + x + [tok.eos_id], dtype=np.uint16) for x in ids]
+            streams[split] = np.concatenate(chunks)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        np.save(data_dir / "train.npy", streams["train"])
+        np.save(data_dir / "heldout.npy", streams["heldout"])
+        meta_path.write_text(json.dumps({"key": key, "train_tokens": int(streams["train"].size),
+                                         "heldout_tokens": int(streams["heldout"].size)}) + "\n")
+        train, heldout = streams["train"], streams["heldout"]
+    info = dict(info, tokenizer_sha256=tok_hash, train_tokens=int(train.size), heldout_tokens=int(heldout.size))
+    return tok, train, heldout, info
+
+
+def sample_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random windows of ``length`` tokens from a stream.
+
+    Parameters
+    ----------
+    stream : np.ndarray
+        Token stream (1-D).
+    n, length : int
+        Number and length of windows.
+    gen : torch.Generator
+        Source of the offsets.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n, length]`` int64.
+
+    Raises
+    ------
+    ValueError
+        If the stream is shorter than ``length + 1``.
+    """
+    if stream.size <= length:
+        raise ValueError(f"sample_windows: expected a stream longer than {length} tokens, found {stream.size}")
+    starts = torch.randint(0, stream.size - length, (n,), generator=gen).numpy()
+    return torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
+
+
+def fixed_windows(stream: np.ndarray, n: int, length: int) -> torch.Tensor:
+    """``n`` evenly spaced windows (the held-out evaluation set; deterministic).
+
+    Parameters
+    ----------
+    stream : np.ndarray
+        Token stream (1-D).
+    n, length : int
+        Number and length of windows.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[n, length]`` int64.
+
+    Raises
+    ------
+    ValueError
+        If the stream is shorter than ``length + 1``.
+    """
+    if stream.size <= length:
+        raise ValueError(f"fixed_windows: expected a stream longer than {length} tokens, found {stream.size}")
+    starts = np.linspace(0, stream.size - length - 1, n).astype(np.int64)
+    return torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
+
+
+# ============================================================================ batch
+@dataclass
+class TrainBatch:
+    """One packed training batch (see the module docstring for the layout).
+
+    Attributes
+    ----------
+    tokens : torch.Tensor
+        ``[B, T]`` int64: the clean sequence, then the blocks (``T = L + nb * b``).
+    positions : torch.Tensor
+        ``[B, T]`` int64 absolute positions (block slot j of block k: ``p_k + j``).
+    mask : torch.Tensor
+        ``[B, T, T]`` bool, True = may attend.
+    clean : torch.Tensor
+        ``[B, L]`` the clean sequence.
+    starts : torch.Tensor
+        ``[B, nb]`` block start positions ``p_k``.
+    masked : torch.Tensor
+        ``[B, nb * b]`` bool, which block slots hold the mask token.
+    block_targets : torch.Tensor
+        ``[B, nb * b]`` the clean token at each block slot.
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor
+    clean: torch.Tensor
+    starts: torch.Tensor
+    masked: torch.Tensor
+    block_targets: torch.Tensor
+
+
+def block_training_mask(seq_len: int, starts: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The attention mask of a packed row: causal clean part, then blocks.
+
+    Parameters
+    ----------
+    seq_len : int
+        ``L``, length of the clean sequence.
+    starts : torch.Tensor
+        ``[B, nb]`` block start positions, each in ``[1, L - b]``.
+    block_size : int
+        ``b``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[B, T, T]`` bool with ``T = L + nb * b``: clean query ``i`` sees clean
+        keys ``<= i``; a query of block ``k`` sees clean keys ``< starts[k]``
+        and every key of block ``k``.
+    """
+    B, nb = starts.shape
+    L, b = seq_len, block_size
+    T = L + nb * b
+    mask = torch.zeros(B, T, T, dtype=torch.bool)
+    mask[:, :L, :L] = torch.ones(L, L, dtype=torch.bool).tril()
+    q_start = starts.repeat_interleave(b, dim=1)  # [B, nb*b]
+    mask[:, L:, :L] = torch.arange(L)[None, None, :] < q_start[:, :, None]
+    block_id = torch.arange(nb).repeat_interleave(b)  # [nb*b]
+    mask[:, L:, L:] = block_id[:, None] == block_id[None, :]
+    return mask
+
+
+def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_token_id: int,
+                gen: torch.Generator, full_mask_prob: float = 0.5) -> TrainBatch:
+    """Pack clean sequences and randomly placed, partly masked blocks into one batch.
+
+    Parameters
+    ----------
+    clean : torch.Tensor
+        ``[B, L]`` int64 clean token windows.
+    block_size : int
+        ``b`` (at least 2).
+    blocks_per_seq : int
+        ``nb`` blocks per row.
+    mask_token_id : int
+        Id written into masked slots.
+    gen : torch.Generator
+        Source of offsets, ratios and slot choices.
+    full_mask_prob : float
+        Probability that a block has every slot but the seed masked; otherwise
+        the number of masked slots is uniform in ``1..b-1``.
+
+    Returns
+    -------
+    TrainBatch
+
+    Raises
+    ------
+    ValueError
+        If ``b < 2`` or ``L < b + 1``.
+    """
+    B, L = clean.shape
+    b, nb = block_size, blocks_per_seq
+    if b < 2 or L < b + 1:
+        raise ValueError(f"build_batch: expected block_size >= 2 and seq_len >= block_size + 1, "
+                         f"found block_size={b}, seq_len={L}")
+    starts = torch.randint(1, L - b + 1, (B, nb), generator=gen)  # [B, nb]
+    pos = starts[..., None] + torch.arange(b)  # [B, nb, b]
+    blk_clean = torch.gather(clean, 1, pos.view(B, -1)).view(B, nb, b)  # [B, nb, b]
+    full = torch.rand(B, nb, generator=gen) < full_mask_prob  # [B, nb]
+    n_mask = torch.where(full, b - 1, torch.randint(1, b, (B, nb), generator=gen))  # [B, nb]
+    rank = torch.rand(B, nb, b - 1, generator=gen).argsort(-1).argsort(-1)  # [B, nb, b-1]
+    masked = torch.zeros(B, nb, b, dtype=torch.bool)
+    masked[..., 1:] = rank < n_mask[..., None]
+    blk_tokens = torch.where(masked, torch.full_like(blk_clean, mask_token_id), blk_clean)
+    tokens = torch.cat((clean, blk_tokens.view(B, -1)), dim=1)  # [B, T]
+    positions = torch.cat((torch.arange(L).expand(B, L), pos.view(B, -1)), dim=1)  # [B, T]
+    return TrainBatch(tokens=tokens, positions=positions, mask=block_training_mask(L, starts, b),
+                      clean=clean, starts=starts, masked=masked.view(B, -1),
+                      block_targets=blk_clean.view(B, -1))
+
+
+def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
+                   autocast: bool = True) -> dict[str, torch.Tensor]:
+    """The joint objective on one batch.
+
+    Parameters
+    ----------
+    model : Transformer
+        The model.
+    batch : TrainBatch
+        From :func:`build_batch`.
+    distill : float
+        Weight ``w`` of the self-distillation target in the diffusion loss.
+    autocast : bool
+        Run the forward under bfloat16 autocast.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        ``loss`` (``ar + 0.3 * diff``), ``ar``, ``diff`` (the mixed-target
+        diffusion loss), ``diff_true`` (diffusion loss on the true tokens).
+    """
+    B, L = batch.clean.shape
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model.forward_dense(batch.tokens, batch.positions, batch.mask)  # [B, T, V]
+    ar_logits = logits[:, :L - 1].float()  # [B, L-1, V]
+    ar = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), batch.clean[:, 1:].reshape(-1))
+    sel = batch.masked  # [B, nb*b]
+    d_logits = logits[:, L:][sel].float()  # [M, V]
+    diff_true = F.cross_entropy(d_logits, batch.block_targets[sel])
+    diff = diff_true
+    if distill > 0:
+        nbb = sel.shape[1]
+        b = nbb // batch.starts.shape[1]
+        src = batch.starts.repeat_interleave(b, dim=1) + torch.arange(b).repeat(nbb // b) - 1  # [B, nb*b]
+        rows = torch.arange(B)[:, None].expand(B, nbb)
+        teacher = ar_logits[rows[sel], src[sel]].detach().argmax(-1)  # [M]
+        diff = (1 - distill) * diff_true + distill * F.cross_entropy(d_logits, teacher)
+    return {"loss": ar + DIFFUSION_WEIGHT * diff, "ar": ar, "diff": diff, "diff_true": diff_true}
+
+
+# ============================================================================ measurement
+def draft_mask(prefix_len: int, block_size: int, batch: int) -> torch.Tensor:
+    """Mask of a draft forward: causal prefix, then a block over prefix + block.
+
+    Parameters
+    ----------
+    prefix_len, block_size, batch : int
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, P + b, P + b]`` bool.
+    """
+    P, b = prefix_len, block_size
+    starts = torch.full((batch, 1), P, dtype=torch.long)
+    return block_training_mask(P, starts, b)
+
+
+@torch.no_grad()
+def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, mask_token_id: int,
+                   autocast: bool = False) -> dict[str, Any]:
+    """Draft quality as linear self-speculation sees it.
+
+    For each prefix: greedy AR continuation ``g_0 .. g_{b-1}`` (``g_0`` is the
+    seed); one diffusion forward over ``[g_0, MASK x (b-1)]`` after the
+    prefix gives drafts ``d_1 .. d_{b-1}`` (argmax per slot). Verification
+    accepts the longest run with ``d_j == g_j``.
+
+    Parameters
+    ----------
+    model : Transformer
+        The model (evaluation mode is not required: it has no dropout).
+    prefixes : torch.Tensor
+        ``[N, P]`` int64 prefixes.
+    block_size : int
+        ``b``.
+    mask_token_id : int
+        The mask token.
+    autocast : bool
+        Run under bfloat16 autocast.
+
+    Returns
+    -------
+    dict
+        ``slot_agree`` (list of ``b - 1`` rates ``P(d_j == g_j)``),
+        ``accept_hist`` (counts of ``k = 0..b-1`` accepted drafts),
+        ``mean_accepted`` (``E[k]``) and ``linear_tpf_estimate``
+        (``(E[k] + 1) / 2``: one draft and one verify forward per cycle).
+    """
+    N, P = prefixes.shape
+    b = block_size
+    seq = prefixes
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for _ in range(b):
+            n = seq.shape[1]
+            pos = torch.arange(n).expand(N, n)
+            causal = torch.ones(n, n, dtype=torch.bool).tril().expand(N, n, n)
+            nxt = model.forward_dense(seq, pos, causal)[:, -1].float().argmax(-1)  # [N]
+            seq = torch.cat((seq, nxt[:, None]), dim=1)
+        greedy = seq[:, P:]  # [N, b]
+        block = torch.cat((greedy[:, :1], torch.full((N, b - 1), mask_token_id)), dim=1)  # [N, b]
+        tokens = torch.cat((prefixes, block), dim=1)
+        pos = torch.arange(P + b).expand(N, P + b)
+        logits = model.forward_dense(tokens, pos, draft_mask(P, b, N))  # [N, P+b, V]
+    drafts = logits[:, P + 1:].float().argmax(-1)  # [N, b-1]
+    agree = drafts == greedy[:, 1:]  # [N, b-1]
+    accepted = agree.long().cumprod(dim=1).sum(dim=1)  # [N]
+    mean_k = accepted.float().mean().item()
+    return {
+        "slot_agree": [round(x, 4) for x in agree.float().mean(0).tolist()],
+        "accept_hist": torch.bincount(accepted, minlength=b).tolist(),
+        "mean_accepted": round(mean_k, 4),
+        "linear_tpf_estimate": round((mean_k + 1) / 2, 4),
+        "n_prefixes": N,
+    }
+
+
+@torch.no_grad()
+def heldout_losses(model: Transformer, windows: torch.Tensor, block_size: int, blocks_per_seq: int,
+                   mask_token_id: int, full_mask_prob: float, batch_size: int = 16,
+                   autocast: bool = True) -> dict[str, float]:
+    """AR and diffusion loss on fixed held-out windows (fixed masks, seed 0).
+
+    Parameters
+    ----------
+    model : Transformer
+    windows : torch.Tensor
+        ``[N, L]`` from :func:`fixed_windows`.
+    block_size, blocks_per_seq, mask_token_id : int
+        As in training.
+    full_mask_prob : float
+        As in training.
+    batch_size : int
+        Windows per forward.
+    autocast : bool
+        Run under bfloat16 autocast.
+
+    Returns
+    -------
+    dict[str, float]
+        ``ar`` and ``diff`` (true targets), averaged over batches.
+    """
+    gen = torch.Generator().manual_seed(0)
+    ar, diff, n = 0.0, 0.0, 0
+    for i in range(0, windows.shape[0], batch_size):
+        batch = build_batch(windows[i:i + batch_size], block_size, blocks_per_seq, mask_token_id, gen,
+                            full_mask_prob)
+        out = compute_losses(model, batch, 0.0, autocast)
+        ar += out["ar"].item()
+        diff += out["diff_true"].item()
+        n += 1
+    return {"ar": ar / n, "diff": diff / n}
+
+
+# ============================================================================ model
+def model_config(args: argparse.Namespace, tok: Tokenizer) -> ModelConfig:
+    """The :class:`ModelConfig` a run trains (from the size arguments).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``train`` arguments.
+    tok : Tokenizer
+        The tokenizer (vocabulary size and special ids).
+
+    Returns
+    -------
+    ModelConfig
+    """
+    cfg = ModelConfig(
+        vocab_size=tok.vocab_size, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        head_dim=args.head_dim, rms_norm_eps=1e-5, rope_theta=10000.0, rope_parameters=None,
+        max_position_embeddings=args.seq_len, tie_word_embeddings=False,
+        bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, mask_token_id=tok.mask_id,
+        pad_token_id=tok.pad_id, block_size=args.block_size, dlm_paradigm="block_diff",
+    )
+    cfg.validate("train arguments")
+    return cfg
+
+
+def init_weights_(model: Transformer, seed: int, std: float = 0.02) -> None:
+    """GPT-2 style init in place: N(0, std), residual outputs scaled by ``1/sqrt(2 * layers)``, norms 1.
+
+    Parameters
+    ----------
+    model : Transformer
+    seed : int
+    std : float
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_layers = model.config.num_hidden_layers
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+                continue
+            s = std / math.sqrt(2 * n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+            p.copy_(torch.randn(p.shape, generator=g) * s)
+
+
+def lr_at(step: int, peak: float, warmup: int, decay_start: int, total: int, final_frac: float = 0.02) -> float:
+    """Warmup-stable-decay learning rate at ``step`` (0-based).
+
+    Parameters
+    ----------
+    step : int
+    peak : float
+    warmup : int
+        Linear warmup steps.
+    decay_start, total : int
+        Linear decay from ``peak`` at ``decay_start`` to ``final_frac * peak`` at ``total``.
+    final_frac : float
+
+    Returns
+    -------
+    float
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step < decay_start:
+        return peak
+    frac = min(1.0, (step - decay_start) / max(1, total - decay_start))
+    return peak * (1 - (1 - final_frac) * frac)
+
+
+# ============================================================================ logging
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the loss log (one row per logging interval).
+
+    Parameters
+    ----------
+    rows : list[dict]
+        Rows keyed by :data:`CSV_FIELDS` (missing keys are blank).
+    path : Path
+    """
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+    tmp.replace(path)
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """PNG of the training and held-out losses and the draft acceptance.
+
+    Parameters
+    ----------
+    rows : list[dict]
+        The loss log.
+    path : Path
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["ar_loss"] for r in rows], label="train AR", lw=1)
+    ax.plot(steps, [r["diff_true_loss"] for r in rows], label="train diffusion (true tokens)", lw=1)
+    ev = [r for r in rows if r.get("heldout_ar_loss", "") != ""]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["heldout_ar_loss"] for r in ev], "o-", label="held-out AR")
+        ax.plot([r["step"] for r in ev], [r["heldout_diff_loss"] for r in ev], "s-", label="held-out diffusion")
+        ax2.plot([r["step"] for r in ev], [r["draft_mean_accepted"] for r in ev], "o-",
+                 label="mean accepted drafts / cycle")
+        ax2.plot([r["step"] for r in ev], [r["draft_slot1_agree"] for r in ev], "s-",
+                 label="slot-1 agreement with AR")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ax2.set_xlabel("step")
+    ax2.set_title("held-out drafts (one denoise forward, greedy AR reference)")
+    if ev:
+        ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ============================================================================ resume state
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_train_state(path: Path, model: Transformer, opt: torch.optim.Optimizer, step: int,
+                     sched: dict[str, int], rows: list[dict[str, Any]], elapsed: float,
+                     args: argparse.Namespace) -> None:
+    """Write the resume checkpoint atomically.
+
+    Parameters
+    ----------
+    path : Path
+        ``out/ckpt.pt``.
+    model, opt :
+        Model and optimizer.
+    step : int
+        Number of completed steps.
+    sched : dict
+        ``decay_start`` and ``total`` of the schedule (they move under ``--minutes``).
+    rows : list[dict]
+        The loss log so far.
+    elapsed : float
+        Training seconds so far.
+    args : argparse.Namespace
+        The run's arguments.
+    """
+    state = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "sched": dict(sched),
+        "rows": rows, "elapsed": elapsed, "rng": _rng_state(), "args": _args_dict(args),
+        "config": model.config.to_dict(),
+    }
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+# ============================================================================ run
+def run(args: argparse.Namespace) -> int:
+    """Prepare the data, then train (or resume) a model; see the module docstring.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``graphrt train`` arguments.
+
+    Returns
+    -------
+    int
+        0 on success.
+
+    Raises
+    ------
+    ValueError
+        On inconsistent arguments, or when ``--resume`` finds a checkpoint of a
+        different architecture.
+    """
+    torch.set_num_threads(args.threads)
+    if args.block_size < 2 or args.seq_len < args.block_size + 2:
+        raise ValueError(f"train: expected 2 <= --block-size < --seq-len - 1, found block_size={args.block_size}, "
+                         f"seq_len={args.seq_len}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer)
+    result = train(args, tok, train_stream, heldout_stream, info)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, heldout_stream: np.ndarray,
+          info: dict[str, Any]) -> dict[str, Any]:
+    """The training loop on prepared token streams.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``train`` arguments (``args.out`` is the run directory).
+    tok : Tokenizer
+        The tokenizer (saved with the model).
+    train_stream, heldout_stream : np.ndarray
+        Token streams (see :func:`prepare_data`).
+    info : dict
+        Corpus record (see :func:`graphrt.frontends.corpus.corpus_info`).
+
+    Returns
+    -------
+    dict
+        ``steps``, ``stop_reason``, ``model`` (the exported directory, or None
+        when stopped by ``--stop-after``) and ``final`` (held-out evaluation).
+
+    Raises
+    ------
+    ValueError
+        When ``--resume`` finds a checkpoint of a different architecture.
+    """
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = model_config(args, tok)
+    torch.manual_seed(args.seed)
+    model = Transformer(config)
+    init_weights_(model, args.seed)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    sched = {"decay_start": int(args.steps * (1 - args.decay_frac)), "total": args.steps}
+    step, rows, elapsed = 0, [], 0.0
+    ckpt_path = out / "ckpt.pt"
+    if args.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, weights_only=False)
+        saved = state["args"]
+        for k in ARCH_ARGS:
+            if saved.get(k) != getattr(args, k):
+                raise ValueError(f"train --resume: {ckpt_path} was trained with --{k.replace('_', '-')}="
+                                 f"{saved.get(k)}, found --{k.replace('_', '-')}={getattr(args, k)}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, rows, elapsed, sched = state["step"], state["rows"], state["elapsed"], state["sched"]
+        _set_rng_state(state["rng"])
+        print(f"train: resumed from {ckpt_path} at step {step}", file=sys.stderr)
+    n_params = sum(p.numel() for p in model.parameters())
+    heldout_windows = fixed_windows(heldout_stream, args.eval_windows, args.seq_len)
+    draft_prefixes = fixed_windows(heldout_stream, args.draft_prompts, args.draft_prefix_len)
+
+    def evaluate() -> dict[str, Any]:
+        h = heldout_losses(model, heldout_windows, args.block_size, args.blocks_per_seq, tok.mask_id,
+                           args.full_mask_prob, args.batch_size, not args.no_autocast)
+        d = measure_drafts(model, draft_prefixes, args.block_size, tok.mask_id)
+        return {"heldout_ar_loss": round(h["ar"], 4), "heldout_diff_loss": round(h["diff"], 4),
+                "draft_slot1_agree": d["slot_agree"][0], "draft_mean_accepted": d["mean_accepted"], "drafts": d}
+
+    tokens_per_step = args.batch_size * args.seq_len
+    bar = tqdm(total=sched["total"], initial=step, desc="train", dynamic_ncols=True,
+               disable=args.no_progress)
+    acc: dict[str, float] = {"loss": 0.0, "ar": 0.0, "diff": 0.0, "diff_true": 0.0}
+    n_acc = 0
+    t_last = time.monotonic()
+    stop_reason = "steps"
+    while step < sched["total"]:
+        if args.minutes is not None:
+            budget = args.minutes * 60
+            if step < sched["decay_start"] and elapsed >= (1 - args.decay_frac) * budget:
+                sched = {"decay_start": step,
+                         "total": step + max(1, int(round(step * args.decay_frac / (1 - args.decay_frac))))}
+                bar.total = sched["total"]
+                bar.refresh()
+            if elapsed >= 1.15 * budget:
+                stop_reason = "time"
+                break
+        model.train()
+        lr = lr_at(step, args.lr, args.warmup, sched["decay_start"], sched["total"])
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        clean = sample_windows(train_stream, args.batch_size, args.seq_len, gen)
+        batch = build_batch(clean, args.block_size, args.blocks_per_seq, tok.mask_id, gen, args.full_mask_prob)
+        distill = args.distill if step >= args.distill_after else 0.0
+        losses = compute_losses(model, batch, distill, not args.no_autocast)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        for k in acc:
+            acc[k] += losses[k].item()
+        n_acc += 1
+        now = time.monotonic()
+        elapsed += now - t_last
+        t_last = now
+        bar.update(1)
+        if step % args.log_every == 0 or step == sched["total"]:
+            row: dict[str, Any] = {
+                "step": step, "lr": f"{lr:.3g}", "loss": round(acc["loss"] / n_acc, 4),
+                "ar_loss": round(acc["ar"] / n_acc, 4), "diff_loss": round(acc["diff"] / n_acc, 4),
+                "diff_true_loss": round(acc["diff_true"] / n_acc, 4), "tokens": step * tokens_per_step,
+                "elapsed_s": round(elapsed, 1),
+            }
+            acc = {k: 0.0 for k in acc}
+            n_acc = 0
+            if step % args.eval_every == 0 or step == sched["total"]:
+                ev = evaluate()
+                ev.pop("drafts")
+                row.update(ev)
+                t_last = time.monotonic()  # evaluation time is not training time
+            rows.append(row)
+            bar.set_postfix(ar=row["ar_loss"], diff=row["diff_true_loss"], lr=row["lr"])
+            write_csv(rows, out / "train_log.csv")
+        if step % args.ckpt_every == 0:
+            save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args)
+            t_last = time.monotonic()
+        if args.stop_after is not None and step >= args.stop_after:
+            stop_reason = "stop-after"
+            break
+    bar.close()
+    save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args)
+    write_csv(rows, out / "train_log.csv")
+    if rows:
+        plot_curves(rows, out / "loss_curves.png")
+    if stop_reason == "stop-after":
+        print(f"train: stopped after step {step} (--stop-after); resume with --resume", file=sys.stderr)
+        return {"steps": step, "stop_reason": stop_reason, "model": None, "final": None}
+    final = evaluate()
+    export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.export_dtype]
+    model_dir = out / "model"
+    save_checkpoint(model, config, model_dir, dtype=export_dtype)
+    save_tokenizer(tok.hf, model_dir, model_max_length=args.seq_len)
+    record = {
+        "corpus": info, "python_version": info["python_version"], "corpus_sha256": info["sha256"],
+        "args": _args_dict(args), "steps": step, "stop_reason": stop_reason, "schedule": sched,
+        "train_seconds": round(elapsed, 1), "tokens_seen": step * tokens_per_step, "n_params": n_params,
+        "objective": f"L_AR + {DIFFUSION_WEIGHT} * L_diffusion",
+        "final": {k: v for k, v in final.items()},
+        "torch_version": torch.__version__,
+    }
+    (model_dir / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    return {"steps": step, "stop_reason": stop_reason, "model": str(model_dir), "final": final}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Register the ``train`` arguments on a parser.
+
+    Parameters
+    ----------
+    p : argparse.ArgumentParser
+    """
+    a = p.add_argument
+    a("--out", default="runs/train", help="run directory (checkpoint, logs, model/)")
+    a("--steps", type=int, default=3000, help="optimizer steps (the schedule's length)")
+    a("--minutes", type=float, default=55.0,
+      help="training-time budget: the LR decay starts early enough to end near it (0 or less: none)")
+    a("--seq-len", type=int, default=256, help="clean sequence length (also max_position_embeddings)")
+    a("--batch-size", type=int, default=16)
+    a("--block-size", type=int, default=8)
+    a("--blocks-per-seq", type=int, default=8, help="diffusion blocks packed after each clean sequence")
+    a("--full-mask-prob", type=float, default=0.5,
+      help="probability that a block is all-masked but the seed (else the mask count is uniform in 1..b-1)")
+    a("--distill", type=float, default=0.5,
+      help="weight of the model's own AR argmax as the diffusion target (self-distillation)")
+    a("--distill-after", type=int, default=200, help="steps before self-distillation starts")
+    a("--lr", type=float, default=2e-3)
+    a("--warmup", type=int, default=100)
+    a("--decay-frac", type=float, default=0.2, help="fraction of the run spent in linear LR decay")
+    a("--weight-decay", type=float, default=0.1)
+    a("--grad-clip", type=float, default=1.0)
+    a("--seed", type=int, default=0)
+    a("--resume", action="store_true", help="continue from OUT/ckpt.pt when it exists")
+    a("--stop-after", type=int, default=None, help="stop (resumably) after this step without exporting")
+    a("--vocab-size", type=int, default=4096)
+    a("--tokenizer", default=None, help="reuse a trained tokenizer directory")
+    a("--hidden", type=int, default=256)
+    a("--layers", type=int, default=6)
+    a("--heads", type=int, default=4)
+    a("--kv-heads", type=int, default=2)
+    a("--head-dim", type=int, default=64)
+    a("--intermediate", type=int, default=768)
+    a("--threads", type=int, default=2)
+    a("--no-autocast", action="store_true", help="train in float32 (default: bfloat16 autocast)")
+    a("--export-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    a("--log-every", type=int, default=10)
+    a("--eval-every", type=int, default=250)
+    a("--ckpt-every", type=int, default=100)
+    a("--eval-windows", type=int, default=32, help="held-out windows for the held-out losses")
+    a("--draft-prompts", type=int, default=64, help="held-out prefixes for the draft-quality measurement")
+    a("--draft-prefix-len", type=int, default=128)
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``train`` subcommand.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        From ``ArgumentParser.add_subparsers``.
+    """
+    p = subparsers.add_parser("train", help="train the tri-mode model on the standard library",
+                              description=__doc__.splitlines()[0])
+    add_arguments(p)
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    if args.minutes is not None and args.minutes <= 0:
+        args.minutes = None
+    return run(args)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse ``train`` arguments (for tests and scripts).
+
+    Parameters
+    ----------
+    argv : list[str]
+
+    Returns
+    -------
+    argparse.Namespace
+    """
+    p = argparse.ArgumentParser(prog="graphrt train")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    if args.minutes is not None and args.minutes <= 0:
+        args.minutes = None
+    return args
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run(parse_args(sys.argv[1:])))
