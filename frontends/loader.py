@@ -32,8 +32,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None,
-               device: str = "cpu", max_batch: int = 8, compile: bool = False) -> Model:
-    """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one."""
+               device: str = "cpu", max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None) -> Model:
+    """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
+
+    ``max_seq_len`` sizes each KV-cache row (default: the model's positions, capped
+    at 8192 so a long-context checkpoint does not allocate its full context per row).
+    """
     from graphrt.frontends.checkpoint import load_checkpoint
     from graphrt.frontends.transformer import TransformerBackbone
 
@@ -43,8 +47,9 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     if not isinstance(max_batch, int) or max_batch <= 0:
         raise ValueError(f"max_batch: expected an int > 0, found {max_batch!r}")
     dev = resolve_device(device)
-    _, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=dev)
-    backbone = TransformerBackbone(net, max_rows=max_batch, compile=compile)
+    cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=dev)
+    capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
+    backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
     tokenizer = None
     if (root / "tokenizer.json").is_file():
         from graphrt.frontends.tokenizer import Tokenizer

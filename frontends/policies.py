@@ -11,18 +11,18 @@ from graphrt import noise
 from graphrt.backbone import BackboneConfig
 from graphrt.builder import GraphBuilder, Var
 from graphrt.ir import Graph
-from graphrt.library import (DecodeInputs, accept_length, confidence, decode_inputs, denoise_select,
+from graphrt.library import (DecodeInputs, accept_length, ban_mask, confidence, decode_inputs, denoise_select,
                              sample_tokens, token_logprobs)
 from graphrt.policy import Policy
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 
 
-def _prefill(b: GraphBuilder, io: DecodeInputs) -> tuple[Var, Var, Var, Var]:
+def _prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, Var, Var]:
     """Causal prefill writing the prompt's KV; returns (cache, seed, seed_logprob, prompt_len)."""
     n = b.size(io.prompt)
     logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all")
-    last = logits[-1]                                              # [V]
+    last = ban_mask(b, logits[-1], mask_id)                        # [V]
     seed = sample_tokens(b, last, n, io)                           # token at position n
     return cache, seed, token_logprobs(b, last, seed), n
 
@@ -31,13 +31,14 @@ def build_ar(config: BackboneConfig) -> Graph:
     """Autoregressive decoding: one causal token per forward after the prefill."""
     b = GraphBuilder("ar")
     io = decode_inputs(b)
-    cache, tok, lp, pos = _prefill(b, io)
+    cache, tok, lp, pos = _prefill(b, io, config.mask_token_id)
     done = b.emit(tok.unsqueeze(), 1, lp.unsqueeze())
 
     def step(cache: Var, tok: Var, pos: Var) -> tuple[Var, ...]:
         logits, cache = b.forward(cache, tok.unsqueeze(), pos.unsqueeze(), attention="causal", write="all")
-        nxt = sample_tokens(b, logits[0], pos + 1, io)
-        done = b.emit(nxt.unsqueeze(), 1, token_logprobs(b, logits[0], nxt).unsqueeze())
+        last = ban_mask(b, logits[0], config.mask_token_id)       # [V]
+        nxt = sample_tokens(b, last, pos + 1, io)
+        done = b.emit(nxt.unsqueeze(), 1, token_logprobs(b, last, nxt).unsqueeze())
         return ~done, cache, nxt, pos + 1
 
     b.loop(~done, [cache, tok, pos], step, name="decode")
@@ -53,7 +54,11 @@ def _check_block(block_length: int | None, threshold: float | None, what: str) -
 
 def _denoise_block(b: GraphBuilder, io: DecodeInputs, cache: Var, block: Var, positions: Var, mask_id: int,
                    eos_id: int | None, threshold: float | None, steps: int, adapter: bool) -> Var:
-    """Iterate bidirectional, read-only forwards until no mask is left (or an EOS with no mask before it)."""
+    """Iterate bidirectional, read-only forwards until no mask is left.
+
+    With ``eos_id``, the block also ends early once an EOS is committed with no
+    mask before it; the masks left after it then read as EOS.
+    """
     length = block.type.shape[0]  # type: ignore[union-attr]
 
     def unresolved(block: Var) -> Var:
@@ -71,15 +76,17 @@ def _denoise_block(b: GraphBuilder, io: DecodeInputs, cache: Var, block: Var, po
         extra = [block == mask_id] if adapter else []
         logits = b.forward(cache, block, positions, *extra, attention="bidirectional", write="none",
                            adapter="mask" if adapter else "none")
+        logits = ban_mask(b, logits, mask_id)                     # [b, V]
         cand = sample_tokens(b, logits, positions, io, purpose=noise.DENOISE)
         conf = confidence(b, logits, cand)
-        count = None if threshold is None else None
-        if threshold is None:
-            count = base + b.cast(step < rem, dtype="i64")
+        count = base + b.cast(step < rem, dtype="i64") if threshold is None else None
         block = denoise_select(b, block, cand, conf, mask_id, threshold, count)
         return unresolved(block), block, step + 1
 
     block, _ = b.loop(unresolved(block), [block, b.const(0)], denoise, name="denoise")
+    if eos_id is not None:
+        # Early exit left masks only after an EOS: they read as EOS (never as MASK).
+        block = b.where(block == mask_id, b.const(eos_id), block)
     return block
 
 
@@ -97,7 +104,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
     steps = steps or blen
     b = GraphBuilder("diffusion")
     io = decode_inputs(b)
-    cache, seed, seed_lp, start = _prefill(b, io)
+    cache, seed, seed_lp, start = _prefill(b, io, config.mask_token_id)
 
     def block_step(cache: Var, seed: Var, seed_lp: Var, start: Var) -> tuple[Var, ...]:
         positions = b.arange(start, length=blen)
@@ -105,6 +112,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
         block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, config.eos_token_id,
                                threshold, steps, adapter=False)
         logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
+        logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
         lps = b.concat(seed_lp.unsqueeze(), token_logprobs(b, logits[:-1], block[1:])) if blen > 1 \
             else seed_lp.unsqueeze()
         nxt = sample_tokens(b, logits[-1], start + blen, io)
@@ -120,7 +128,7 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
     blen = block_length or config.block_size
     b = GraphBuilder("self_spec")
     io = decode_inputs(b)
-    cache, seed, lp, start = _prefill(b, io)
+    cache, seed, lp, start = _prefill(b, io, config.mask_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
 
     def cycle(cache: Var, seed: Var, start: Var) -> tuple[Var, ...]:
@@ -129,6 +137,7 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
         block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, None, threshold, blen,
                                adapter=True)
         logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
+        logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
         ar = sample_tokens(b, logits, positions + 1, io)              # [b] AR token after each slot
         k = accept_length(b, block, ar)
         n = k + 1

@@ -408,6 +408,11 @@ class TransformerBackbone:
             self._run = torch.compile(model.run_layers, dynamic=True)
 
     # ------------------------------------------------------------------ rows
+    @property
+    def row_capacity(self) -> int:
+        """Cache slots per row."""
+        return self.cache.capacity
+
     def cache_length(self, row: int) -> int:
         """Number of valid cached positions of ``row``."""
         return self.cache.length(row)

@@ -30,7 +30,7 @@ class Model:
 
 
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-         max_batch: int = 8, compile: bool = False) -> Model:
+         max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None) -> Model:
     """Load a checkpoint directory (DESIGN.md's format) as a :class:`Model`.
 
     Parameters
@@ -46,10 +46,13 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
         Cache rows, i.e. requests that can be active at once.
     compile:
         Run the backbone under ``torch.compile``.
+    max_seq_len:
+        KV-cache slots per request (default: the model's positions, at most 8192).
     """
     from graphrt.frontends.loader import load_model
 
-    return load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile)
+    return load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
+                      max_seq_len=max_seq_len)
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:

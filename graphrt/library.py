@@ -48,6 +48,8 @@ def sample_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs
     """Tokens ``[...]`` from ``logits [..., V]``: greedy at T = 0, else Gumbel-max (fuses to ``sample``).
 
     ``positions [...]`` are the absolute positions the sampled tokens will occupy.
+    Policies pass logits through :func:`ban_mask` first, so no mode ever samples
+    the mask token.
     """
     x = b.clean(logits)
     scaled = x / b.maximum(io.temperature, 1e-30)
@@ -58,6 +60,11 @@ def sample_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs
     sampled = b.argmax(kept + g)
     greedy = b.argmax(logits)
     return b.where(io.temperature > 0.0, sampled, greedy)
+
+
+def ban_mask(b: GraphBuilder, logits: Var, mask_token_id: int) -> Var:
+    """``logits`` with the mask token's logit at ``-inf``: undecided slots are never a prediction."""
+    return b.ban(logits, index=mask_token_id)
 
 
 def confidence(b: GraphBuilder, logits: Var, tokens: Var) -> Var:

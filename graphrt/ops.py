@@ -150,6 +150,15 @@ _prim("argmax", ("x",), _reduce(NUM, "i64"), sampling.argmax_lowest,
 _prim("max", ("x",), _reduce(NUM, None), lambda x: sampling.clean_logits(x).max(dim=-1).values
       if x.is_floating_point() else x.max(dim=-1).values, doc="Maximum over the last dim (NaN counts as -inf).")
 _prim("clean", ("x",), _unary(("float",)), sampling.clean_logits, doc="float64 copy with NaN replaced by -inf.")
+def _ban_ref(x: torch.Tensor, index: int) -> torch.Tensor:
+    out = x.clone()
+    out[..., index] = float("-inf")
+    return out
+
+
+_prim("ban", ("x",), _unary(("float",)), _ban_ref, {"index": REQUIRED},
+      doc="Copy of x with x[..., index] = -inf (a token that must never be chosen, e.g. the mask token).")
+
 _prim("softmax", ("x",), _unary(("float",)), lambda x: torch.softmax(x.to(torch.float64), -1).nan_to_num(0.0),
       doc="float64 softmax over the last dim; an all -inf row gives zeros.")
 _prim("log_softmax", ("x",), _unary(("float",)), lambda x: torch.log_softmax(x.to(torch.float64), -1),
