@@ -42,6 +42,10 @@ SLOTS = MAX_THREADS if SIM else 32
 """Shared-memory slots per reduction buffer: one per thread (simulator) or per warp (GPU)."""
 BUF = 2 * SLOTS
 """Size of a reduction buffer: two halves, used alternately (double buffering)."""
+NCAND = 15
+"""Thresholds tested per pass by the 16-ary searches (4 bits of the key per pass)."""
+VBUF = 2 * SLOTS * NCAND
+"""Size of a vector-reduction buffer (``NCAND`` sums per slot, double-buffered)."""
 
 OP_SUM = 0
 OP_MAX = 1
@@ -230,6 +234,20 @@ if SIM:
             return int(vals.max())
         return int(vals.min())
 
+    @cuda.jit(device=True)
+    def reduce_vec_sum(acc, buf, ctr):
+        """Block-wide sums of the ``NCAND`` float64 entries of the local array ``acc``, in place.
+
+        ``buf`` is a shared ``float64[VBUF]``; one barrier (see :func:`reduce_f64`).
+        """
+        base = (ctr[0] & 1) * SLOTS * NCAND
+        ctr[0] += 1
+        start = base + cuda.threadIdx.x * NCAND
+        buf[start:start + NCAND] = acc[:NCAND]
+        cuda.syncthreads()
+        n = cuda.blockDim.x
+        acc[:NCAND] = buf[base:base + n * NCAND].reshape(n, NCAND).sum(axis=0)
+
 else:
 
     @cuda.jit(device=True)
@@ -269,6 +287,32 @@ else:
         for j in range(1, cuda.blockDim.x >> 5):
             acc = combine_i(acc, buf[base + j], op)
         return acc
+
+
+if not SIM:
+
+    @cuda.jit(device=True)
+    def reduce_vec_sum(acc, buf, ctr):
+        """Block-wide sums of the ``NCAND`` float64 entries of the local array ``acc``, in place:
+        a warp-shuffle sum per entry, one slot row per warp, one barrier."""
+        base = (ctr[0] & 1) * SLOTS * NCAND
+        ctr[0] += 1
+        warp = cuda.threadIdx.x >> 5
+        for j in range(NCAND):
+            v = acc[j]
+            offset = 16
+            while offset > 0:
+                v += cuda.shfl_down_sync(0xFFFFFFFF, v, offset)
+                offset //= 2
+            if (cuda.threadIdx.x & 31) == 0:
+                buf[base + warp * NCAND + j] = v
+        cuda.syncthreads()
+        warps = cuda.blockDim.x >> 5
+        for j in range(NCAND):
+            total = 0.0
+            for w in range(warps):
+                total += buf[base + w * NCAND + j]
+            acc[j] = total
 
 
 @device

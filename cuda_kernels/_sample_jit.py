@@ -7,12 +7,13 @@ followed by one block reduction; loop trip counts depend only on reduced
 Filtering never sorts. With ``x = clean(logits) / T`` and ``key`` the ordered
 integer key of ``clean(logits)`` (:func:`_device.ordered_key`):
 
-* top-k: bisection on ``key`` for the k-th largest logit (at most 64, 35 for
-  float32 input, 22 for float16 passes); since ``x`` is a monotone function of
-  the logit, its ``x`` is the k-th largest ``x``; ties at that value keep the
-  lowest indices, found by bisection on the index (``log2 V`` passes, only
+* top-k: a 16-ary search on ``key`` (15 thresholds per pass, ``log16`` of
+  the key range: at most 16 passes, 9 for float32 input, 6 for float16) for
+  the k-th largest logit; since ``x`` is a monotone function of the logit,
+  its ``x`` is the k-th largest ``x``; ties at that value keep the lowest
+  indices, found by a 16-ary search on the index (``log16 V`` passes, only
   when the tie class straddles the cut);
-* top-p: the same bisection on ``key`` with the probability mass
+* top-p: the same search on ``key`` with the probability mass
   ``sum(softmax(x)[key >= t])`` over the top-k survivors, then the tie class at
   the cut kept in index order while the mass before a token is ``< top_p``;
 * the token is ``argmax(x + gumbel)`` over the survivors (lowest index on ties).
@@ -26,20 +27,22 @@ from numba import cuda, float64, int64
 
 from graphrt.cuda_kernels._device import (
     BUF,
+    NCAND,
     NEG_INF,
     OP_MAX,
     OP_MIN,
     OP_SUM,
     POS_INF,
+    VBUF,
     clean,
     device,
     gumbel_at,
     int_word,
-    midpoint,
     ordered_key,
     position_key,
     reduce_f64,
     reduce_i64,
+    reduce_vec_sum,
     row_param_f,
     row_param_i,
 )
@@ -83,20 +86,6 @@ def greedy(logits, r, width, fbuf, ibuf, ctr):
 
 
 @device
-def count_key_ge(logits, r, width, shift, threshold, temperature, k_on, k_tau, k_cut, ibuf, ctr):
-    """Number of top-k survivors (all entries when ``k_on`` is false) with ``key >= threshold``."""
-    c = 0
-    i = cuda.threadIdx.x
-    while i < width:
-        v = clean(logits[r, i])
-        if ordered_key(v, shift) >= threshold:
-            if in_set(x_of(v, temperature), i, k_on, k_tau, k_cut):
-                c += 1
-        i += cuda.blockDim.x
-    return reduce_i64(c, OP_SUM, ibuf, ctr)
-
-
-@device
 def x_at_key(logits, r, width, shift, key, temperature, fbuf, ctr):
     """The tempered value ``x`` of the entries whose key is ``key`` (all equal)."""
     best = NEG_INF
@@ -110,59 +99,126 @@ def x_at_key(logits, r, width, shift, key, temperature, fbuf, ctr):
 
 
 @device
-def count_x(logits, r, width, temperature, tau, strict, below, ibuf, ctr):
-    """Number of entries with ``x > tau`` (``strict``) or ``x == tau`` and index ``< below``."""
+def count_x(logits, r, width, temperature, tau, strict, ibuf, ctr):
+    """Number of entries with ``x > tau`` (``strict``) or ``x == tau``."""
     c = 0
     i = cuda.threadIdx.x
     while i < width:
         x = x_of(logits[r, i], temperature)
-        if strict:
-            if x > tau:
-                c += 1
-        elif x == tau and i < below:
+        if (strict and x > tau) or (not strict and x == tau):
             c += 1
         i += cuda.blockDim.x
     return reduce_i64(c, OP_SUM, ibuf, ctr)
 
 
 @device
-def mass(logits, r, width, shift, temperature, big, norm, mode, threshold, below,
-         k_on, k_tau, k_cut, fbuf, ctr):
-    """Softmax mass ``sum exp(x - big) / norm`` over the top-k survivors selected by ``mode``.
-
-    mode 0: all survivors; 1: ``key >= threshold`` (an int64 key);
-    2: ``x > threshold`` (a float); 3: ``x == threshold`` and index ``< below``.
-    """
+def total_mass(logits, r, width, temperature, big, norm, above, k_on, k_tau, k_cut, fbuf, ctr):
+    """``sum exp(x - big) / norm`` over the top-k survivors, all (``above`` false) or those with
+    ``x > above`` (``above`` a float)."""
     s = 0.0
     i = cuda.threadIdx.x
     while i < width:
-        v = clean(logits[r, i])
-        x = x_of(v, temperature)
-        if in_set(x, i, k_on, k_tau, k_cut):
-            take = True
-            if mode == 1:
-                take = ordered_key(v, shift) >= threshold
-            elif mode == 2:
-                take = x > threshold
-            elif mode == 3:
-                take = x == threshold and i < below
-            if take and x != NEG_INF:
-                s += math.exp(x - big) / norm
+        x = x_of(logits[r, i], temperature)
+        if x != NEG_INF and in_set(x, i, k_on, k_tau, k_cut) and x > above:
+            s += math.exp(x - big) / norm
         i += cuda.blockDim.x
     return reduce_f64(s, OP_SUM, fbuf, ctr)
 
 
 @device
-def first_index_cut(logits, r, width, temperature, tau, need, fbuf, ibuf, ctr):
-    """Smallest ``J`` with ``#{i < J : x_i == tau} >= need`` (bisection on the index)."""
+def measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, tau, big, norm,
+                 k_on, k_tau, k_cut, acc, vbuf, ctr):
+    """One pass of a 16-ary search: ``acc[j]`` = block-wide measure at candidate ``c_j = lo + (j+1) step``
+    (candidates ``>= hi`` get 0).
+
+    mode 0: #entries with ``key >= c_j``;  mode 1: softmax mass of top-k survivors with ``key >= c_j``;
+    mode 2: #entries with ``x == tau`` and index ``< c_j``;
+    mode 3: mass of top-k survivors with ``x == tau`` and index ``< c_j``.
+    """
+    for j in range(NCAND):
+        acc[j] = 0.0
+    i = cuda.threadIdx.x
+    while i < width:
+        v = clean(logits[r, i])
+        x = x_of(v, temperature)
+        member = True
+        if mode >= 2:
+            member = x == tau
+        if mode == 1 or mode == 3:
+            member = member and x != NEG_INF and in_set(x, i, k_on, k_tau, k_cut)
+        if member:
+            w = 1.0
+            if mode == 1 or mode == 3:
+                w = math.exp(x - big) / norm
+            c = lo
+            if mode <= 1:
+                key = ordered_key(v, shift)
+                for j in range(NCAND):
+                    c += step
+                    if c >= hi or key < c:
+                        break  # candidates increase: no later one is reached either
+                    acc[j] += w
+            else:
+                for j in range(NCAND):
+                    c += step
+                    if c >= hi:
+                        break
+                    if i < c:
+                        acc[j] += w
+        i += cuda.blockDim.x
+    reduce_vec_sum(acc, vbuf, ctr)
+
+
+@device
+def key_search(logits, r, width, shift, temperature, mode, lo, hi, target, big, norm,
+               k_on, k_tau, k_cut, acc, vbuf, ctr):
+    """Largest key ``t`` in ``[lo, hi)`` whose measure (``key >= t``, mode 0 or 1) is ``>= target``,
+    given measure(lo) >= target > measure(hi); about ``log16(hi - lo)`` passes."""
+    while lo < hi - 1:
+        step = max((hi >> 4) - (lo >> 4), 1)  # ~(hi - lo) / 16 without overflow
+        measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, 0.0, big, norm,
+                     k_on, k_tau, k_cut, acc, vbuf, ctr)
+        new_lo = lo
+        new_hi = hi
+        c = lo
+        for j in range(NCAND):
+            c += step
+            if c >= hi:
+                break
+            if acc[j] >= target:
+                new_lo = c
+            else:
+                new_hi = c
+                break
+        lo = new_lo
+        hi = new_hi
+    return lo
+
+
+@device
+def index_search(logits, r, width, temperature, mode, tau, offset, target, big, norm,
+                 k_on, k_tau, k_cut, acc, vbuf, ctr):
+    """Smallest ``J`` in ``[1, V]`` with ``offset + F(J) >= target``, ``F`` the tie measure of mode 2
+    or 3 (non-decreasing in ``J``); ``V`` if none."""
     lo = 0
     hi = width
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if count_x(logits, r, width, temperature, tau, False, mid, ibuf, ctr) >= need:
-            hi = mid
-        else:
-            lo = mid
+        step = max((hi - lo) // 16, 1)
+        measure_pass(logits, r, width, 0, temperature, mode, lo, step, hi, tau, big, norm,
+                     k_on, k_tau, k_cut, acc, vbuf, ctr)
+        new_lo = lo
+        new_hi = hi
+        c = lo
+        for j in range(NCAND):
+            c += step
+            if c >= hi:
+                break
+            if offset + acc[j] >= target:
+                new_hi = c
+                break
+            new_lo = c
+        lo = new_lo
+        hi = new_hi
     return hi
 
 
@@ -181,6 +237,8 @@ def sample_kernel(logits, positions, out,
     """
     fbuf = cuda.shared.array(BUF, float64)
     ibuf = cuda.shared.array(BUF, int64)
+    vbuf = cuda.shared.array(VBUF, float64)
+    acc = cuda.local.array(NCAND, float64)
     ctr = cuda.local.array(1, int64)
     ctr[0] = 0
     r = cuda.blockIdx.x
@@ -226,49 +284,28 @@ def sample_kernel(logits, positions, out,
     k_tau = NEG_INF
     k_cut = width
     if k_on:
-        lo = key_lo
-        hi = key_hi
-        while lo < hi - 1:
-            mid = midpoint(lo, hi)
-            if count_key_ge(logits, r, width, shift, mid, temperature, False, 0.0, 0, ibuf, ctr) >= top_k:
-                lo = mid
-            else:
-                hi = mid
-        k_tau = x_at_key(logits, r, width, shift, lo, temperature, fbuf, ctr)
-        need = top_k - count_x(logits, r, width, temperature, k_tau, True, 0, ibuf, ctr)
-        ties = count_x(logits, r, width, temperature, k_tau, False, width, ibuf, ctr)
+        t_key = key_search(logits, r, width, shift, temperature, 0, key_lo, key_hi, float64(top_k), 0.0, 1.0,
+                           False, 0.0, 0, acc, vbuf, ctr)
+        k_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
+        need = top_k - count_x(logits, r, width, temperature, k_tau, True, ibuf, ctr)
+        ties = count_x(logits, r, width, temperature, k_tau, False, ibuf, ctr)
         if ties > need:
-            k_cut = first_index_cut(logits, r, width, temperature, k_tau, need, fbuf, ibuf, ctr)
+            k_cut = index_search(logits, r, width, temperature, 2, k_tau, 0.0, float64(need), 0.0, 1.0,
+                                 False, 0.0, 0, acc, vbuf, ctr)
 
     # top-p: largest key t with mass(key >= t) >= top_p, then the tie class while mass before < top_p.
     p_tau = NEG_INF
     p_cut = width
     if p_on:
-        norm = mass(logits, r, width, shift, temperature, big, 1.0, 0, 0, 0, k_on, k_tau, k_cut, fbuf, ctr)
-        total = mass(logits, r, width, shift, temperature, big, norm, 0, 0, 0, k_on, k_tau, k_cut, fbuf, ctr)
+        norm = total_mass(logits, r, width, temperature, big, 1.0, NEG_INF, k_on, k_tau, k_cut, fbuf, ctr)
+        total = total_mass(logits, r, width, temperature, big, norm, NEG_INF, k_on, k_tau, k_cut, fbuf, ctr)
         if total >= top_p:
-            lo = key_lo
-            hi = key_hi
-            while lo < hi - 1:
-                mid = midpoint(lo, hi)
-                if mass(logits, r, width, shift, temperature, big, norm, 1, mid, 0,
-                        k_on, k_tau, k_cut, fbuf, ctr) >= top_p:
-                    lo = mid
-                else:
-                    hi = mid
-            p_tau = x_at_key(logits, r, width, shift, lo, temperature, fbuf, ctr)
-            above = mass(logits, r, width, shift, temperature, big, norm, 2, p_tau, 0,
-                         k_on, k_tau, k_cut, fbuf, ctr)
-            lo = 0
-            hi = width
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if above + mass(logits, r, width, shift, temperature, big, norm, 3, p_tau, mid,
-                                k_on, k_tau, k_cut, fbuf, ctr) >= top_p:
-                    hi = mid
-                else:
-                    lo = mid
-            p_cut = hi
+            t_key = key_search(logits, r, width, shift, temperature, 1, key_lo, key_hi, top_p, big, norm,
+                               k_on, k_tau, k_cut, acc, vbuf, ctr)
+            p_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
+            above = total_mass(logits, r, width, temperature, big, norm, p_tau, k_on, k_tau, k_cut, fbuf, ctr)
+            p_cut = index_search(logits, r, width, temperature, 3, p_tau, above, top_p, big, norm,
+                                 k_on, k_tau, k_cut, acc, vbuf, ctr)
         else:
             p_on = False
 
