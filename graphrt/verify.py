@@ -62,16 +62,16 @@ def _definitions(graph: Graph) -> dict[int, str]:
     """id(value) -> description of where it is defined (any depth)."""
     owner: dict[int, str] = {}
 
-    def walk(g: Graph, where: str) -> None:
+    def walk(g: Graph, where: str, inside: str) -> None:
         for v in g.inputs:
             owner[id(v)] = f"{where} inputs"
         for node in g.nodes:
             for v in node.outputs:
-                owner[id(v)] = f"node '{node.name}'"
+                owner[id(v)] = f"node '{node.name}'{inside}"
             for region in node.regions:
-                walk(region, f"the region of node '{node.name}'")
+                walk(region, f"the region of node '{node.name}'", f" inside the region of node '{node.name}'")
 
-    walk(graph, f"graph '{graph.name}'")
+    walk(graph, f"graph '{graph.name}'", "")
     return owner
 
 
