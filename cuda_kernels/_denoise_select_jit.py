@@ -25,7 +25,7 @@ MAX_LEN = 4096
 def score_of(block, conf, b, i, mask_id):
     """Selection score of slot ``i``: its confidence (float64) if masked, else -inf."""
     if block[b, i] == mask_id:
-        return float64(conf[b, i])
+        return float(conf[b, i])
     return NEG_INF
 
 

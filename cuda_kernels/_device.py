@@ -118,7 +118,7 @@ def position_key(seed_lo, seed_hi, stream, purpose, position):
 def uniform_at(key, index):
     """The uniform in (0, 1) of vocabulary entry ``index`` under position ``key`` (bitwise = reference)."""
     h = absorb(key, int_word(index))
-    return (float64(h) + HALF) / TWO32
+    return (float(h) + HALF) / TWO32
 
 
 @device
@@ -130,8 +130,13 @@ def gumbel_at(key, index):
 # --- loads and ordering keys --------------------------------------------------------------
 @device
 def clean(v):
-    """float64 of a logit with NaN replaced by -inf."""
-    x = float64(v)
+    """float64 of a logit with NaN replaced by -inf.
+
+    ``float()`` rather than ``float64()``: the same cast when compiled, and a
+    Python float in the simulator, whose arithmetic overflows to inf silently
+    (numpy scalars would warn).
+    """
+    x = float(v)
     if x != x:
         return NEG_INF
     return x
@@ -319,7 +324,7 @@ if not SIM:
 def row_param_f(arr, scalar, per, row):
     """Per-row float parameter: ``arr[row // per]`` when ``per > 0``, else the scalar."""
     if per > 0:
-        return float64(arr[row // per])
+        return float(arr[row // per])
     return scalar
 
 

@@ -284,13 +284,13 @@ def sample_kernel(logits, positions, out,
     k_tau = NEG_INF
     k_cut = width
     if k_on:
-        t_key = key_search(logits, r, width, shift, temperature, 0, key_lo, key_hi, float64(top_k), 0.0, 1.0,
+        t_key = key_search(logits, r, width, shift, temperature, 0, key_lo, key_hi, float(top_k), 0.0, 1.0,
                            False, 0.0, 0, acc, vbuf, ctr)
         k_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
         need = top_k - count_x(logits, r, width, temperature, k_tau, True, ibuf, ctr)
         ties = count_x(logits, r, width, temperature, k_tau, False, ibuf, ctr)
         if ties > need:
-            k_cut = index_search(logits, r, width, temperature, 2, k_tau, 0.0, float64(need), 0.0, 1.0,
+            k_cut = index_search(logits, r, width, temperature, 2, k_tau, 0.0, float(need), 0.0, 1.0,
                                  False, 0.0, 0, acc, vbuf, ctr)
 
     # top-p: largest key t with mass(key >= t) >= top_p, then the tie class while mass before < top_p.
