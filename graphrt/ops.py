@@ -373,6 +373,77 @@ _prim("noise", ("seed", "stream", "positions", "like"), _noise_infer,
       doc="Counter-based standard Gumbel noise [..., V] (float64) keyed by (seed, stream, position, purpose, index).")
 
 
+def _take_infer(ts: list[Type], attrs: dict) -> list[Type]:
+    x = _rank_at_least(_tensor(ts[0], "x"), 1, "x")
+    idx = _dtype(ts[1], ("i64",), "index")
+    if idx.rank > 1:
+        raise ValueError(f"index: expected a scalar or a rank-1 i64 tensor, found {idx}")
+    return [TensorType(x.dtype, idx.shape + x.shape[1:])]
+
+
+def _take_ref(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    if index.dim() == 0:
+        return x[int(index)]
+    return x.index_select(0, index)
+
+
+_prim("take", ("x", "index"), _take_infer, _take_ref,
+      doc="x[index] along the first dim (rows of a [N, ...] tensor; a scalar index drops the dim).")
+
+
+def _spec_layout_infer(ts: list[Type], attrs: dict) -> list[Type]:
+    b = attrs["length"]
+    if not isinstance(b, int) or b <= 0:
+        raise ValueError(f"attribute length: expected an int > 0, found {b!r}")
+    n = b * (b + 1)
+    return [TensorType("bool", (n, n)), TensorType("bool", (n,)), TensorType("i64", (n,)), TensorType("i64", (n,))]
+
+
+def spec_layout(length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layout of one quadratic self-speculation forward over ``b (b + 1)`` tokens.
+
+    Row ``i`` is ``[d_i, MASK x b]``. Returns ``(mask [N, N], chain [N], row [N], col [N])``:
+    ``chain`` marks the ``d_i`` slots, ``row``/``col`` give each slot's row and
+    offset within it. ``d_i`` attends to ``d_0..d_i``; row ``i``'s masks attend
+    to ``d_0..d_i`` and to each other.
+    """
+    b = length
+    row = torch.arange(b).repeat_interleave(b + 1)  # [N]
+    col = torch.arange(b + 1).repeat(b)  # [N]
+    chain = col == 0
+    sees_chain = chain[None, :] & (row[None, :] <= row[:, None])  # key is d_j with j <= own row
+    same_row_masks = (~chain[:, None]) & (~chain[None, :]) & (row[:, None] == row[None, :])
+    return sees_chain | same_row_masks, chain, row, col
+
+
+_prim("spec_layout", (), _spec_layout_infer, spec_layout, {"length": REQUIRED},
+      doc="Static layout (mask, chain, row, col) of a quadratic self-speculation forward; see spec_layout().")
+
+
+def _draft_layout_infer(ts: list[Type], attrs: dict) -> list[Type]:
+    _rank_at_least(_tensor(ts[0], "prompt"), 1, "prompt")
+    if not isinstance(attrs["length"], int) or attrs["length"] <= 0:
+        raise ValueError(f"attribute length: expected an int > 0, found {attrs['length']!r}")
+    return [TensorType("bool", ("?", "?")), TensorType("bool", ("?",)), TensorType("bool", ("?",))]
+
+
+def draft_layout(prompt: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layout of the first quadratic forward over ``prompt + MASK x length``.
+
+    Returns ``(mask [P+b, P+b], is_prompt [P+b], is_mask [P+b])``: prompt queries
+    are causal; mask queries see the prompt and every mask.
+    """
+    p, n = prompt.shape[0], prompt.shape[0] + length
+    mask = torch.ones(n, n, dtype=torch.bool, device=prompt.device).tril()
+    mask[p:, p:] = True
+    is_prompt = torch.arange(n, device=prompt.device) < p
+    return mask, is_prompt, ~is_prompt
+
+
+_prim("draft_layout", ("prompt",), _draft_layout_infer, draft_layout, {"length": REQUIRED},
+      doc="Layout (mask, is_prompt, is_mask) of prefill + first draft in one forward; see draft_layout().")
+
+
 # ----------------------------------------------------------------------------- fused ops
 
 def _sample_infer(ts: list[Type], attrs: dict) -> list[Type]:
