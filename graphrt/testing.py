@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 __all__ = [
     "KernelCheck",
+    "as_kernel_array",
     "blocks",
     "check_kernel",
     "confidences",
@@ -66,6 +67,15 @@ def enable_simulator() -> None:
                                "set it before the first numba import (e.g. at the top of conftest.py)")
         return
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+
+def as_kernel_array(t: torch.Tensor) -> Any:
+    """What a raw Numba kernel should receive for tensor ``t``: a no-sync CUDA array view of a CUDA
+    tensor, or a numpy view of a CPU tensor in the simulator (both share ``t``'s memory, so kernels
+    write in place)."""
+    from graphrt.cuda_kernels._launch import as_kernel_array as convert
+
+    return convert(t, "gpu" if t.is_cuda else "sim")
 
 
 def kernel_device() -> str:
