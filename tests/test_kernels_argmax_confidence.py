@@ -15,7 +15,7 @@ from graphrt.cuda_kernels.argmax_confidence import (
 )
 from graphrt.testing import check_kernel, kernel_settings, kernel_threads, logits, vocab_sizes
 
-@kernel_settings(max_examples=25)
+@kernel_settings(max_examples=40)
 @given(x=logits(dtype=torch.float32, vocab=vocab_sizes(max_value=70)), threads=kernel_threads())
 def test_argmax_confidence_float32(x, threads):
     check_kernel(argmax_confidence, argmax_confidence_reference, x, threads=threads,

@@ -29,7 +29,7 @@ def _threshold(data: st.DataObject, batch: int):
     return data.draw(st.one_of(st.sampled_from([0.0, 1.0, 0.9, 0.5, None]), per_row))
 
 
-@kernel_settings(max_examples=40)
+@kernel_settings(max_examples=60)
 @given(data=st.data(), threads=kernel_threads())
 def test_denoise_select_matches_reference(data, threads):
     """All-masked, unmasked and seed+mask rows; threshold 0, 1, per-row, or the count mode; conf ties,

@@ -29,7 +29,7 @@ def _positions(data: st.DataObject, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64).reshape(shape)
 
 
-@kernel_settings(max_examples=30)
+@kernel_settings(max_examples=60)
 @given(data=st.data(), threads=kernel_threads())
 def test_sample_matches_reference(data, threads):
     """Tokens equal the reference's for every filter combination, tie pattern and NaN/inf row."""

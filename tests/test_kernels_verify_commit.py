@@ -12,7 +12,7 @@ from graphrt.cuda_kernels.verify_accept import verify_accept, verify_accept_refe
 from graphrt.testing import check_kernel, drafts, kernel_settings, kernel_threads
 
 
-@kernel_settings(max_examples=40)
+@kernel_settings(max_examples=60)
 @given(pair=drafts(), data=st.data(), threads=kernel_threads())
 def test_verify_accept_matches_reference(pair, data, threads):
     """Every accepted length 0..L-1 (including L = 1: nothing to accept), scalar or per-row start."""
@@ -23,7 +23,7 @@ def test_verify_accept_matches_reference(pair, data, threads):
     check_kernel(verify_accept, verify_accept_reference, block, ar, start=start, threads=threads)
 
 
-@kernel_settings(max_examples=40)
+@kernel_settings(max_examples=60)
 @given(data=st.data(), threads=kernel_threads())
 def test_commit_matches_reference(data, threads):
     """Set and add, with rows out of range (skipped), duplicated (last set wins / adds sum), negative
