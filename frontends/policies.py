@@ -12,7 +12,7 @@ from graphrt.backbone import BackboneConfig
 from graphrt.builder import GraphBuilder, Var
 from graphrt.ir import Graph
 from graphrt.library import (DecodeInputs, accept_length, ban_mask, confidence, decode_inputs, denoise_select,
-                             sample_tokens, token_logprobs)
+                             force_end_of_thinking, next_tokens, sample_tokens, token_logprobs)
 from graphrt.policy import Policy
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
@@ -23,7 +23,7 @@ def _prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var,
     n = b.size(io.prompt)
     logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all")
     last = ban_mask(b, logits[-1], mask_id)                        # [V]
-    seed = sample_tokens(b, last, n, io)                           # token at position n
+    seed = next_tokens(b, last, n, io)                             # token at position n
     return cache, seed, token_logprobs(b, last, seed), n
 
 
@@ -37,7 +37,7 @@ def build_ar(config: BackboneConfig) -> Graph:
     def step(cache: Var, tok: Var, pos: Var) -> tuple[Var, ...]:
         logits, cache = b.forward(cache, tok.unsqueeze(), pos.unsqueeze(), attention="causal", write="all")
         last = ban_mask(b, logits[0], config.mask_token_id)       # [V]
-        nxt = sample_tokens(b, last, pos + 1, io)
+        nxt = next_tokens(b, last, pos + 1, io)
         done = b.emit(nxt.unsqueeze(), 1, token_logprobs(b, last, nxt).unsqueeze())
         return ~done, cache, nxt, pos + 1
 
@@ -78,6 +78,7 @@ def _denoise_block(b: GraphBuilder, io: DecodeInputs, cache: Var, block: Var, po
                            adapter="mask" if adapter else "none")
         logits = ban_mask(b, logits, mask_id)                     # [b, V]
         cand = sample_tokens(b, logits, positions, io, purpose=noise.DENOISE)
+        cand = force_end_of_thinking(b, cand, positions, io)
         conf = confidence(b, logits, cand)
         count = base + b.cast(step < rem, dtype="i64") if threshold is None else None
         block = denoise_select(b, block, cand, conf, mask_id, threshold, count)
@@ -115,7 +116,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
         logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
         lps = b.concat(seed_lp.unsqueeze(), token_logprobs(b, logits[:-1], block[1:])) if blen > 1 \
             else seed_lp.unsqueeze()
-        nxt = sample_tokens(b, logits[-1], start + blen, io)
+        nxt = next_tokens(b, logits[-1], start + blen, io)
         done = b.emit(block, blen, lps)
         return ~done, cache, nxt, token_logprobs(b, logits[-1], nxt), start + blen
 
@@ -138,7 +139,7 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
                                adapter=True)
         logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
         logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
-        ar = sample_tokens(b, logits, positions + 1, io)              # [b] AR token after each slot
+        ar = next_tokens(b, logits, positions + 1, io)                # [b] AR token after each slot
         k = accept_length(b, block, ar)
         n = k + 1
         done = b.emit(ar, n, token_logprobs(b, logits, ar))

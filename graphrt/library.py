@@ -29,10 +29,14 @@ class DecodeInputs:
     temperature: Var
     top_k: Var
     top_p: Var
+    force_pos: Var
+    force_id: Var
 
 
 def decode_inputs(b: GraphBuilder) -> DecodeInputs:
-    """Declare ``prompt i64[P]``, ``cache``, ``seed``, ``stream``, ``temperature``, ``top_k``, ``top_p``."""
+    """Declare the standard inputs: ``prompt i64[P]``, ``cache``, ``seed``, ``stream``,
+    ``temperature``, ``top_k``, ``top_p``, and the thinking budget's ``force_pos``
+    (absolute position where ``force_id`` is forced; -1 for none) and ``force_id``."""
     return DecodeInputs(
         prompt=b.input("prompt", tensor("i64", "P")),
         cache=b.input("cache", CACHE),
@@ -41,6 +45,8 @@ def decode_inputs(b: GraphBuilder) -> DecodeInputs:
         temperature=b.input("temperature", scalar("float")),
         top_k=b.input("top_k", scalar("i64")),
         top_p=b.input("top_p", scalar("float")),
+        force_pos=b.input("force_pos", scalar("i64")),
+        force_id=b.input("force_id", scalar("i64")),
     )
 
 
@@ -60,6 +66,23 @@ def sample_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs
     sampled = b.argmax(kept + g)
     greedy = b.argmax(logits)
     return b.where(io.temperature > 0.0, sampled, greedy)
+
+
+def force_end_of_thinking(b: GraphBuilder, tokens: Var, positions: Var, io: DecodeInputs) -> Var:
+    """The thinking budget: the token at absolute position ``force_pos`` becomes ``force_id``,
+    unless ``force_id`` already occurs earlier among ``tokens`` (a causal run such as a
+    verified block). The session sets ``force_pos`` to -1 once the token has been emitted.
+    """
+    at = positions == io.force_pos
+    if tokens.type.shape:  # type: ignore[union-attr]
+        seen = b.cast(tokens == io.force_id, dtype="i64")
+        at = at & ((seen.cumsum() - seen) == 0)
+    return b.where(at, io.force_id, tokens)
+
+
+def next_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs) -> Var:
+    """AR tokens from causal logits: :func:`sample_tokens` then :func:`force_end_of_thinking`."""
+    return force_end_of_thinking(b, sample_tokens(b, logits, positions, io), positions, io)
 
 
 def ban_mask(b: GraphBuilder, logits: Var, mask_token_id: int) -> Var:

@@ -30,6 +30,9 @@ class GenerationParams:
         Do not treat the model's EOS as a stop.
     logprobs:
         Return the causal log-probability of every emitted token.
+    thinking_budget, end_think_token_id:
+        After ``thinking_budget`` generated tokens without ``end_think_token_id``,
+        that token is forced at the next position (both or neither).
     """
 
     max_new_tokens: int = 64
@@ -43,6 +46,8 @@ class GenerationParams:
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
+    thinking_budget: int | None = None
+    end_think_token_id: int | None = None
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str, expected: str, found: object) -> None:
@@ -62,6 +67,10 @@ class GenerationParams:
         need(all(isinstance(t, int) for t in self.stop_token_ids), "stop_token_ids", "ints", self.stop_token_ids)
         need(all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings", "non-empty strings",
              self.stop_strings)
+        need((self.thinking_budget is None) == (self.end_think_token_id is None), "thinking_budget",
+             "to be given together with end_think_token_id", self.thinking_budget)
+        need(self.thinking_budget is None or (isinstance(self.thinking_budget, int) and self.thinking_budget >= 0),
+             "thinking_budget", "an int >= 0", self.thinking_budget)
         object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
 

@@ -49,6 +49,7 @@ class _Request:
     started: float = 0.0
     seconds: float = 0.0
     new: list[int] = field(default_factory=list)
+    force_pos: torch.Tensor | None = None
 
 
 class Session:
@@ -188,7 +189,12 @@ class Session:
                 "temperature": torch.tensor(float(p.temperature), dtype=torch.float64, device=dev),
                 "top_k": torch.tensor(p.top_k, dtype=torch.int64, device=dev),
                 "top_p": torch.tensor(float(p.top_p), dtype=torch.float64, device=dev),
+                "force_pos": torch.tensor(-1 if p.thinking_budget is None else req.prompt.numel() + p.thinking_budget,
+                                          dtype=torch.int64, device=dev),
+                "force_id": torch.tensor(-1 if p.end_think_token_id is None else p.end_think_token_id,
+                                         dtype=torch.int64, device=dev),
             }
+            req.force_pos = inputs["force_pos"]
             req.program = Program(req.policy.lowered(dev), inputs)
             self._active[req.id] = req
             self._drive(req, req.program.start)
@@ -220,6 +226,8 @@ class Session:
         toks = event.tokens.tolist()
         lps = event.logprobs.tolist() if (p.logprobs and event.logprobs is not None) else [float("nan")] * len(toks)
         req.emit_sizes.append(len(toks))
+        if p.end_think_token_id is not None and p.end_think_token_id in toks and req.force_pos is not None:
+            req.force_pos.fill_(-1)  # thinking ended: nothing left to force (the program reads this input live)
         stops = set(p.stop_token_ids)
         if not p.ignore_eos and self.config.eos_token_id is not None:
             stops.add(self.config.eos_token_id)

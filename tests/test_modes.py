@@ -165,3 +165,21 @@ def test_cancel_and_step_api(model) -> None:
     assert session.result(a).tokens == got[a] and len(got[a]) == 4
     assert session.result(b).tokens == got[b] and len(got[b]) == 3
     assert not session.has_work
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_thinking_budget_forces_the_end_token_in_every_causal_mode(model, temperature: float) -> None:
+    p = dict(max_new_tokens=12, ignore_eos=True, temperature=temperature, seed=9)
+    free = run(model, [14, 15], "ar", **p)
+    end = next(t for t in range(3, 90) if t not in free.tokens)   # a token AR would not produce here
+    forced = run(model, [14, 15], "ar", thinking_budget=5, end_think_token_id=end, **p)
+    assert forced.tokens[:5] == free.tokens[:5] and forced.tokens[5] == end
+    assert forced.tokens.count(end) == 1
+    for mode in ("self-spec", "self-spec-quadratic"):
+        other = run(model, [14, 15], mode, block_length=4, thinking_budget=5, end_think_token_id=end, **p)
+        assert other.tokens == forced.tokens
+    natural = free.tokens[2]                                      # already emitted before the budget runs out
+    kept = run(model, [14, 15], "self-spec", thinking_budget=5, end_think_token_id=natural, **p)
+    assert kept.tokens == run(model, [14, 15], "ar", thinking_budget=5, end_think_token_id=natural, **p).tokens
+    with pytest.raises(ValueError, match="thinking_budget"):
+        graphrt.GenerationParams(thinking_budget=3)
