@@ -30,6 +30,9 @@ class CompiledPolicy:
         Positions past the budget the policy may forward (cache slack).
     report:
         The pass manager's report (per pass: changed, time), empty at O0.
+    kernels:
+        Dispatch of fused ops (see :func:`graphrt.executor.resolve_impl`): ``"auto"``
+        (CUDA kernels for CUDA tensors), ``"simulator"`` or ``"off"``.
     """
 
     policy: Policy
@@ -38,6 +41,7 @@ class CompiledPolicy:
     overshoot: int
     opt_level: int
     report: list[dict[str, Any]] = field(default_factory=list)
+    kernels: str = "auto"
     _lowered: dict[str, LoweredGraph] = field(default_factory=dict, repr=False)
 
     @property
@@ -47,9 +51,9 @@ class CompiledPolicy:
 
     def lowered(self, device: torch.device) -> LoweredGraph:
         """The graph lowered for ``device`` (cached per device)."""
-        key = str(device)
+        key = f"{device}/{self.kernels}"
         if key not in self._lowered:
-            self._lowered[key] = LoweredGraph(self.graph, device)
+            self._lowered[key] = LoweredGraph(self.graph, device, self.kernels)
         return self._lowered[key]
 
 

@@ -75,19 +75,22 @@ Event = ForwardRequest | EmitRequest | CommitRequest
 Impl = Callable[..., Any]
 
 
-def resolve_impl(op: str, device: torch.device) -> Impl:
+def resolve_impl(op: str, device: torch.device, kernels: str = "auto") -> Impl:
     """The implementation of ``op`` for tensors on ``device`` (the one dispatch point).
 
-    CUDA devices use :mod:`graphrt.cuda_kernels` where it provides a kernel for
-    the op; everything else runs the registry's torch reference.
+    ``kernels``: ``"auto"`` uses :mod:`graphrt.cuda_kernels` for CUDA devices where it
+    has a kernel for the op; ``"simulator"`` uses those kernels on CPU tensors in
+    Numba's CUDA simulator (tests); ``"off"`` always runs the registry's torch reference.
     """
-    if device.type == "cuda":
+    if kernels not in ("auto", "simulator", "off"):
+        raise ValueError(f"resolve_impl: kernels expected 'auto', 'simulator' or 'off', found {kernels!r}")
+    if kernels == "simulator" or (kernels == "auto" and device.type == "cuda"):
         try:
-            from graphrt.cuda_kernels.dispatch import get_impl
-        except ImportError:  # CUDA extra not installed: references run on the GPU through torch
-            get_impl = None
-        if get_impl is not None:
-            impl = get_impl(op, device)
+            from graphrt.cuda_kernels.op_adapters import op_impl
+        except ImportError:  # CUDA extra not installed: the references run on the GPU through torch
+            op_impl = None
+        if op_impl is not None:
+            impl = op_impl(op, device, simulator=kernels == "simulator")
             if impl is not None:
                 return impl
     ref = get_op(op).reference
@@ -112,7 +115,7 @@ class _Instr:
 class LoweredGraph:
     """A graph prepared for interpretation: attributes resolved, implementations bound."""
 
-    def __init__(self, graph: Graph, device: torch.device) -> None:
+    def __init__(self, graph: Graph, device: torch.device, kernels: str = "auto") -> None:
         self.graph = graph
         self.inputs = [id(v) for v in graph.inputs]
         self.outputs = [id(v) for v in graph.outputs]
@@ -121,10 +124,10 @@ class LoweredGraph:
         for node in graph.nodes:
             opdef = get_op(node.op)
             attrs = opdef.resolve_attrs(node.attrs, f"node '{node.name}'")
-            impl = None if opdef.tier == "control" else resolve_impl(node.op, device)
+            impl = None if opdef.tier == "control" else resolve_impl(node.op, device, kernels)
             self.instrs.append(_Instr(node, impl, attrs, [id(v) for v in node.inputs], [id(v) for v in node.outputs]))
             for region in node.regions:
-                self.regions[id(region)] = LoweredGraph(region, device)
+                self.regions[id(region)] = LoweredGraph(region, device, kernels)
 
 
 class Program:
