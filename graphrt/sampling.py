@@ -91,13 +91,16 @@ def sample(
 ) -> torch.Tensor:
     """Token ids ``[...]`` drawn from ``logits [..., V]``.
 
-    ``temperature == 0`` is greedy (:func:`argmax_lowest`); otherwise Gumbel-max
-    over :func:`filter_logits` with noise keyed by ``positions [...]`` (the
-    absolute position each sampled token will occupy) and ``purpose``.
+    ``temperature == 0`` (or NaN) is greedy (:func:`argmax_lowest`); otherwise
+    Gumbel-max over :func:`filter_logits` at ``max(temperature, 1e-30)`` with
+    noise keyed by ``positions [...]`` (the absolute position each sampled token
+    will occupy) and ``purpose``. This is bit for bit the primitive chain of
+    :func:`graphrt.library.sample_tokens` (``where(T > 0, ..., greedy)`` over
+    logits divided by ``maximum(T, 1e-30)``), which the fusion pass replaces.
     """
-    if temperature <= 0:
+    if not temperature > 0:
         return argmax_lowest(logits)
-    scores = filter_logits(logits, temperature, top_k, top_p)
+    scores = filter_logits(logits, max(temperature, 1e-30), top_k, top_p)
     scores = scores + noise.gumbel(seed, stream, positions, purpose, logits.shape[-1])
     return argmax_lowest(scores)
 

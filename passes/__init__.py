@@ -1,0 +1,22 @@
+"""graphrt.passes: the pass infrastructure and the semantics-preserving passes.
+
+``default_pipeline(opt_level).run(graph)`` returns a
+:class:`~graphrt.passes.manager.PipelineResult` with ``.graph`` (optimised,
+annotated with the memory plan, stream schedule and capture plan) and
+``.report`` (per pass: changed, time, change log). See ``docs/compiler.md``.
+"""
+
+from graphrt.passes.canonicalize import canonicalize
+from graphrt.passes.constant_folding import fold_constants
+from graphrt.passes.cse import eliminate_common_subexpressions
+from graphrt.passes.dead_code import eliminate_dead_code, remove_dead_carried
+from graphrt.passes.fusion import fuse
+from graphrt.passes.hoist_invariants import hoist_invariants
+from graphrt.passes.manager import Pass, PassError, PassManager, PassResult, PassStep, Pipeline, PipelineResult
+from graphrt.passes.pipeline import OPT_LEVELS, default_pipeline, default_steps
+
+__all__ = [
+    "OPT_LEVELS", "Pass", "PassError", "PassManager", "PassResult", "PassStep", "Pipeline", "PipelineResult",
+    "canonicalize", "default_pipeline", "default_steps", "eliminate_common_subexpressions", "eliminate_dead_code",
+    "fold_constants", "fuse", "hoist_invariants", "remove_dead_carried",
+]

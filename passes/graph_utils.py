@@ -1,0 +1,167 @@
+"""Helpers every pass shares: a fast structural copy, definition maps, substitutions.
+
+Passes are pure functions: each copies its input with :func:`copy_graph` (same
+names, new objects, annotations carried over), rewrites the copy, and returns
+it. Rewrites that replace a value by another record the replacement in a
+:class:`Substitution` and apply all of them in one walk at the end, so a pass
+stays linear in graph size (``graphrt.ir.replace_uses`` walks the whole graph
+per call).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from graphrt.ir import Graph, NameGen, Node, Value
+
+ANNOTATIONS = "annotations"
+"""Name of the attribute that carries analysis results (memory plan, streams, capture) on a graph."""
+
+
+def annotations(graph: Graph) -> dict[str, Any]:
+    """The analysis results attached to ``graph`` (created empty on first use).
+
+    Parameters
+    ----------
+    graph:
+        A top-level graph.
+
+    Returns
+    -------
+    dict
+        Keys used by the passes: ``"memory"``, ``"streams"``, ``"capture"``.
+    """
+    ann = getattr(graph, ANNOTATIONS, None)
+    if ann is None:
+        ann = {}
+        setattr(graph, ANNOTATIONS, ann)
+    return ann
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """Structural copy of ``graph``: same names, types and attributes, new objects.
+
+    Values read from outside ``graph`` (none in a verified top-level graph) are
+    shared with the original. Annotations are carried over (shallow copy).
+
+    Parameters
+    ----------
+    graph:
+        The graph to copy.
+
+    Returns
+    -------
+    Graph
+        The copy; ``verify`` accepts it exactly when it accepts ``graph``.
+    """
+    vmap: dict[int, Value] = {}
+
+    def value(v: Value, producer: Node | None) -> Value:
+        nv = Value(v.name, v.type, producer)
+        vmap[id(v)] = nv
+        return nv
+
+    def copy(g: Graph) -> Graph:
+        ng = Graph(g.name)
+        ng.inputs = [value(v, None) for v in g.inputs]
+        for n in g.nodes:
+            nn = Node(n.op, [vmap.get(id(v), v) for v in n.inputs], [], dict(n.attrs), [], n.name)
+            nn.regions = [copy(r) for r in n.regions]
+            nn.outputs = [value(v, nn) for v in n.outputs]
+            ng.nodes.append(nn)
+        ng.outputs = [vmap.get(id(v), v) for v in g.outputs]
+        return ng
+
+    out = copy(graph)
+    ann = getattr(graph, ANNOTATIONS, None)
+    if ann:
+        setattr(out, ANNOTATIONS, dict(ann))
+    return out
+
+
+def all_graphs(graph: Graph) -> Iterator[Graph]:
+    """``graph`` and every nested region, pre-order."""
+    yield graph
+    for node in graph.nodes:
+        for region in node.regions:
+            yield from all_graphs(region)
+
+
+def definitions(graph: Graph) -> dict[int, Node]:
+    """id(value) -> the node that defines it, over ``graph`` and all its regions."""
+    defs: dict[int, Node] = {}
+    for node in graph.walk():
+        for v in node.outputs:
+            defs[id(v)] = node
+    return defs
+
+
+def use_counts(graph: Graph) -> dict[int, int]:
+    """id(value) -> number of reads (node inputs and graph/region outputs), over all regions."""
+    counts: dict[int, int] = {}
+    for g in all_graphs(graph):
+        for node in g.nodes:
+            for v in node.inputs:
+                counts[id(v)] = counts.get(id(v), 0) + 1
+        for v in g.outputs:
+            counts[id(v)] = counts.get(id(v), 0) + 1
+    return counts
+
+
+class Substitution:
+    """Pending replacements ``old value -> new value``, applied in one walk.
+
+    Old values are kept referenced until :meth:`apply`, so their ids stay unique.
+    """
+
+    def __init__(self) -> None:
+        self._map: dict[int, tuple[Value, Value]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._map)
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def replace(self, old: Value, new: Value) -> None:
+        """Record that every read of ``old`` must read ``new`` instead."""
+        if old is not new:
+            self._map[id(old)] = (old, new)
+
+    def resolve(self, v: Value) -> Value:
+        """The value ``v`` stands for after all recorded replacements (chains followed)."""
+        seen = 0
+        while id(v) in self._map:
+            v = self._map[id(v)][1]
+            seen += 1
+            if seen > len(self._map):
+                raise RuntimeError(f"substitution cycle through %{v.name}")
+        return v
+
+    def resolve_inputs(self, node: Node) -> None:
+        """Rewrite ``node.inputs`` in place through :meth:`resolve`."""
+        if self._map:
+            node.inputs = [self.resolve(v) for v in node.inputs]
+
+    def apply(self, graph: Graph) -> None:
+        """Rewrite every read in ``graph`` (all regions, outputs included)."""
+        if not self._map:
+            return
+        for g in all_graphs(graph):
+            for node in g.nodes:
+                self.resolve_inputs(node)
+            g.outputs = [self.resolve(v) for v in g.outputs]
+
+
+def fresh_names(graph: Graph) -> NameGen:
+    """A :class:`NameGen` that avoids every name in ``graph`` (see ``NameGen.for_graph``)."""
+    return NameGen.for_graph(graph)
+
+
+def freeze_attr(v: Any) -> Any:
+    """A hashable key for an attribute value that tells ``1``, ``1.0``, ``True`` and ``nan`` apart safely."""
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__, tuple(freeze_attr(x) for x in v))
+    if isinstance(v, dict):
+        return ("dict", tuple(sorted((k, freeze_attr(x)) for k, x in v.items())))
+    return (type(v).__name__, repr(v))
