@@ -11,6 +11,21 @@ way down and there is no second, run-to-completion interpreter.
 
 Failures name the node: :class:`ExecutionError` says which node of which graph
 failed and why.
+
+Memory: when the graph carries a memory plan (``graph.annotations["memory"]``,
+from :mod:`graphrt.passes.memory_planning`), each :class:`Program` keeps an
+arena of static buffers, allocated on a planned value's first use; afterwards
+its node writes into that buffer (through :mod:`graphrt.out_variants`, or a
+``copy_`` of the reference's result), so steady-state steps allocate no new
+tensors for planned values.
+
+Streams: when the graph carries a stream schedule (``annotations["streams"]``,
+from :mod:`graphrt.passes.stream_assignment`) and runs on CUDA, each region's
+nodes are issued on their assigned torch streams: side streams wait for the
+host's stream at region entry, consumers wait for their producers' events, and
+every host synchronisation (``forward``, ``emit``, ``commit``, ``loop``) and the
+region's end join all streams back. On CPU the nodes run in program order,
+which is one of the orders the schedule allows.
 """
 
 from __future__ import annotations
@@ -110,24 +125,129 @@ class _Instr:
     attrs: dict[str, Any]
     ins: list[int]
     outs: list[int]
+    slot: int | None = None        # memory plan: arena slot of the (single) output
+    mode: str = ""                 # "out" | "copy" | "once"
+    out_impl: Impl | None = None   # out-variant of the reference, when the reference runs
+    stream: int = 0                # stream schedule: stream index (0: the host's stream)
+    waits: tuple[int, ...] = ()    # instruction indices whose events to wait for
+    record: bool = False           # record an event after this instruction
 
 
 class LoweredGraph:
     """A graph prepared for interpretation: attributes resolved, implementations bound."""
 
-    def __init__(self, graph: Graph, device: torch.device, kernels: str = "auto") -> None:
+    def __init__(self, graph: Graph, device: torch.device, kernels: str = "auto", _plans: Any = None,
+                 _key: str = "") -> None:
         self.graph = graph
         self.inputs = [id(v) for v in graph.inputs]
         self.outputs = [id(v) for v in graph.outputs]
         self.instrs: list[_Instr] = []
         self.regions: dict[int, LoweredGraph] = {}
+        plans = _plans if _plans is not None else (getattr(graph, "annotations", None) or {})
+        plan = plans.get("memory")
+        self.num_slots = plan.num_slots if plan is not None else 0
         for node in graph.nodes:
             opdef = get_op(node.op)
             attrs = opdef.resolve_attrs(node.attrs, f"node '{node.name}'")
             impl = None if opdef.tier == "control" else resolve_impl(node.op, device, kernels)
-            self.instrs.append(_Instr(node, impl, attrs, [id(v) for v in node.inputs], [id(v) for v in node.outputs]))
-            for region in node.regions:
-                self.regions[id(region)] = LoweredGraph(region, device, kernels)
+            ins = _Instr(node, impl, attrs, [id(v) for v in node.inputs], [id(v) for v in node.outputs])
+            if plan is not None and impl is not None and len(node.outputs) == 1:
+                _bind_plan(ins, plan, opdef.reference)
+            self.instrs.append(ins)
+            for i, region in enumerate(node.regions):
+                key = node.name if i == 0 else f"{node.name}#{i}"
+                self.regions[id(region)] = LoweredGraph(region, device, kernels, plans, key)
+        schedule = plans.get("streams")
+        region_schedule = schedule.regions.get(_key) if schedule is not None else None
+        self.streams = _bind_schedule(self.instrs, region_schedule, device) if region_schedule else None
+
+
+def _bind_plan(ins: _Instr, plan: Any, reference: Impl | None) -> None:
+    """Attach the memory plan's slot and write mode to one instruction."""
+    name = ins.node.outputs[0].name
+    slot = plan.slot_of.get(name)
+    if slot is None:
+        return
+    ins.slot, ins.mode = slot, plan.mode.get(name, "copy")
+    if ins.mode == "out" and ins.impl is reference:
+        from graphrt.out_variants import out_variant
+
+        ins.out_impl = out_variant(ins.node.op)
+
+
+def _bind_schedule(instrs: list[_Instr], schedule: Any, device: torch.device) -> "StreamRunner | None":
+    """Attach a region's stream schedule to its instructions; the runner, or None (CPU: program order)."""
+    index = {ins.node.name: i for i, ins in enumerate(instrs)}
+    for ins in instrs:
+        name = ins.node.name
+        ins.stream = schedule.stream.get(name, 0) if ins.impl is not None else 0
+        ins.waits = tuple(index[p] for p in schedule.waits.get(name, ()) if p in index)
+        for i in ins.waits:
+            instrs[i].record = True
+    return make_stream_runner(max((ins.stream for ins in instrs), default=0) + 1, device)
+
+
+class StreamRunner:
+    """Issues a region's instructions on CUDA streams (see the module docstring).
+
+    Parameters
+    ----------
+    num_streams:
+        Streams the region's schedule uses (stream 0 is the current stream).
+    device:
+        The CUDA device.
+    """
+
+    def __init__(self, num_streams: int, device: torch.device) -> None:
+        self.device = device
+        self.side = [torch.cuda.Stream(device=device) for _ in range(num_streams - 1)]
+
+    def _stream(self, index: int) -> Any:
+        return torch.cuda.current_stream(self.device) if index == 0 else self.side[index - 1]
+
+    def fork(self) -> None:
+        """Side streams wait for everything issued so far on the current stream."""
+        main = torch.cuda.current_stream(self.device)
+        for s in self.side:
+            s.wait_stream(main)
+
+    def join(self) -> None:
+        """The current stream waits for all side streams (before a host sync, at region end)."""
+        main = torch.cuda.current_stream(self.device)
+        for s in self.side:
+            main.wait_stream(s)
+
+    def compute(self, index: int, ins: _Instr, args: list[Any], arena: "Arena") -> Any:
+        """Run one instruction on its stream after its waits; record its event if someone waits for it."""
+        stream = self._stream(ins.stream)
+        for w in ins.waits:
+            stream.wait_event(arena.events[(id(self), w)])
+        with torch.cuda.stream(stream):
+            for a in args:  # reads across streams: the caching allocator must not reuse them early
+                if isinstance(a, torch.Tensor) and a.is_cuda:
+                    a.record_stream(stream)
+            result = _compute(ins, args, arena)
+        if ins.record:
+            key = (id(self), index)
+            event = arena.events.get(key)
+            if event is None:
+                event = arena.events[key] = torch.cuda.Event()
+            event.record(stream)
+        return result
+
+
+def make_stream_runner(num_streams: int, device: torch.device) -> StreamRunner | None:
+    """The runner for a region on ``device``: None on CPU or with one stream (program order)."""
+    if device.type != "cuda" or num_streams <= 1:
+        return None
+    return StreamRunner(num_streams, device)
+
+
+def _compute(ins: _Instr, args: list[Any], arena: "Arena") -> Any:
+    """One non-control instruction: into its planned buffer, or through its implementation."""
+    if ins.slot is not None:
+        return arena.run(ins, args)
+    return ins.impl(*args, **ins.attrs)  # type: ignore[misc]
 
 
 class Program:
@@ -144,8 +264,10 @@ class Program:
             raise ValueError(f"graph '{lowered.graph.name}' inputs: expected {names}, "
                              f"missing {missing}, unexpected {extra}")
         env = {vid: inputs[v.name] for vid, v in zip(lowered.inputs, lowered.graph.inputs)}
-        self._gen = _run(lowered, env)
+        self.arena = Arena()
+        self._gen = _run(lowered, env, self.arena)
         self.finished = False
+        self.outputs: list[Any] | None = None
 
     def start(self) -> Event | None:
         """Run to the first suspension; ``None`` if the graph finished without one."""
@@ -165,28 +287,68 @@ class Program:
             raise RuntimeError("Program: resumed after it finished")
         try:
             return next(self._gen) if first else self._gen.send(value)
-        except StopIteration:
+        except StopIteration as stop:
             self.finished = True
+            self.outputs = stop.value
             return None
 
 
-def _run(lowered: LoweredGraph, env: dict[int, Any]) -> Generator[Event, Any, list[Any]]:
-    for ins in lowered.instrs:
+class Arena:
+    """A program's static buffers (see the module docstring).
+
+    Attributes
+    ----------
+    buffers:
+        ``(slot, dtype, device, shape) -> tensor``; created on a slot's first use.
+    bound:
+        Instruction -> the buffer it writes (after its first run).
+    misses:
+        Times a result did not fit its instruction's buffer (a plan/run-time
+        mismatch, e.g. a dtype change); 0 in steady state.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[Any, ...], torch.Tensor] = {}
+        self.bound: dict[int, torch.Tensor] = {}
+        self.misses = 0
+        self.events: dict[tuple[int, int], Any] = {}
+
+    def run(self, ins: _Instr, args: list[Any]) -> torch.Tensor:
+        """Execute a planned instruction into its buffer; returns the buffer."""
+        buf = self.bound.get(id(ins))
+        if buf is not None:
+            if ins.mode == "once":
+                return buf
+            if ins.out_impl is not None:
+                return ins.out_impl(*args, out=buf, **ins.attrs)
+        result = ins.impl(*args, **ins.attrs)  # type: ignore[misc]
+        if buf is not None and buf.shape == result.shape and buf.dtype == result.dtype \
+                and buf.device == result.device:
+            return buf.copy_(result)
+        if buf is not None:
+            self.misses += 1
+        key = (ins.slot, result.dtype, result.device, tuple(result.shape))
+        buf = self.buffers.get(key)
+        if buf is None:
+            buf = self.buffers[key] = torch.empty(result.shape, dtype=result.dtype, device=result.device)
+        self.bound[id(ins)] = buf
+        return buf.copy_(result)
+
+
+def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena) -> Generator[Event, Any, list[Any]]:
+    streams = lowered.streams
+    if streams is not None:
+        streams.fork()
+    for index, ins in enumerate(lowered.instrs):
         node = ins.node
         args = [env[i] for i in ins.ins]
         try:
             if ins.impl is not None:
-                result = ins.impl(*args, **ins.attrs)
-            elif node.op == "forward":
-                result = yield from _forward(node, args, ins.attrs)
-            elif node.op == "emit":
-                result = yield from _emit(node, args)
-            elif node.op == "commit":
-                result = yield from _commit(node, args)
-            elif node.op == "loop":
-                result = yield from _loop(lowered.regions[id(node.regions[0])], args, env)
+                result = _compute(ins, args, arena) if streams is None else streams.compute(index, ins, args, arena)
             else:
-                raise ExecutionError(f"node '{node.name}': control op '{node.op}' has no interpreter")
+                if streams is not None:
+                    streams.join()  # a host sync sees every stream's work
+                result = yield from _control(lowered, node, args, ins.attrs, env, arena)
         except (ExecutionError, GeneratorExit):
             raise
         except Exception as exc:  # name the failing node, keep the cause
@@ -197,7 +359,22 @@ def _run(lowered: LoweredGraph, env: dict[int, Any]) -> Generator[Event, Any, li
         elif ins.outs:
             for vid, r in zip(ins.outs, result):
                 env[vid] = r
+    if streams is not None:
+        streams.join()
     return [env[i] for i in lowered.outputs]
+
+
+def _control(lowered: LoweredGraph, node: Node, args: list[Any], attrs: dict[str, Any], env: dict[int, Any],
+             arena: Arena) -> Generator[Event, Any, Any]:
+    if node.op == "forward":
+        return (yield from _forward(node, args, attrs))
+    if node.op == "emit":
+        return (yield from _emit(node, args))
+    if node.op == "commit":
+        return (yield from _commit(node, args))
+    if node.op == "loop":
+        return (yield from _loop(lowered.regions[id(node.regions[0])], args, env, arena))
+    raise ExecutionError(f"node '{node.name}': control op '{node.op}' has no interpreter")
 
 
 def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Event, Any, Any]:
@@ -234,13 +411,13 @@ def _commit(node: Node, args: list[Any]) -> Generator[Event, Any, Any]:
     return cache
 
 
-def _loop(body: LoweredGraph, args: list[Any], outer: dict[int, Any]) -> Generator[Event, Any, Any]:
+def _loop(body: LoweredGraph, args: list[Any], outer: dict[int, Any], arena: Arena) -> Generator[Event, Any, Any]:
     cond, carried = args[0], list(args[1:])
     # Values are SSA and uniquely named, so the body may bind into the enclosing
     # environment directly: each iteration rebinds the same names.
     while bool(cond):
         outer.update(zip(body.inputs, carried))
-        results = yield from _run(body, outer)
+        results = yield from _run(body, outer, arena)
         cond, carried = results[0], results[1:]
     if len(carried) == 1:
         return carried[0]

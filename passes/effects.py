@@ -39,15 +39,17 @@ VIEW_OPS = frozenset({"slice", "dynamic_slice", "unsqueeze"})
 """Ops whose reference returns a view of an input (no new storage)."""
 
 HOST_READS: dict[str, tuple[int, ...]] = {
-    "sample": (2, 3, 4, 5, 6),
     "noise": (0, 1),
     "topk": (1,),
     "top_p": (1,),
-    "denoise_select": (3,),
     "scatter": (1,),
     "dynamic_slice": (1,),
 }
-"""Inputs whose value the op's reference reads on the host (``int(k)``, ``float(p)``)."""
+"""Inputs whose value a primitive's reference reads on the host (``int(k)``, ``float(p)``).
+
+The fused ops' kernels (``sample``, ``denoise_select``, ...) take their scalars
+as device tensors (``graphrt.cuda_kernels.op_adapters``), so they read nothing
+on the host."""
 
 
 def _region_effects(node: Node, wanted: frozenset[str]) -> bool:

@@ -87,6 +87,18 @@ def all_graphs(graph: Graph) -> Iterator[Graph]:
             yield from all_graphs(region)
 
 
+def regions_with_keys(graph: Graph) -> Iterator[tuple[str, Graph]]:
+    """Every (key, graph) pair: the top level as ``""``, each region by its owner node's name.
+
+    Node names are unique in a verified graph, so keys are too (a second region
+    of the same node gets ``#1``, ``#2``, ...). Plans and schedules use these keys.
+    """
+    yield "", graph
+    for node in graph.walk():
+        for i, region in enumerate(node.regions):
+            yield (node.name if i == 0 else f"{node.name}#{i}"), region
+
+
 def definitions(graph: Graph) -> dict[int, Node]:
     """id(value) -> the node that defines it, over ``graph`` and all its regions."""
     defs: dict[int, Node] = {}

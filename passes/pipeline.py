@@ -17,6 +17,9 @@ from graphrt.passes.dead_code import eliminate_dead_code, remove_dead_carried
 from graphrt.passes.fusion import fuse
 from graphrt.passes.hoist_invariants import hoist_invariants
 from graphrt.passes.manager import PassStep, Pipeline
+from graphrt.passes.memory_planning import plan_memory
+from graphrt.passes.stream_assignment import assign_streams
+from graphrt.passes.capture_planning import plan_capture
 
 OPT_LEVELS = (0, 1, 2)
 
@@ -38,6 +41,12 @@ def default_steps() -> list[PassStep]:
                  "drop loop-carried values that influence nothing (e.g. a step counter without a schedule)"),
         PassStep("dce", eliminate_dead_code,
                  "remove what fusion orphaned (the T = 0 noise, the chains' intermediates), effects kept"),
+        PassStep("plan_memory", plan_memory,
+                 "static buffers reused across steps: a steady-state step allocates no planned tensor"),
+        PassStep("assign_streams", assign_streams,
+                 "independent work (log-probs, next positions) on side streams; events only where needed"),
+        PassStep("plan_capture", plan_capture,
+                 "static segments between host syncs, for CUDA graphs; counts the syncs that remain"),
     ]
 
 
