@@ -52,7 +52,7 @@ def test_diffusion_equals_oracle(model, b: int, threshold: float | None) -> None
 def test_diffusion_step_schedule_and_eos_early_exit() -> None:
     # A model whose EOS is a frequent token exercises the early exit.
     m = tiny_model(seed=3)
-    for seed_prompt in range(6):
+    for seed_prompt in range(3):
         prompt = [(7 * seed_prompt + k) % 90 + 3 for k in range(3)]
         for steps in (2, 3):
             res = graphrt.generate(m, prompt, mode=graphrt.compile(
