@@ -228,12 +228,16 @@ class StreamRunner:
                     a.record_stream(stream)
             result = _compute(ins, args, arena)
         if ins.record:
-            key = (id(self), index)
-            event = arena.events.get(key)
-            if event is None:
-                event = arena.events[key] = torch.cuda.Event()
-            event.record(stream)
+            self.record(index, ins, arena)
         return result
+
+    def record(self, index: int, ins: _Instr, arena: "Arena") -> None:
+        """Record instruction ``index``'s event on its stream (control ops: the current stream)."""
+        key = (id(self), index)
+        event = arena.events.get(key)
+        if event is None:
+            event = arena.events[key] = torch.cuda.Event()
+        event.record(self._stream(ins.stream))
 
 
 def make_stream_runner(num_streams: int, device: torch.device) -> StreamRunner | None:
@@ -335,7 +339,8 @@ class Arena:
         return buf.copy_(result)
 
 
-def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena) -> Generator[Event, Any, list[Any]]:
+def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None) -> Generator[Event, Any, list[Any]]:
+    arena = arena if arena is not None else Arena()
     streams = lowered.streams
     if streams is not None:
         streams.fork()
@@ -349,6 +354,8 @@ def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena) -> Generator[
                 if streams is not None:
                     streams.join()  # a host sync sees every stream's work
                 result = yield from _control(lowered, node, args, ins.attrs, env, arena)
+                if streams is not None and ins.record:
+                    streams.record(index, ins, arena)
         except (ExecutionError, GeneratorExit):
             raise
         except Exception as exc:  # name the failing node, keep the cause

@@ -189,7 +189,8 @@ def _poly(slots: list[BufferSlot], dims: Mapping[str, int], float_bytes: int) ->
     return {k: v for k, v in out.items() if v}
 
 
-def plan_memory(graph: Graph, model_dims: tuple[str, ...] = MODEL_DIMS) -> PassResult:
+def plan_memory(graph: Graph, model_dims: tuple[str, ...] = MODEL_DIMS,
+                dims: Mapping[str, int] | None = None) -> PassResult:
     """Plan static buffers for ``graph`` (see the module docstring).
 
     Parameters
@@ -198,6 +199,9 @@ def plan_memory(graph: Graph, model_dims: tuple[str, ...] = MODEL_DIMS) -> PassR
         A verified graph; not modified (the result is an annotated copy).
     model_dims:
         Symbolic dims fixed by the model (``("V",)``).
+    dims:
+        Sizes of model dims for the byte count in ``info`` (e.g. ``{"V": 96}``);
+        the plan itself stays symbolic.
 
     Returns
     -------
@@ -209,7 +213,7 @@ def plan_memory(graph: Graph, model_dims: tuple[str, ...] = MODEL_DIMS) -> PassR
     plan = MemoryPlan(model_dims=tuple(model_dims))
     _plan_region(out, "", plan, loop=None, pinned=frozenset())
     annotations(out)["memory"] = plan
-    info = {"values": len(plan.slot_of), "slots": plan.num_slots, "bytes": plan.format_bytes()}
+    info = {"values": len(plan.slot_of), "slots": plan.num_slots, "bytes": plan.format_bytes(dims)}
     return PassResult(out, True, info)
 
 

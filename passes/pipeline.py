@@ -11,6 +11,7 @@ import os
 from typing import Mapping
 
 from graphrt.passes.canonicalize import canonicalize
+from graphrt.passes.capture_planning import plan_capture
 from graphrt.passes.constant_folding import fold_constants
 from graphrt.passes.cse import eliminate_common_subexpressions
 from graphrt.passes.dead_code import eliminate_dead_code, remove_dead_carried
@@ -19,13 +20,18 @@ from graphrt.passes.hoist_invariants import hoist_invariants
 from graphrt.passes.manager import PassStep, Pipeline
 from graphrt.passes.memory_planning import plan_memory
 from graphrt.passes.stream_assignment import assign_streams
-from graphrt.passes.capture_planning import plan_capture
 
 OPT_LEVELS = (0, 1, 2)
 
 
-def default_steps() -> list[PassStep]:
-    """The ``O1`` passes, in order, each with the reason it is there."""
+def default_steps(dims: Mapping[str, int] | None = None) -> list[PassStep]:
+    """The ``O1`` passes, in order, each with the reason it is there.
+
+    Parameters
+    ----------
+    dims:
+        Model dims (``{"V": vocab}``) for the memory planner's byte report.
+    """
     return [
         PassStep("canonicalize", canonicalize,
                  "one spelling per computation (constants right, identities gone) so later patterns match once"),
@@ -41,7 +47,7 @@ def default_steps() -> list[PassStep]:
                  "drop loop-carried values that influence nothing (e.g. a step counter without a schedule)"),
         PassStep("dce", eliminate_dead_code,
                  "remove what fusion orphaned (the T = 0 noise, the chains' intermediates), effects kept"),
-        PassStep("plan_memory", plan_memory,
+        PassStep("plan_memory", (lambda g: plan_memory(g, dims=dims)) if dims else plan_memory,
                  "static buffers reused across steps: a steady-state step allocates no planned tensor"),
         PassStep("assign_streams", assign_streams,
                  "independent work (log-probs, next positions) on side streams; events only where needed"),
@@ -79,6 +85,5 @@ def default_pipeline(opt_level: int = 1, *, verify_each: bool = True, dump_dir: 
     """
     if opt_level not in OPT_LEVELS:
         raise ValueError(f"default_pipeline: opt_level expected one of {OPT_LEVELS}, found {opt_level!r}")
-    steps = [] if opt_level == 0 else default_steps()
-    del dims
+    steps = [] if opt_level == 0 else default_steps(dims)
     return Pipeline(steps, name=f"O{opt_level}", verify_each=verify_each, dump_dir=dump_dir)

@@ -1,0 +1,142 @@
+"""Stream schedules: every execution order the streams and events allow gives the same result."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import graphrt.executor as executor
+from decode_oracles import tiny_model
+from graphrt.backbone import BackboneConfig
+from graphrt.frontends import policies
+from graphrt.passes import assign_streams, default_pipeline
+from graphrt.passes.graph_utils import annotations, regions_with_keys
+from pass_programs import evaluate, generate, pure_programs, random_order, same
+
+CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
+                        block_size=4)
+
+
+def _closure_reaches(constraints: list[tuple[str, str]], src: str, dst: str) -> bool:
+    succ: dict[str, list[str]] = {}
+    for u, v in constraints:
+        succ.setdefault(u, []).append(v)
+    stack, seen = [src], {src}
+    while stack:
+        for m in succ.get(stack.pop(), ()):
+            if m == dst:
+                return True
+            if m not in seen:
+                seen.add(m)
+                stack.append(m)
+    return False
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(program=pure_programs(), orders=st.lists(st.integers(0, 2**32), min_size=3, max_size=3),
+       max_streams=st.sampled_from([2, 4]))
+def test_every_order_the_schedule_allows_gives_the_same_result(program, orders: list[int], max_streams: int) -> None:
+    graph, inputs = program
+    steps = default_pipeline(1).steps
+    steps = [s if s.name != "assign_streams" else s.__class__(s.name, lambda g: assign_streams(g, max_streams),
+                                                                     s.reason) for s in steps]
+    from graphrt.passes import Pipeline
+
+    optimised = Pipeline(steps).run(graph).graph
+    want = evaluate(graph, inputs)
+    for seed in orders:
+        reordered = random_order(optimised, random.Random(seed))  # verify() inside: data order respected
+        assert same(evaluate(reordered, inputs, steps=2), want)
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "self-spec"])
+def test_schedule_implies_every_dependency_of_the_builtin_modes(mode: str) -> None:
+    graph = default_pipeline(1).run(policies.policy_for_mode(mode).build(CONFIG)).graph
+    sched = annotations(graph)["streams"]
+    assert sched.num_streams > 1 and sched.num_events > 0
+    for key, region in regions_with_keys(graph):
+        rs = sched.regions[key]
+        cons = list(rs.constraints())
+        for node, preds in rs.deps.items():
+            for p in preds:
+                assert _closure_reaches(cons, p, node), f"{key}: {p} -> {node} not implied"
+        ordered = [n.name for n in region.nodes if n.op in ("forward", "emit", "commit", "loop")]
+        assert all(rs.stream[n] == 0 for n in ordered)
+
+
+def test_one_stream_means_program_order_and_no_events() -> None:
+    graph = policies.build_self_spec(CONFIG)
+    sched = annotations(assign_streams(graph, max_streams=1).graph)["streams"]
+    assert sched.num_streams == 1 and sched.num_events == 0
+    with pytest.raises(ValueError, match="max_streams expected >= 1"):
+        assign_streams(graph, max_streams=0)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mode=st.sampled_from(["ar", "diffusion", "self-spec"]), order=st.integers(0, 2**32),
+       temperature=st.sampled_from([0.0, 0.9]))
+def test_builtin_modes_in_random_schedule_orders_match_o0(mode: str, order: int, temperature: float) -> None:
+    model = tiny_model(seed=2)
+    reference = policies.policy_for_mode(mode, block_length=3).build(model.config)
+    optimised = default_pipeline(1).run(reference).graph
+    reordered = random_order(optimised, random.Random(order))
+    params = dict(max_new_tokens=6, temperature=temperature, seed=order % 1000, logprobs=True)
+    want = generate(model, reference, reference, [4, 5, 6], **params)
+    got = generate(model, reordered, reference, [4, 5, 6], **params)
+    assert (got.tokens, got.forwards) == (want.tokens, want.forwards)
+    assert same([float(x) for x in got.logprobs], [float(x) for x in want.logprobs])
+
+
+class _FakeStreams:
+    """Stands in for CUDA streams on CPU: checks that every wait follows its record, joins precede syncs."""
+
+    log: list[tuple[str, int, int]] = []
+
+    def __init__(self, num_streams: int) -> None:
+        self.num_streams = num_streams
+        self.recorded: set[int] = set()
+
+    def fork(self) -> None:
+        self.recorded.clear()
+        _FakeStreams.log.append(("fork", id(self), 0))
+
+    def join(self) -> None:
+        _FakeStreams.log.append(("join", id(self), 0))
+
+    def compute(self, index, ins, args, arena):
+        for w in ins.waits:
+            assert w in self.recorded, f"{ins.node.name} waits for instruction {w} before it was recorded"
+            assert w < index
+        result = executor._compute(ins, args, arena)
+        if ins.record:
+            self.record(index, ins, arena)
+        _FakeStreams.log.append(("run", id(self), ins.stream))
+        return result
+
+    def record(self, index, ins, arena) -> None:
+        self.recorded.add(index)
+
+
+def test_executor_issues_schedule_with_waits_after_records(monkeypatch) -> None:
+    monkeypatch.setattr(executor, "make_stream_runner", lambda n, device: _FakeStreams(n) if n > 1 else None)
+    _FakeStreams.log = []
+    model = tiny_model(seed=0)
+    got = generate(model, default_pipeline(1).run(policies.build_self_spec(model.config)).graph,
+                   policies.build_self_spec(model.config), [3, 4], max_new_tokens=6)
+    monkeypatch.undo()
+    reference = policies.build_self_spec(model.config)
+    assert got.tokens == generate(model, reference, reference, [3, 4], max_new_tokens=6).tokens
+    kinds = {k for k, _, _ in _FakeStreams.log}
+    assert kinds == {"fork", "join", "run"} and any(s > 0 for k, _, s in _FakeStreams.log if k == "run")
+
+
+def test_cpu_runs_in_program_order_without_a_runner() -> None:
+    model = tiny_model(seed=0)
+    compiled = default_pipeline(1).run(policies.build_ar(model.config)).graph
+    lowered = executor.LoweredGraph(compiled, torch.device("cpu"))
+    assert lowered.streams is None and all(sub.streams is None for sub in lowered.regions.values())
+    assert any(ins.stream > 0 for sub in lowered.regions.values() for ins in sub.instrs)
