@@ -135,10 +135,11 @@ def _sync_kind(node: Node, host_known: set[int]) -> tuple[str, str] | None:
     effects = get_op(node.op).effects
     if "host_sync" in effects or "emits" in effects:
         return "host-read", f"op '{node.op}' syncs the host"
-    computed = [node.inputs[i].name for i in HOST_READS.get(node.op, ()) if i < len(node.inputs)
+    computed = [node.inputs[i] for i in HOST_READS.get(node.op, ()) if i < len(node.inputs)
                 and id(node.inputs[i]) not in host_known]
     if computed:
-        return "host-read", "reads " + ", ".join(f"%{n}" for n in computed)
+        return "host-read", "reads " + ", ".join(
+            f"%{v.name}" + (f" of {v.producer.name}" if v.producer is not None else "") for v in computed)
     return None
 
 
