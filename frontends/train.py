@@ -18,7 +18,9 @@ Row layout (one ``forward_dense`` call, ``T = L + n_blocks * b`` tokens)::
   ``n`` uniform in ``1..b-1``. Its queries attend to the clean prefix
   ``x_0 .. x_{p_k - 1}`` and bidirectionally to the whole block; nothing else.
   That is exactly a diffusion forward at inference (cache = prefix, block =
-  ``[seed, MASK...]`` partly decided), so training mirrors inference.
+  ``[seed, MASK...]`` partly decided), so training mirrors inference. With
+  ``--seedless-prob q > 0`` a fraction ``q`` of blocks masks slot 0 as well
+  (quadratic self-speculation's mask rows: ``b`` masks right after the chain).
 * The diffusion loss is on masked slots, predicting their own token (no
   shift). With ``distill = w > 0`` its target mixes the true token (weight
   ``1 - w``) with the model's own AR argmax at the same position under the
@@ -260,7 +262,7 @@ def block_training_mask(seq_len: int, starts: torch.Tensor, block_size: int) -> 
 
 
 def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_token_id: int,
-                gen: torch.Generator, full_mask_prob: float = 0.5) -> TrainBatch:
+                gen: torch.Generator, full_mask_prob: float = 0.5, seedless_prob: float = 0.0) -> TrainBatch:
     """Pack clean sequences and randomly placed, partly masked blocks into one batch.
 
     Parameters
@@ -278,6 +280,10 @@ def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_
     full_mask_prob : float
         Probability that a block has every slot but the seed masked; otherwise
         the number of masked slots is uniform in ``1..b-1``.
+    seedless_prob : float
+        Probability that a block has every slot masked, the seed too (what
+        quadratic self-speculation's mask rows see: ``b`` masks right after
+        the causal chain). 0 (the default) draws no extra random numbers.
 
     Returns
     -------
@@ -301,6 +307,9 @@ def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_
     rank = torch.rand(B, nb, b - 1, generator=gen).argsort(-1).argsort(-1)  # [B, nb, b-1]
     masked = torch.zeros(B, nb, b, dtype=torch.bool)
     masked[..., 1:] = rank < n_mask[..., None]
+    if seedless_prob > 0:
+        seedless = torch.rand(B, nb, generator=gen) < seedless_prob  # [B, nb]
+        masked |= seedless[..., None]
     blk_tokens = torch.where(masked, torch.full_like(blk_clean, mask_token_id), blk_clean)
     tokens = torch.cat((clean, blk_tokens.view(B, -1)), dim=1)  # [B, T]
     positions = torch.cat((torch.arange(L).expand(B, L), pos.view(B, -1)), dim=1)  # [B, T]
@@ -367,20 +376,39 @@ def draft_mask(prefix_len: int, block_size: int, batch: int) -> torch.Tensor:
     return block_training_mask(P, starts, b)
 
 
+def _agreement(drafts: torch.Tensor, greedy: torch.Tensor) -> dict[str, Any]:
+    """Per-slot agreement and accepted-prefix statistics of drafts ``[N, k]`` against greedy ``[N, k]``."""
+    agree = drafts == greedy  # [N, k]
+    accepted = agree.long().cumprod(dim=1).sum(dim=1)  # [N]
+    mean_k = accepted.float().mean().item()
+    return {
+        "slot_agree": [round(x, 4) for x in agree.float().mean(0).tolist()],
+        "accept_hist": torch.bincount(accepted, minlength=drafts.shape[1] + 1).tolist(),
+        "mean_accepted": round(mean_k, 4),
+    }
+
+
 @torch.no_grad()
 def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, mask_token_id: int,
                    autocast: bool = False) -> dict[str, Any]:
-    """Draft quality as linear self-speculation sees it.
+    """Draft quality as self-speculation sees it, against greedy AR decoding.
 
-    For each prefix: greedy AR continuation ``g_0 .. g_{b-1}`` (``g_0`` is the
-    seed); one diffusion forward over ``[g_0, MASK x (b-1)]`` after the
-    prefix gives drafts ``d_1 .. d_{b-1}`` (argmax per slot). Verification
-    accepts the longest run with ``d_j == g_j``.
+    For each prefix: greedy AR continuation ``g_0 .. g_b`` (``g_0`` is the
+    seed, the AR token after the prefix).
+
+    * Linear: one diffusion forward over ``[g_0, MASK x (b-1)]`` after the
+      prefix gives drafts ``d_1 .. d_{b-1}`` (argmax per slot); verification
+      accepts the longest run with ``d_j == g_j``. One draft and one verify
+      forward per cycle, so TPF is about ``(E[k] + 1) / 2``.
+    * Quadratic (TiDAR row): ``b`` masks after the causal prefix + ``g_0``
+      (masks see the prefix, ``g_0`` and each other); the next block is the
+      bonus ``g_1`` followed by the mask predictions ``m_2 .. m_b``, accepted
+      while ``m_j == g_j``. One forward per cycle: TPF about ``E[k] + 1``.
 
     Parameters
     ----------
     model : Transformer
-        The model (evaluation mode is not required: it has no dropout).
+        The model (it has no dropout: no eval mode needed).
     prefixes : torch.Tensor
         ``[N, P]`` int64 prefixes.
     block_size : int
@@ -393,37 +421,34 @@ def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, 
     Returns
     -------
     dict
-        ``slot_agree`` (list of ``b - 1`` rates ``P(d_j == g_j)``),
-        ``accept_hist`` (counts of ``k = 0..b-1`` accepted drafts),
-        ``mean_accepted`` (``E[k]``) and ``linear_tpf_estimate``
-        (``(E[k] + 1) / 2``: one draft and one verify forward per cycle).
+        ``slot_agree`` (``b - 1`` rates ``P(d_j == g_j)``), ``accept_hist``
+        (counts of ``k = 0..b-1`` accepted drafts), ``mean_accepted``
+        (``E[k]``), ``linear_tpf_estimate`` and ``quadratic`` (the same
+        statistics for the quadratic drafts, with ``tpf_estimate``).
     """
     N, P = prefixes.shape
     b = block_size
     seq = prefixes
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        for _ in range(b):
+        for _ in range(b + 1):
             n = seq.shape[1]
             pos = torch.arange(n).expand(N, n)
             causal = torch.ones(n, n, dtype=torch.bool).tril().expand(N, n, n)
             nxt = model.forward_dense(seq, pos, causal)[:, -1].float().argmax(-1)  # [N]
             seq = torch.cat((seq, nxt[:, None]), dim=1)
-        greedy = seq[:, P:]  # [N, b]
-        block = torch.cat((greedy[:, :1], torch.full((N, b - 1), mask_token_id)), dim=1)  # [N, b]
-        tokens = torch.cat((prefixes, block), dim=1)
-        pos = torch.arange(P + b).expand(N, P + b)
-        logits = model.forward_dense(tokens, pos, draft_mask(P, b, N))  # [N, P+b, V]
-    drafts = logits[:, P + 1:].float().argmax(-1)  # [N, b-1]
-    agree = drafts == greedy[:, 1:]  # [N, b-1]
-    accepted = agree.long().cumprod(dim=1).sum(dim=1)  # [N]
-    mean_k = accepted.float().mean().item()
-    return {
-        "slot_agree": [round(x, 4) for x in agree.float().mean(0).tolist()],
-        "accept_hist": torch.bincount(accepted, minlength=b).tolist(),
-        "mean_accepted": round(mean_k, 4),
-        "linear_tpf_estimate": round((mean_k + 1) / 2, 4),
-        "n_prefixes": N,
-    }
+        greedy = seq[:, P:]  # [N, b+1]: g_0 .. g_b
+        masks = torch.full((N, b), mask_token_id)
+        block = torch.cat((greedy[:, :1], masks[:, 1:]), dim=1)  # [N, b]: [g_0, MASK x (b-1)]
+        lin = model.forward_dense(torch.cat((prefixes, block), dim=1), torch.arange(P + b).expand(N, P + b),
+                                  draft_mask(P, b, N))  # [N, P+b, V]
+        qtokens = torch.cat((prefixes, greedy[:, :1], masks), dim=1)  # [N, P+1+b]
+        quad = model.forward_dense(qtokens, torch.arange(P + 1 + b).expand(N, P + 1 + b),
+                                   draft_mask(P + 1, b, N))  # [N, P+1+b, V]
+    linear = _agreement(lin[:, P + 1:].float().argmax(-1), greedy[:, 1:b])
+    quadratic = _agreement(quad[:, P + 2:].float().argmax(-1), greedy[:, 2:b + 1])
+    quadratic["tpf_estimate"] = round(quadratic["mean_accepted"] + 1, 4)
+    return dict(linear, linear_tpf_estimate=round((linear["mean_accepted"] + 1) / 2, 4),
+                quadratic=quadratic, n_prefixes=N)
 
 
 @torch.no_grad()
@@ -763,7 +788,8 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             g["lr"] = lr
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         clean = sample_windows(train_stream, args.batch_size, args.seq_len, gen)
-        batch = build_batch(clean, args.block_size, args.blocks_per_seq, tok.mask_id, gen, args.full_mask_prob)
+        batch = build_batch(clean, args.block_size, args.blocks_per_seq, tok.mask_id, gen, args.full_mask_prob,
+                            args.seedless_prob)
         distill = args.distill if step >= args.distill_after else 0.0
         losses = compute_losses(model, batch, distill, not args.no_autocast)
         opt.zero_grad(set_to_none=True)
@@ -844,6 +870,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--blocks-per-seq", type=int, default=8, help="diffusion blocks packed after each clean sequence")
     a("--full-mask-prob", type=float, default=0.5,
       help="probability that a block is all-masked but the seed (else the mask count is uniform in 1..b-1)")
+    a("--seedless-prob", type=float, default=0.0,
+      help="probability that a block masks its seed slot too (quadratic self-speculation's mask rows)")
     a("--distill", type=float, default=0.5,
       help="weight of the model's own AR argmax as the diffusion target (self-distillation)")
     a("--distill-after", type=int, default=200, help="steps before self-distillation starts")
@@ -857,12 +885,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--stop-after", type=int, default=None, help="stop (resumably) after this step without exporting")
     a("--vocab-size", type=int, default=4096)
     a("--tokenizer", default=None, help="reuse a trained tokenizer directory")
-    a("--hidden", type=int, default=256)
-    a("--layers", type=int, default=6)
+    a("--hidden", type=int, default=192)
+    a("--layers", type=int, default=4)
     a("--heads", type=int, default=4)
     a("--kv-heads", type=int, default=2)
-    a("--head-dim", type=int, default=64)
-    a("--intermediate", type=int, default=768)
+    a("--head-dim", type=int, default=48)
+    a("--intermediate", type=int, default=512)
     a("--threads", type=int, default=2)
     a("--no-autocast", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     a("--export-dtype", choices=("float32", "bfloat16", "float16"), default="float32")

@@ -95,6 +95,10 @@ def test_build_batch_seeds_masks_and_positions() -> None:
     assert ((n >= 1) & (n <= b - 1)).all()
     full = build_batch(clean, b, nb, MASK, gen, full_mask_prob=1.0)
     assert full.masked.view(B, nb, b)[..., 1:].all()  # [seed, MASK x (b-1)]: what self-speculation drafts
+    assert not full.masked.view(B, nb, b)[..., 0].any()
+    seedless = build_batch(clean, b, nb, MASK, gen, full_mask_prob=0.0, seedless_prob=1.0)
+    assert seedless.masked.all() and (seedless.tokens[:, L:] == MASK).all()  # quadratic mask rows
+    assert torch.equal(seedless.mask, block_training_mask(L, seedless.starts, b))
 
 
 def test_packed_block_logits_equal_an_inference_draft_forward() -> None:
@@ -127,6 +131,9 @@ def test_measure_drafts_reports_per_slot_agreement() -> None:
     prefixes = torch.randint(4, 90, (5, 8))
     d = measure_drafts(model, prefixes, 4, cfg.mask_token_id)
     assert len(d["slot_agree"]) == 3 and sum(d["accept_hist"]) == 5
+    q = d["quadratic"]
+    assert len(q["slot_agree"]) == 3 and sum(q["accept_hist"]) == 5
+    assert q["tpf_estimate"] == pytest.approx(q["mean_accepted"] + 1, abs=1e-3)
     assert d["linear_tpf_estimate"] == pytest.approx((d["mean_accepted"] + 1) / 2, abs=1e-3)
 
 
