@@ -139,6 +139,7 @@ class LoweredGraph:
     def __init__(self, graph: Graph, device: torch.device, kernels: str = "auto", _plans: Any = None,
                  _key: str = "") -> None:
         self.graph = graph
+        self.key = _key  # region key of the plans: "" top level, else the owning node's name
         self.inputs = [id(v) for v in graph.inputs]
         self.outputs = [id(v) for v in graph.outputs]
         self.instrs: list[_Instr] = []

@@ -13,6 +13,7 @@ when asked, dumps the graph after every pass as text and DOT.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -146,6 +147,15 @@ class Pipeline:
             or returned a graph that does not verify; the message names the pass
             and its position in the pipeline.
         """
+        paused = gc.isenabled()
+        gc.disable()  # graphs are webs of small cyclic objects: collections mid-pipeline cost O(heap) each
+        try:
+            return self._run(graph)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _run(self, graph: Graph) -> PipelineResult:
         dump = Path(self.dump_dir) if self.dump_dir else None
         if dump is not None:
             dump.mkdir(parents=True, exist_ok=True)
