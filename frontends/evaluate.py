@@ -1,0 +1,273 @@
+"""``graphrt eval``: accuracy, TPF and speed of every mode on held-out standard-library code.
+
+Prompts are cut at line boundaries from the held-out split of the corpus; each
+generates ``--max-new-tokens`` tokens (stopping early only at EOS). For each
+mode the first generated line is compared with the true next line (exact
+match, over all prompts and over those whose next line is not blank), next to
+the trivial baseline that copies the previous line. TPF is tokens / forwards
+summed over prompts; tokens/s comes from a separate one-request-at-a-time pass
+over the first ``--speed-prompts`` prompts; ``identical_to_ar`` is the share of
+prompts whose whole output equals AR's. Self-speculation also reports its
+histogram of accepted drafts per cycle.
+
+Writes ``--json`` (a list of records), ``--markdown`` (a table) and ``--plot``
+(accuracy against TPF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DIFFUSION_THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
+EXCLUDED_PREFIXES = ("encodings/cp", "encodings/mac_", "encodings/iso")  # character tables: trivially predictable
+
+
+@dataclass
+class EvalPrompt:
+    """One evaluation prompt: its ids, the true next line, and the line before it."""
+
+    ids: list[int]
+    next_line: str
+    previous_line: str
+    source: str
+
+
+def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int) -> list[EvalPrompt]:
+    """``n`` prompts cut at line boundaries, spread evenly over the held-out files (fixed rule).
+
+    Each file contributes cuts at evenly spaced lines (after its first 5); a prompt
+    keeps its last ``max_prompt_tokens`` tokens (the tokenizer ends every line with a
+    newline token, so a cut at a line boundary is a token boundary).
+    """
+    from graphrt.frontends.corpus import load_corpus, split_texts
+
+    files = [f for f in split_texts(load_corpus(), "heldout")
+             if not any(f.path.startswith(p) for p in EXCLUDED_PREFIXES)]
+    if not files:
+        raise ValueError("eval: expected held-out files in the corpus, found none")
+    per_file = -(-n // len(files))
+    prompts: list[EvalPrompt] = []
+    for f in files:
+        lines = f.text.splitlines(keepends=True)
+        if len(lines) < 8:
+            continue
+        step = max(1, (len(lines) - 6) // per_file)
+        for cut in range(6, len(lines), step)[:per_file]:
+            ids = tokenizer.encode("".join(lines[:cut]))[-max_prompt_tokens:]
+            prompts.append(EvalPrompt(ids, lines[cut].rstrip("\n"), lines[cut - 1].rstrip("\n"),
+                                      f"{f.path}:{cut + 1}"))
+    if len(prompts) < n:
+        raise ValueError(f"eval: expected {n} prompts from the held-out files, found only {len(prompts)}")
+    stride = len(prompts) / n
+    return [prompts[int(i * stride)] for i in range(n)]
+
+
+def first_line(text: str) -> str:
+    """The first line of generated text (without its newline)."""
+    return text.split("\n", 1)[0]
+
+
+def run_config(model: Any, mode: str, threshold: float | None, prompts: list[EvalPrompt], max_new: int,
+               batch: int, progress: Any) -> list[Any]:
+    """Generate for every prompt with one mode, ``batch`` requests per session round."""
+    import graphrt
+
+    policy = graphrt.compile(mode, model, threshold=threshold)
+    params = graphrt.GenerationParams(max_new_tokens=max_new)
+    session = graphrt.Session(model.backbone, model.tokenizer)
+    ids = [session.add(policy, p.ids, params) for p in prompts]
+    done = 0
+    while session.has_work:
+        session.step()
+        now = sum(session.done(i) for i in ids)
+        progress.update(now - done)
+        done = now
+    return [session.result(i) for i in ids]
+
+
+def time_config(model: Any, mode: str, threshold: float | None, prompts: list[EvalPrompt], max_new: int) -> float:
+    """Median tokens/s of single-request generation over ``prompts``."""
+    import graphrt
+
+    policy = graphrt.compile(mode, model, threshold=threshold)
+    rates = []
+    for p in prompts:
+        t = time.perf_counter()
+        r = graphrt.generate(model, p.ids, mode=policy, max_new_tokens=max_new)
+        rates.append(len(r.tokens) / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def summarize(mode: str, threshold: float | None, results: list[Any], prompts: list[EvalPrompt],
+              ar_tokens: list[list[int]] | None, tokens_per_s: float) -> dict[str, Any]:
+    """One JSON record for a mode."""
+    hits = [first_line(r.text or "") == p.next_line for r, p in zip(results, prompts)]
+    nonblank = [h for h, p in zip(hits, prompts) if p.next_line.strip()]
+    record: dict[str, Any] = {
+        "mode": mode, "threshold": threshold, "n_prompts": len(prompts),
+        "exact_match": sum(hits) / len(hits),
+        "exact_match_nonblank": sum(nonblank) / max(1, len(nonblank)),
+        "tpf": sum(len(r.tokens) for r in results) / sum(r.forwards for r in results),
+        "tokens_per_s": tokens_per_s,
+        "identical_to_ar": (sum(r.tokens == a for r, a in zip(results, ar_tokens)) / len(results)
+                            if ar_tokens is not None else None),
+    }
+    if mode.startswith("self-spec"):
+        accepted = [k - 1 for r in results for k in r.emit_sizes[1:]]
+        hist = [0] * (max(accepted, default=0) + 1)
+        for k in accepted:
+            hist[k] += 1
+        record["accepted_histogram"] = hist
+        record["mean_accepted"] = sum(accepted) / max(1, len(accepted))
+    return record
+
+
+def baseline_record(prompts: list[EvalPrompt]) -> dict[str, Any]:
+    """The trivial baseline: the next line equals the previous one."""
+    hits = [p.previous_line == p.next_line for p in prompts]
+    nonblank = [h for h, p in zip(hits, prompts) if p.next_line.strip()]
+    return {"mode": "copy-previous-line", "threshold": None, "n_prompts": len(prompts),
+            "exact_match": sum(hits) / len(hits), "exact_match_nonblank": sum(nonblank) / max(1, len(nonblank)),
+            "tpf": None, "tokens_per_s": None, "identical_to_ar": None}
+
+
+def near_tie_report(model: Any, prompts: list[EvalPrompt], ar: list[Any], other: list[Any]) -> list[dict]:
+    """For each output differing from AR: where it diverges and AR's top-2 logit gap there."""
+    net = model.backbone.model
+    mask_id = model.config.mask_token_id
+    rows = []
+    for p, a, o in zip(prompts, ar, other):
+        if a.tokens == o.tokens:
+            continue
+        i = next((j for j, (x, y) in enumerate(zip(a.tokens, o.tokens)) if x != y), min(len(a.tokens), len(o.tokens)))
+        seq = p.ids + a.tokens[:i]
+        L = len(seq)
+        with torch.no_grad():
+            mask = torch.ones(L, L, dtype=torch.bool).tril()[None]
+            logits = net.forward_dense(torch.tensor([seq]), torch.arange(L)[None], mask)[0, -1].double()
+        logits[mask_id] = float("-inf")
+        top = torch.topk(logits, 2).values
+        rows.append({"source": p.source, "position": i, "top2_gap": float(top[0] - top[1])})
+    return rows
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The records as a Markdown table."""
+    def pct(x: Any) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def num(x: Any, fmt: str) -> str:
+        return "-" if x is None else format(x, fmt)
+
+    lines = ["| mode | threshold | exact match | exact match (non-blank) | TPF | tokens/s | identical to AR |"
+             " mean accepted |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['mode']} | {num(r['threshold'], '')} | {pct(r['exact_match'])} "
+                     f"| {pct(r['exact_match_nonblank'])} | {num(r['tpf'], '.2f')} | {num(r['tokens_per_s'], '.1f')} "
+                     f"| {pct(r['identical_to_ar'])} | {num(r.get('mean_accepted'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], path: str) -> None:
+    """Accuracy (non-blank exact match) against TPF: the speed/quality front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in records:
+        if r["tpf"] is None:
+            ax.axhline(100 * r["exact_match_nonblank"], color="grey", ls=":", label=r["mode"])
+            continue
+        label = r["mode"] + (f" t={r['threshold']}" if r["threshold"] is not None else "")
+        ax.scatter(r["tpf"], 100 * r["exact_match_nonblank"], s=40)
+        ax.annotate(label, (r["tpf"], 100 * r["exact_match_nonblank"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("tokens per forward (TPF)")
+    ax.set_ylabel("next-line exact match, non-blank (%)")
+    ax.set_title("Speed/quality front on held-out stdlib code")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``eval``."""
+    p = sub.add_parser("eval", help="evaluate every mode on held-out code", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    p.add_argument("--prompts", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-prompt-tokens", type=int, default=None,
+                   help="keep the last N prompt tokens (default: positions - new tokens - 2 blocks)")
+    p.add_argument("--modes", default="ar,diffusion,self-spec,self-spec-quadratic")
+    p.add_argument("--thresholds", default=",".join(map(str, DIFFUSION_THRESHOLDS)))
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--batch", type=int, default=16, help="requests per session round")
+    p.add_argument("--speed-prompts", type=int, default=12, help="prompts timed one request at a time")
+    p.add_argument("--near-ties", action="store_true", help="report AR's top-2 gap where self-spec differs")
+    p.add_argument("--json", default=None)
+    p.add_argument("--markdown", default=None)
+    p.add_argument("--plot", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``graphrt eval``."""
+    import graphrt
+    from tqdm import tqdm
+
+    if args.prompts <= 0 or args.max_new_tokens <= 0:
+        raise ValueError(f"eval: --prompts and --max-new-tokens must be > 0, found {args.prompts}, "
+                         f"{args.max_new_tokens}")
+    model = graphrt.load(args.model, dtype=args.dtype, max_batch=args.batch)
+    if model.tokenizer is None:
+        raise ValueError(f"eval: the model at {model.path} has no tokenizer.json")
+    blen = model.config.block_size
+    max_prompt = args.max_prompt_tokens or model.config.max_positions - args.max_new_tokens - 2 * blen - 1
+    prompts = make_prompts(model.tokenizer, args.prompts, max_prompt)
+    configs: list[tuple[str, float | None]] = []
+    for mode in args.modes.split(","):
+        if mode == "diffusion":
+            configs += [("diffusion", float(t)) for t in args.thresholds.split(",")]
+        else:
+            configs.append((mode, None))
+    if configs[0][0] != "ar":
+        configs.insert(0, ("ar", None))
+    records: list[dict[str, Any]] = [baseline_record(prompts)]
+    outputs: dict[tuple[str, float | None], list[Any]] = {}
+    with tqdm(total=len(configs) * len(prompts), desc="eval", unit="prompt", file=sys.stderr) as bar:
+        for mode, thr in configs:
+            bar.set_postfix_str(mode + (f" t={thr}" if thr is not None else ""))
+            outputs[(mode, thr)] = run_config(model, mode, thr, prompts, args.max_new_tokens, args.batch, bar)
+    ar_tokens = [r.tokens for r in outputs[("ar", None)]]
+    for mode, thr in tqdm(configs, desc="speed", file=sys.stderr):
+        rate = time_config(model, mode, thr, prompts[:args.speed_prompts], args.max_new_tokens)
+        records.append(summarize(mode, thr, outputs[(mode, thr)], prompts, ar_tokens, rate))
+    if args.near_ties:
+        for mode, thr in configs:
+            if mode.startswith("self-spec"):
+                rec = next(r for r in records if r["mode"] == mode)
+                rec["mismatches"] = near_tie_report(model, prompts, outputs[("ar", None)], outputs[(mode, thr)])
+    table = markdown_table(records)
+    print(table)
+    meta = {"model": model.path, "dtype": args.dtype, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+            "max_prompt_tokens": max_prompt}
+    if args.json:
+        Path(args.json).write_text(json.dumps([dict(r, **{"setup": meta}) for r in records], indent=2) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(f"{table}\n\nSetup: {json.dumps(meta)}\n")
+    if args.plot:
+        plot(records, args.plot)
+    return 0
