@@ -8,6 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
+import importlib
+
 from graphrt.backbone import Backbone
 from graphrt.compiled import CompiledPolicy, compile_policy
 from graphrt.params import GenerationParams, GenerationResult
@@ -49,18 +51,20 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
     max_seq_len:
         KV-cache slots per request (default: the model's positions, at most 8192).
     """
-    from graphrt.frontends.loader import load_model
-
-    return load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
+    loader = _frontend("loader")  # the core never imports frontends at module level
+    return loader.load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
                       max_seq_len=max_seq_len)
+
+
+def _frontend(name: str) -> Any:
+    """``graphrt.frontends.<name>``, imported on first use."""
+    return importlib.import_module(f"graphrt.frontends.{name}")
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:
     """Build, verify and optimise a policy (or a mode name) for a model."""
     if isinstance(policy, str):
-        from graphrt.frontends.policies import policy_for_mode
-
-        policy = policy_for_mode(policy, **policy_args)
+        policy = _frontend("policies").policy_for_mode(policy, **policy_args)
     elif policy_args:
         raise ValueError(f"compile: policy arguments {sorted(policy_args)} apply to mode names only")
     backbone = model.backbone if isinstance(model, Model) else model
