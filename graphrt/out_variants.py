@@ -115,5 +115,16 @@ OUT_VARIANTS: dict[str, Callable[..., Any]] = {
 
 
 def out_variant(op: str) -> Callable[..., Any] | None:
-    """The out-variant of ``op``'s reference, or None (compute, then copy)."""
+    """The out-variant of ``op``'s reference, or None (compute, then copy).
+
+    Parameters
+    ----------
+    op:
+        A registered op name.
+
+    Returns
+    -------
+    Callable or None
+        ``variant(*inputs, out=buffer, **attrs) -> buffer``.
+    """
     return OUT_VARIANTS.get(op)

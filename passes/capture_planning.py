@@ -76,7 +76,21 @@ class CapturePlan:
     param_reads: list[Sync] = field(default_factory=list)
 
     def syncs_per_run(self, region: str) -> dict[str, int]:
-        """Host syncs one run of ``region`` performs, by kind (a loop counts one condition check here)."""
+        """Host syncs one run of ``region`` performs, by kind.
+
+        A loop node counts one condition check here (its last, failing one); each
+        run of its body adds one more, which callers counting runs add themselves.
+
+        Parameters
+        ----------
+        region:
+            Region key (``""`` for the top level, else the owning loop node's name).
+
+        Returns
+        -------
+        dict[str, int]
+            Kind (:data:`SYNC_KINDS`) -> count.
+        """
         out = {k: 0 for k in SYNC_KINDS}
         for s in self.syncs:
             if s.region == region:

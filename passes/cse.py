@@ -47,7 +47,18 @@ def eliminate_common_subexpressions(graph: Graph) -> PassResult:
 
 
 def node_key(node: Node) -> tuple[Any, ...]:
-    """What makes two pure nodes interchangeable: op, input identities, attributes, output types."""
+    """What makes two pure nodes interchangeable: op, input identities, attributes, output types.
+
+    Parameters
+    ----------
+    node:
+        A pure node whose inputs are already resolved through earlier merges.
+
+    Returns
+    -------
+    tuple
+        Hashable; equal keys mean equal results.
+    """
     attrs = tuple(sorted((k, freeze_attr(v)) for k, v in node.attrs.items()))
     return (node.op, tuple(id(v) for v in node.inputs), attrs, tuple(str(v.type) for v in node.outputs))
 

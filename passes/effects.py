@@ -61,21 +61,61 @@ def _region_effects(node: Node, wanted: frozenset[str]) -> bool:
 
 
 def has_side_effects(node: Node) -> bool:
-    """Whether ``node`` (or anything in its regions) writes the cache, syncs the host or emits."""
+    """Whether ``node`` (or anything in its regions) writes the cache, syncs the host or emits.
+
+    Parameters
+    ----------
+    node:
+        A node of a verified graph (its op must be registered).
+
+    Returns
+    -------
+    bool
+    """
     return bool(get_op(node.op).effects & SIDE_EFFECTS) or _region_effects(node, SIDE_EFFECTS)
 
 
 def is_ordered(node: Node) -> bool:
-    """Whether ``node`` must keep its place among the other ordered nodes (any cache/host/emit effect)."""
+    """Whether ``node`` must keep its place among the other ordered nodes (any cache/host/emit effect).
+
+    Parameters
+    ----------
+    node:
+        A node of a verified graph (its op must be registered).
+
+    Returns
+    -------
+    bool
+    """
     return bool(get_op(node.op).effects & ORDERED_EFFECTS) or _region_effects(node, ORDERED_EFFECTS)
 
 
 def is_pure(node: Node) -> bool:
-    """Whether ``node`` is a pure function of its inputs and attributes (no control op, no effects)."""
+    """Whether ``node`` is a pure function of its inputs and attributes (no control op, no effects).
+
+    Parameters
+    ----------
+    node:
+        A node of a verified graph (its op must be registered).
+
+    Returns
+    -------
+    bool
+    """
     opdef = get_op(node.op)
     return opdef.tier != "control" and not node.regions and not (opdef.effects & ORDERED_EFFECTS)
 
 
 def is_total(node: Node) -> bool:
-    """Whether ``node`` is pure and cannot raise on well-typed inputs (may run speculatively)."""
+    """Whether ``node`` is pure and cannot raise on well-typed inputs (may run speculatively).
+
+    Parameters
+    ----------
+    node:
+        A node of a verified graph (its op must be registered).
+
+    Returns
+    -------
+    bool
+    """
     return node.op in TOTAL_OPS and is_pure(node)

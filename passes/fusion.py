@@ -126,7 +126,20 @@ def _static_len(v: Value) -> int | None:
 # ----------------------------------------------------------------------------- sample
 
 def match_sample(root: Node, m: _Matcher) -> Match | None:
-    """``where(gt(T, 0.0), argmax(filtered + noise), argmax(logits))`` -> ``sample``."""
+    """``where(gt(T, 0.0), argmax(filtered + noise), argmax(logits))`` -> ``sample``.
+
+    Parameters
+    ----------
+    root:
+        The candidate last node of the chain.
+    m:
+        Producer lookups over the whole graph.
+
+    Returns
+    -------
+    tuple or None
+        ``(fused op, inputs, attributes)`` on a match.
+    """
     cond, sampled, greedy = root.inputs
     gt = m.node(cond, "gt")
     g_arg, s_arg = m.node(greedy, "argmax"), m.node(sampled, "argmax")
@@ -190,7 +203,20 @@ def _is_max_eps(mx: Node, temperature: Value, m: _Matcher) -> bool:
 # ----------------------------------------------------------------------------- confidence
 
 def match_confidence(root: Node, m: _Matcher) -> Match | None:
-    """``gather(softmax(clean(logits)), tokens)`` -> ``confidence``."""
+    """``gather(softmax(clean(logits)), tokens)`` -> ``confidence``.
+
+    Parameters
+    ----------
+    root:
+        The candidate last node of the chain.
+    m:
+        Producer lookups over the whole graph.
+
+    Returns
+    -------
+    tuple or None
+        ``(fused op, inputs, attributes)`` on a match.
+    """
     probs, tokens = root.inputs
     sm = m.node(probs, "softmax")
     cl = m.node(sm.inputs[0], "clean") if sm is not None else None
@@ -206,7 +232,20 @@ def match_confidence(root: Node, m: _Matcher) -> Match | None:
 # ----------------------------------------------------------------------------- denoise_select
 
 def match_denoise_select(root: Node, m: _Matcher) -> Match | None:
-    """``where(masked & rule(scores), candidates, block)`` -> ``denoise_select`` (threshold or count form)."""
+    """``where(masked & rule(scores), candidates, block)`` -> ``denoise_select`` (threshold or count form).
+
+    Parameters
+    ----------
+    root:
+        The candidate last node of the chain.
+    m:
+        Producer lookups over the whole graph.
+
+    Returns
+    -------
+    tuple or None
+        ``(fused op, inputs, attributes)`` on a match.
+    """
     chosen, candidates, block = root.inputs
     conj = m.node(chosen, "and")
     if conj is None or not _like(candidates, block, "i64"):
@@ -292,7 +331,20 @@ def _count_rule(rule: Value, masked: Value, m: _Matcher) -> tuple[Value, Value] 
 # ----------------------------------------------------------------------------- verify_accept
 
 def match_verify_accept(root: Node, m: _Matcher) -> Match | None:
-    """``sum(cumprod(cast(eq(ar[:-1], block[1:]), i64)))`` -> ``verify_accept``."""
+    """``sum(cumprod(cast(eq(ar[:-1], block[1:]), i64)))`` -> ``verify_accept``.
+
+    Parameters
+    ----------
+    root:
+        The candidate last node of the chain.
+    m:
+        Producer lookups over the whole graph.
+
+    Returns
+    -------
+    tuple or None
+        ``(fused op, inputs, attributes)`` on a match.
+    """
     cp = m.node(root.inputs[0], "cumprod")
     cs = m.node(cp.inputs[0], "cast") if cp is not None else None
     eq = m.node(cs.inputs[0], "eq") if cs is not None and cs.attrs.get("dtype") == "i64" else None

@@ -80,7 +80,18 @@ def copy_graph(graph: Graph) -> Graph:
 
 
 def all_graphs(graph: Graph) -> Iterator[Graph]:
-    """``graph`` and every nested region, pre-order."""
+    """``graph`` and every nested region, pre-order.
+
+    Parameters
+    ----------
+    graph:
+        A graph.
+
+    Yields
+    ------
+    Graph
+        ``graph`` first, then each region (depth first).
+    """
     yield graph
     for node in graph.nodes:
         for region in node.regions:
@@ -92,6 +103,16 @@ def regions_with_keys(graph: Graph) -> Iterator[tuple[str, Graph]]:
 
     Node names are unique in a verified graph, so keys are too (a second region
     of the same node gets ``#1``, ``#2``, ...). Plans and schedules use these keys.
+
+    Parameters
+    ----------
+    graph:
+        A top-level graph.
+
+    Yields
+    ------
+    tuple[str, Graph]
+        The key and the graph/region.
     """
     yield "", graph
     for node in graph.walk():
@@ -100,7 +121,17 @@ def regions_with_keys(graph: Graph) -> Iterator[tuple[str, Graph]]:
 
 
 def definitions(graph: Graph) -> dict[int, Node]:
-    """id(value) -> the node that defines it, over ``graph`` and all its regions."""
+    """id(value) -> the node that defines it, over ``graph`` and all its regions.
+
+    Parameters
+    ----------
+    graph:
+        A graph.
+
+    Returns
+    -------
+    dict[int, Node]
+    """
     defs: dict[int, Node] = {}
     for node in graph.walk():
         for v in node.outputs:
@@ -109,7 +140,17 @@ def definitions(graph: Graph) -> dict[int, Node]:
 
 
 def use_counts(graph: Graph) -> dict[int, int]:
-    """id(value) -> number of reads (node inputs and graph/region outputs), over all regions."""
+    """id(value) -> number of reads (node inputs and graph/region outputs), over all regions.
+
+    Parameters
+    ----------
+    graph:
+        A graph.
+
+    Returns
+    -------
+    dict[int, int]
+    """
     counts: dict[int, int] = {}
     for g in all_graphs(graph):
         for node in g.nodes:
@@ -166,12 +207,33 @@ class Substitution:
 
 
 def fresh_names(graph: Graph) -> NameGen:
-    """A :class:`NameGen` that avoids every name in ``graph`` (see ``NameGen.for_graph``)."""
+    """A :class:`NameGen` that avoids every name in ``graph`` (see ``NameGen.for_graph``).
+
+    Parameters
+    ----------
+    graph:
+        The top-level graph new nodes will join.
+
+    Returns
+    -------
+    NameGen
+    """
     return NameGen.for_graph(graph)
 
 
 def freeze_attr(v: Any) -> Any:
-    """A hashable key for an attribute value that tells ``1``, ``1.0``, ``True`` and ``nan`` apart safely."""
+    """A hashable key for an attribute value that tells ``1``, ``1.0``, ``True`` and ``nan`` apart safely.
+
+    Parameters
+    ----------
+    v:
+        An attribute value (scalars, strings, None, lists/tuples/dicts of them).
+
+    Returns
+    -------
+    Any
+        A hashable, type-tagged key.
+    """
     if isinstance(v, (list, tuple)):
         return (type(v).__name__, tuple(freeze_attr(x) for x in v))
     if isinstance(v, dict):

@@ -88,7 +88,17 @@ class PipelineResult:
         return sum(r["seconds"] + r["verify_seconds"] for r in self.report)
 
     def format_report(self, timings: bool = True) -> str:
-        """The report as an aligned text table (``timings=False`` for golden files)."""
+        """The report as an aligned text table.
+
+        Parameters
+        ----------
+        timings:
+            Include per-pass times (``False`` for golden files).
+
+        Returns
+        -------
+        str
+        """
         lines = []
         for r in self.report:
             delta = _format_delta(r["ops_removed"], r["ops_added"])
@@ -139,6 +149,20 @@ class Pipeline:
 
     def run(self, graph: Graph) -> PipelineResult:
         """Run every pass in order on ``graph`` (which is left unmodified).
+
+        Python's cyclic garbage collector is paused while the pipeline runs (graphs
+        are webs of small cyclic objects; collections mid-pipeline made compile
+        time superlinear).
+
+        Parameters
+        ----------
+        graph:
+            A verified graph.
+
+        Returns
+        -------
+        PipelineResult
+            The optimised graph and the per-pass report.
 
         Raises
         ------

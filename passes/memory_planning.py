@@ -138,16 +138,47 @@ class MemoryPlan:
         return _poly(self.slots, dims or {}, float_bytes)
 
     def unshared_bytes(self, dims: Mapping[str, int] | None = None, float_bytes: int = 8) -> dict[tuple[str, ...], int]:
-        """What the same values would take with one buffer each (to show what sharing saves)."""
+        """What the same values would take with one buffer each (to show what sharing saves).
+
+        Parameters
+        ----------
+        dims, float_bytes:
+            As for :meth:`bytes`.
+
+        Returns
+        -------
+        dict
+            Monomial -> bytes.
+        """
         singles = [BufferSlot(0, s.region, s.dtype, s.shape, (v,), s.kind) for s in self.slots for v in s.values]
         return _poly(singles, dims or {}, float_bytes)
 
     def format_bytes(self, dims: Mapping[str, int] | None = None, float_bytes: int = 8) -> str:
-        """:meth:`bytes` as text, e.g. ``"96 + 64*V B"``."""
+        """:meth:`bytes` as text, e.g. ``"96 + 64*V B"``.
+
+        Parameters
+        ----------
+        dims, float_bytes:
+            As for :meth:`bytes`.
+
+        Returns
+        -------
+        str
+        """
         return format_poly(self.bytes(dims, float_bytes))
 
     def summary(self, dims: Mapping[str, int] | None = None) -> str:
-        """Multi-line description: one line per slot, then totals (stable: golden files use it)."""
+        """Multi-line description: one line per slot, then totals (stable: golden files use it).
+
+        Parameters
+        ----------
+        dims:
+            Model dims for the byte totals (e.g. ``{"V": 96}``); symbolic when omitted.
+
+        Returns
+        -------
+        str
+        """
         lines = []
         for s in self.slots:
             shape = ",".join(str(d) for d in s.shape)
@@ -165,7 +196,17 @@ class MemoryPlan:
 
 
 def format_poly(poly: dict[tuple[str, ...], int]) -> str:
-    """``{(): 96, ("V",): 64}`` -> ``"96 + 64*V B"``."""
+    """Bytes as text: ``{(): 96, ("V",): 64}`` -> ``"96 + 64*V B"``.
+
+    Parameters
+    ----------
+    poly:
+        Monomial (sorted tuple of symbols) -> bytes, as :meth:`MemoryPlan.bytes` returns.
+
+    Returns
+    -------
+    str
+    """
     if not poly:
         return "0 B"
     terms = [str(c) if not mono else f"{c}*{'*'.join(mono)}" for mono, c in sorted(poly.items(), key=lambda x: len(x[0]))]

@@ -13,7 +13,7 @@ iteration), the dependencies are
 * the memory plan's anti-dependences (a buffer is reused only after every
   reader of its previous value).
 
-Ordered nodes run on stream 0 (the host's stream). Walking the region in
+Ordered nodes, loops and other control ops run on stream 0 (the host's stream). Walking the region in
 program order (a topological order of those dependencies), a node continues
 the stream of a predecessor that is still that stream's last node, else opens
 a new stream (at most ``max_streams``; past that it follows its latest
@@ -43,6 +43,7 @@ from graphrt.ir import Graph, Node
 from graphrt.passes.effects import is_ordered, is_total
 from graphrt.passes.graph_utils import annotations, copy_graph, regions_with_keys
 from graphrt.passes.manager import PassResult
+from graphrt.registry import get_op
 
 MAX_STREAMS = 4
 
@@ -165,7 +166,20 @@ def assign_streams(graph: Graph, max_streams: int = MAX_STREAMS) -> PassResult:
 
 
 def region_dependencies(region: Graph, anti_deps: list[tuple[str, str]]) -> dict[str, list[str]]:
-    """Node name -> the nodes of ``region`` it must follow (see the module docstring)."""
+    """Node name -> the nodes of ``region`` it must follow (see the module docstring).
+
+    Parameters
+    ----------
+    region:
+        One graph or region (its own nodes; captures count as reads by their owner).
+    anti_deps:
+        ``(reader, writer)`` pairs of this region from the memory plan.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        Every edge points forward in program order.
+    """
     dg = region.to_networkx()
     deps: dict[str, set[str]] = {n.name: set() for n in region.nodes}
     for u, v in dg.edges():
@@ -190,7 +204,23 @@ def region_dependencies(region: Graph, anti_deps: list[tuple[str, str]]) -> dict
 
 
 def schedule_region(region: Graph, key: str, anti_deps: list[tuple[str, str]], max_streams: int) -> RegionSchedule:
-    """Assign streams and events for one region (linear in nodes + edges, times streams)."""
+    """Assign streams and events for one region (linear in nodes + edges, times streams).
+
+    Parameters
+    ----------
+    region:
+        One graph or region.
+    key:
+        Its region key.
+    anti_deps:
+        ``(reader, writer)`` pairs of this region from the memory plan.
+    max_streams:
+        Streams available, stream 0 included.
+
+    Returns
+    -------
+    RegionSchedule
+    """
     deps = region_dependencies(region, anti_deps)
     index = {n.name: i for i, n in enumerate(region.nodes)}
     sched = RegionSchedule(key, [n.name for n in region.nodes], {}, {}, deps)
@@ -219,8 +249,8 @@ def schedule_region(region: Graph, key: str, anti_deps: list[tuple[str, str]], m
 
 def _choose_stream(node: Node, preds: list[str], stream: dict[str, int], tail: dict[int, str],
                    max_streams: int) -> int:
-    if is_ordered(node):
-        return 0
+    if is_ordered(node) or node.regions or get_op(node.op).tier == "control":
+        return 0  # the host runs these (after joining every stream): they live on the host's stream
     for p in reversed(preds):  # continue the chain of the latest predecessor that ends a stream
         if tail.get(stream[p]) == p:
             return stream[p]

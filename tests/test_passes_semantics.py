@@ -20,7 +20,7 @@ from graphrt.verify import verify
 from pass_programs import SINGLE_PASSES, evaluate, generate, pure_programs, same
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-E2E = settings(max_examples=14, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+E2E = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST

@@ -76,7 +76,7 @@ def test_one_stream_means_program_order_and_no_events() -> None:
         assign_streams(graph, max_streams=0)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mode=st.sampled_from(["ar", "diffusion", "self-spec"]), order=st.integers(0, 2**32),
        temperature=st.sampled_from([0.0, 0.9]))
 def test_builtin_modes_in_random_schedule_orders_match_o0(mode: str, order: int, temperature: float) -> None:
@@ -140,3 +140,19 @@ def test_cpu_runs_in_program_order_without_a_runner() -> None:
     lowered = executor.LoweredGraph(compiled, torch.device("cpu"))
     assert lowered.streams is None and all(sub.streams is None for sub in lowered.regions.values())
     assert any(ins.stream > 0 for sub in lowered.regions.values() for ins in sub.instrs)
+
+
+def test_control_ops_stay_on_the_hosts_stream() -> None:
+    """A pure loop runs on the host like any control op: it must be scheduled on stream 0 so that
+    consumers on other streams wait for it."""
+    from graphrt.builder import GraphBuilder
+    from graphrt.types import tensor
+
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("i64", 3))
+    side = (x + 1) * 2                                  # opens a side stream
+    (looped,) = b.loop(b.const(True, "bool"), [side], lambda v: (b.const(False, "bool"), v + 1))
+    graph = b.build([looped * 3, side - 1])
+    rs = annotations(assign_streams(graph).graph)["streams"].regions[""]
+    loop = next(n.name for n in graph.nodes if n.op == "loop")
+    assert rs.stream[loop] == 0
