@@ -209,7 +209,8 @@ def format_poly(poly: dict[tuple[str, ...], int]) -> str:
     """
     if not poly:
         return "0 B"
-    terms = [str(c) if not mono else f"{c}*{'*'.join(mono)}" for mono, c in sorted(poly.items(), key=lambda x: len(x[0]))]
+    ordered = sorted(poly.items(), key=lambda item: (len(item[0]), item[0]))
+    terms = [str(c) if not mono else f"{c}*{'*'.join(mono)}" for mono, c in ordered]
     return " + ".join(terms) + " B"
 
 
