@@ -151,6 +151,8 @@ class LoweredGraph:
             opdef = get_op(node.op)
             attrs = opdef.resolve_attrs(node.attrs, f"node '{node.name}'")
             impl = None if opdef.tier == "control" else resolve_impl(node.op, device, kernels)
+            if impl is not None and not node.inputs and device.type != "cpu":
+                impl = _placed(impl, device)  # constants and layouts: no input to take a device from
             ins = _Instr(node, impl, attrs, [id(v) for v in node.inputs], [id(v) for v in node.outputs])
             if plan is not None and impl is not None and len(node.outputs) == 1:
                 _bind_plan(ins, plan, opdef.reference)
@@ -161,6 +163,16 @@ class LoweredGraph:
         schedule = plans.get("streams")
         region_schedule = schedule.regions.get(_key) if schedule is not None else None
         self.streams = _bind_schedule(self.instrs, region_schedule, device) if region_schedule else None
+
+
+def _placed(impl: Impl, device: torch.device) -> Impl:
+    """``impl`` with its (input-less) result moved to ``device``; such nodes are constants the
+    passes hoist out of loops, so the copy happens once, not every step."""
+    def run(**attrs: Any) -> Any:
+        out = impl(**attrs)
+        return tuple(t.to(device) for t in out) if isinstance(out, tuple) else out.to(device)
+
+    return run
 
 
 def _bind_plan(ins: _Instr, plan: Any, reference: Impl | None) -> None:

@@ -257,7 +257,8 @@ def _arange_infer(ts: list[Type], attrs: dict) -> list[Type]:
     return [TensorType("i64", (n,))]
 
 
-_prim("arange", ("start",), _arange_infer, lambda start, length: torch.arange(length, dtype=torch.int64) + start,
+_prim("arange", ("start",), _arange_infer,
+      lambda start, length: torch.arange(length, dtype=torch.int64, device=start.device) + start,
       {"length": REQUIRED}, doc="[start, start + length) as i64.")
 
 
@@ -268,7 +269,7 @@ def _positions_infer(ts: list[Type], attrs: dict) -> list[Type]:
 
 
 _prim("arange_like", ("like", "start"), _positions_infer,
-      lambda like, start: torch.arange(like.shape[0], dtype=torch.int64) + start,
+      lambda like, start: torch.arange(like.shape[0], dtype=torch.int64, device=like.device) + start,
       doc="[start, start + len(like)) as i64, for dynamic lengths (e.g. the prompt's positions).")
 
 
@@ -277,7 +278,7 @@ def _size_infer(ts: list[Type], attrs: dict) -> list[Type]:
     return [TensorType("i64", ())]
 
 
-_prim("size", ("x",), _size_infer, lambda x: torch.tensor(x.shape[0], dtype=torch.int64),
+_prim("size", ("x",), _size_infer, lambda x: torch.tensor(x.shape[0], dtype=torch.int64, device=x.device),
       doc="Length of the first dim as an i64 scalar.")
 
 
