@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Reproduce the figures quoted in the README for the shipped model (about 25 minutes on 2 cores).
+#   bash bench/reproduce_results.sh            # evaluates frontends/model (the shipped model)
+#   RUN=runs/long bash bench/reproduce_results.sh   # first ships a finished training run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_WAIT_POLICY=PASSIVE
+mkdir -p bench/results docs/img
+if [ -n "${RUN:-}" ]; then python bench/ship_model.py "$RUN"; fi
+graphrt eval --prompts 200 --near-ties --json bench/results/eval.json --markdown bench/results/eval.md \
+    --plot docs/img/eval_front.png
+graphrt eval --prompts 200 --dtype float64 --modes ar,self-spec,self-spec-quadratic --speed-prompts 2 \
+    --json bench/results/eval_float64.json --markdown bench/results/eval_float64.md
+python bench/host_syncs.py --model frontends/model --out bench/results/host_syncs_shipped.md
+python bench/decode_speed.py --prompts 6 --compile --out bench/results/decode_speed.md
