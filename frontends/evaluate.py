@@ -178,26 +178,31 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], path: str) -> None:
-    """Accuracy (non-blank exact match) against TPF: the speed/quality front."""
+    """The speed/quality front: next-line exact match and identity with AR against TPF."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in records:
-        if r["tpf"] is None:
-            ax.axhline(100 * r["exact_match_nonblank"], color="grey", ls=":", label=r["mode"])
-            continue
-        label = r["mode"] + (f" t={r['threshold']}" if r["threshold"] is not None else "")
-        ax.scatter(r["tpf"], 100 * r["exact_match_nonblank"], s=40)
-        ax.annotate(label, (r["tpf"], 100 * r["exact_match_nonblank"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
-    ax.set_xlabel("tokens per forward (TPF)")
-    ax.set_ylabel("next-line exact match, non-blank (%)")
-    ax.set_title("Speed/quality front on held-out stdlib code")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    points = [r for r in records if r["tpf"] is not None]
+    for ax, key, title in ((axes[0], "exact_match_nonblank", "next-line exact match, non-blank (%)"),
+                           (axes[1], "identical_to_ar", "output identical to AR (%)")):
+        for i, r in enumerate(points):
+            label = r["mode"] + (f" t={r['threshold']}" if r["threshold"] is not None else "")
+            y = 100 * (r[key] or 0.0)
+            ax.scatter(r["tpf"], y, s=40)
+            ax.annotate(label, (r["tpf"], y), fontsize=7, xytext=(4, 4 + 9 * (i % 4)), textcoords="offset points")
+        if key == "exact_match_nonblank":
+            for r in records:
+                if r["tpf"] is None:
+                    ax.axhline(100 * r[key], color="grey", ls=":", label=r["mode"])
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel("tokens per forward (TPF)")
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+    n = points[0]["n_prompts"] if points else 0
+    fig.suptitle(f"Speed/quality front on held-out stdlib code ({n} prompts)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
