@@ -31,7 +31,7 @@ os.environ.setdefault("NUMBA_CUDA_ARRAY_INTERFACE_SYNC", "0")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from numba import cuda, float64, int64, uint64  # noqa: E402
+from numba import cuda, int64, uint64  # noqa: E402
 
 SIM: bool = bool(numba.config.ENABLE_CUDASIM)
 """True when kernels run in Numba's CUDA simulator."""

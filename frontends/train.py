@@ -48,7 +48,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time

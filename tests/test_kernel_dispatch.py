@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from graphrt.builder import GraphBuilder
-from graphrt.executor import LoweredGraph, Program
+from graphrt.executor import LoweredGraph
 from graphrt.types import scalar, tensor
 
 pytest.importorskip("numba")
