@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from graphrt.ir import Graph, GraphError, NameGen, Node, Value, make_node
+from graphrt.ir import Graph, GraphError, NameGen, Node, Value
 from graphrt.registry import get_op, has_op
 from graphrt.types import TensorType, Type, tensor  # noqa: F401  (tensor re-exported for doctests)
 from graphrt.verify import verify
@@ -185,4 +185,4 @@ class GraphBuilder:
         return verify(self.graph)
 
 
-__all__ = ["GraphBuilder", "Var", "make_node"]
+__all__ = ["GraphBuilder", "Var"]

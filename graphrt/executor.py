@@ -408,13 +408,17 @@ def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Ev
         attention = torch.ones(n, n, dtype=torch.bool, device=dev)
     else:
         attention = extra["mask"]
-    write = {"all": torch.ones(n, dtype=torch.bool, device=dev), "none": torch.zeros(n, dtype=torch.bool, device=dev)}
-    kv_write = extra["kv_write"] if attrs["write"] == "mask" else write[attrs["write"]]
-    adapter = extra["adapter"] if attrs["adapter"] == "mask" else write["all" if attrs["adapter"] == "all" else "none"]
+    kv_write = extra["kv_write"] if attrs["write"] == "mask" else _flags(n, attrs["write"] == "all", dev)
+    adapter = extra["adapter"] if attrs["adapter"] == "mask" else _flags(n, attrs["adapter"] == "all", dev)
     logits = yield ForwardRequest(tokens, positions, attention, attrs["attention"], kv_write, adapter, node.name)
     if attrs["write"] == "none":
         return logits
     return logits, cache
+
+
+def _flags(n: int, value: bool, device: torch.device) -> torch.Tensor:
+    """``[n]`` bool tensor filled with ``value``."""
+    return torch.full((n,), value, dtype=torch.bool, device=device)
 
 
 def _emit(node: Node, args: list[Any]) -> Generator[Event, Any, Any]:

@@ -119,16 +119,6 @@ class NameGen:
         return cls(taken)
 
 
-def make_node(
-    names: NameGen, op: str, inputs: list[Value], out_types: list[Type], attrs: dict[str, Any] | None = None,
-    regions: list[Graph] | None = None, hint: str = "",
-) -> Node:
-    """Create a node with freshly named outputs (``producer`` links set)."""
-    node = Node(op, list(inputs), [], dict(attrs or {}), list(regions or []), names.fresh(hint or op))
-    node.outputs = [Value(names.fresh(), t, node) for t in out_types]
-    return node
-
-
 def replace_uses(graph: Graph, old: Value, new: Value) -> int:
     """Replace every read of ``old`` (in ``graph`` and its regions, and in outputs) by ``new``."""
     count = 0

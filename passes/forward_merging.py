@@ -141,12 +141,12 @@ def _find_seed(body: Graph, verify_fwd: Node) -> tuple[int, Node]:
     for i, out in enumerate(body.outputs[1:]):
         node = out.producer
         if node is not None and node.op == "gather" and node.inputs[1].type.shape == () \
-                and _depends_on(node, verify_fwd.outputs[0], body):
+                and _depends_on(node, verify_fwd.outputs[0]):
             return i, node
     raise NotApplicable("no carried seed of the form gather(ar_tokens, k) computed from the verify logits")
 
 
-def _depends_on(node: Node, value: Value, body: Graph) -> bool:
+def _depends_on(node: Node, value: Value) -> bool:
     seen: set[int] = set()
     stack = list(node.inputs)
     while stack:

@@ -7,8 +7,6 @@ runtime but the transformer's ``forward_dense``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 import graphrt
@@ -114,9 +112,3 @@ def run(model: Model, prompt: list[int], mode: str, opt_level: int = 1, block_le
     """``graphrt.generate`` with the compiled policy of ``mode``."""
     return graphrt.generate(model, prompt, mode=mode, block_length=block_length, threshold=threshold,
                             opt_level=opt_level, **params)
-
-
-def entropy_bits(p: torch.Tensor) -> float:
-    """Shannon entropy in bits (diagnostics)."""
-    p = p[p > 0]
-    return float(-(p * p.log()).sum() / math.log(2))

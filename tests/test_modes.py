@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphrt
+from graphrt.frontends import policies
 from decode_oracles import diffusion_oracle, greedy_oracle, run, self_spec_forwards, tiny_model
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -55,9 +56,8 @@ def test_diffusion_step_schedule_and_eos_early_exit() -> None:
     for seed_prompt in range(3):
         prompt = [(7 * seed_prompt + k) % 90 + 3 for k in range(3)]
         for steps in (2, 3):
-            res = graphrt.generate(m, prompt, mode=graphrt.compile(
-                __import__("graphrt.frontends.policies", fromlist=["x"]).diffusion(4, None, steps), m),
-                max_new_tokens=12)
+            res = graphrt.generate(m, prompt, mode=graphrt.compile(policies.diffusion(4, None, steps), m),
+                                   max_new_tokens=12)
             want, forwards = diffusion_oracle(m, prompt, 12, 4, None, steps)
             assert (res.tokens, res.forwards) == (want, forwards)
 
