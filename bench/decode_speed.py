@@ -24,7 +24,7 @@ import graphrt
 
 def heldout_prompts(tokenizer, n: int, prompt_tokens: int) -> list[list[int]]:
     """``n`` prompts of ``prompt_tokens`` tokens cut at line boundaries from held-out stdlib files."""
-    from graphrt.frontends.corpus import load_corpus, split_texts
+    from graphrt.frontends.training.corpus import load_corpus, split_texts
 
     files = split_texts(load_corpus(), "heldout")
     prompts: list[list[int]] = []

@@ -5,7 +5,7 @@ Usage::
     python bench/measure_drafts.py MODEL_DIR [MODEL_DIR ...] [--dtype float16] [--prompts 256]
 
 For each model: held-out AR / diffusion loss on fixed held-out windows and
-:func:`graphrt.frontends.train.measure_drafts` (linear and quadratic
+:func:`graphrt.frontends.training.train.measure_drafts` (linear and quadratic
 self-speculation drafts against greedy AR) on fixed held-out prefixes. With
 ``--dtype`` the stored weights are rounded to that dtype and computed in
 float32 (the check that a half-precision export keeps quality). Prints one
@@ -21,10 +21,10 @@ import sys
 import numpy as np
 import torch
 
-from graphrt.frontends import corpus
+from graphrt.frontends.training import corpus
 from graphrt.frontends.checkpoint import load_checkpoint
 from graphrt.frontends.tokenizer import Tokenizer
-from graphrt.frontends.train import fixed_windows, heldout_losses, measure_drafts
+from graphrt.frontends.training.train import fixed_windows, heldout_losses, measure_drafts
 
 
 def heldout_stream(tok: Tokenizer) -> np.ndarray:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "bench"))
     from measure_drafts import main as measure_main
 
-    from graphrt.frontends import corpus
+    from graphrt.frontends.training import corpus
 
     from graphrt.frontends.checkpoint import load_checkpoint, save_checkpoint
     from graphrt.frontends.tokenizer import Tokenizer

@@ -18,11 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphrt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cli_generate.add_parser(sub)
-    for name in ("train", "evaluate"):
+    for name in ("graphrt.frontends.training.train", "graphrt.frontends.training.evaluate"):
         try:
-            module = __import__(f"graphrt.frontends.{name}", fromlist=["add_parser"])
+            module = __import__(name, fromlist=["add_parser"])
         except ModuleNotFoundError as exc:  # pragma: no cover - partial installs
-            if exc.name != f"graphrt.frontends.{name}":
+            if exc.name != name:
                 raise
             continue
         module.add_parser(sub)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from graphrt.frontends.cli import main
-from graphrt.frontends.evaluate import baseline_record, first_line, make_prompts
+from graphrt.frontends.training.evaluate import baseline_record, first_line, make_prompts
 from graphrt.frontends.tokenizer import Tokenizer
 from test_cli import model_dir  # noqa: F401  (fixture)
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from graphrt.frontends import corpus
+from graphrt.frontends.training import corpus
 from graphrt.frontends.tokenizer import (
     BOS, EOS, MASK, PAD, Tokenizer, save_tokenizer, train_tokenizer,
 )
 
-SHIPPED = Path(corpus.__file__).parent / "model"
+SHIPPED = Path(corpus.__file__).parents[1] / "model"
 
 TRICKY = [
     "",

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from graphrt.frontends import corpus
+from graphrt.frontends.training import corpus
 from graphrt.frontends.checkpoint import load_checkpoint
 from graphrt.frontends.config import default_test_config
 from graphrt.frontends.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
-from graphrt.frontends.train import (
+from graphrt.frontends.training.train import (
     CSV_FIELDS, add_parser, block_training_mask, build_batch, draft_mask, lr_at, measure_drafts,
     parse_args, train,
 )

@@ -48,7 +48,7 @@ def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int) -> list[EvalPro
     keeps its last ``max_prompt_tokens`` tokens (the tokenizer ends every line with a
     newline token, so a cut at a line boundary is a token boundary).
     """
-    from graphrt.frontends.corpus import load_corpus, split_texts
+    from graphrt.frontends.training.corpus import load_corpus, split_texts
 
     files = [f for f in split_texts(load_corpus(), "heldout")
              if not any(f.path.startswith(p) for p in EXCLUDED_PREFIXES)]

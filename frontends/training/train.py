@@ -60,10 +60,10 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus as corpus_mod
-from .checkpoint import save_checkpoint
-from .config import ModelConfig
-from .tokenizer import Tokenizer, save_tokenizer, train_tokenizer
-from .transformer import Transformer
+from ..checkpoint import save_checkpoint
+from ..config import ModelConfig
+from ..tokenizer import Tokenizer, save_tokenizer, train_tokenizer
+from ..transformer import Transformer
 
 DIFFUSION_WEIGHT = 0.3
 IGNORE = -100
@@ -710,7 +710,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     train_stream, heldout_stream : np.ndarray
         Token streams (see :func:`prepare_data`).
     info : dict
-        Corpus record (see :func:`graphrt.frontends.corpus.corpus_info`).
+        Corpus record (see :func:`graphrt.frontends.training.corpus.corpus_info`).
 
     Returns
     -------
