@@ -198,7 +198,7 @@ def policy_for_mode(mode: str, block_length: int | None = None, threshold: float
     if mode == "self-spec":
         return self_spec(block_length, 0.0 if threshold is None else threshold)
     if mode == "self-spec-quadratic":
-        from graphrt.passes.forward_merging import merge_forwards
+        from graphrt.frontends.forward_merging import merge_forwards
 
         return merge_forwards(self_spec(block_length, 0.0 if threshold is None else threshold))
     raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")

@@ -10,8 +10,8 @@ import graphrt
 from graphrt.backbone import BackboneConfig
 from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
+from graphrt.frontends.forward_merging import NotApplicable, merge_forward_graph, merge_forwards
 from graphrt.library import accept_length, ban_mask, decode_inputs, sample_tokens
-from graphrt.passes.forward_merging import NotApplicable, merge_forward_graph, merge_forwards
 from graphrt.policy import Policy
 from decode_oracles import run, tiny_model
 from toy_backbone import ToyBackbone
