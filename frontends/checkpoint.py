@@ -299,6 +299,21 @@ def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     return {"rank": int(acfg["r"]), "alpha": float(acfg["lora_alpha"])}, sources
 
 
+def find_adapter(root: str | os.PathLike[str]) -> Path | None:
+    """The adapter a checkpoint ships: its one subdirectory holding ``adapter_config.json``, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        When several subdirectories hold one (name the one to use with ``adapter=``).
+    """
+    found = sorted(p.parent for p in Path(root).glob("*/adapter_config.json"))
+    if len(found) > 1:
+        raise ValueError(f"adapter: expected at most one adapter directory in {root}, found {len(found)} "
+                         f"({', '.join(p.name for p in found)}); choose one with --adapter DIR")
+    return found[0] if found else None
+
+
 # ----------------------------------------------------------------------------- save
 def save_checkpoint(model: Transformer, config: ModelConfig, path: str | os.PathLike[str],
                     dtype: torch.dtype | None = None, max_shard_bytes: int | None = None) -> Path:
@@ -445,4 +460,4 @@ def random_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None =
 
 
 __all__ = ["load_checkpoint", "save_checkpoint", "random_checkpoint", "init_random_", "read_config",
-           "default_test_config", "expected_shapes", "read_peft_adapter", "AR_MODEL_TYPES"]
+           "default_test_config", "expected_shapes", "read_peft_adapter", "find_adapter", "AR_MODEL_TYPES"]

@@ -32,13 +32,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None,
-               device: str = "cpu", max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None) -> Model:
+               device: str = "cpu", max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
+               adapter: str | os.PathLike[str] | bool | None = None) -> Model:
     """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
 
     ``max_seq_len`` sizes each KV-cache row (default: the model's positions, capped
     at 8192 so a long-context checkpoint does not allocate its full context per row).
+    ``adapter``: a PEFT LoRA directory for self-speculation drafts; ``None`` uses the
+    one the checkpoint ships (a subdirectory holding ``adapter_config.json``), if any;
+    ``False`` loads none. The tokenizer is read by ``transformers.AutoTokenizer``; the
+    EOS ids are the config's ``eos_token_id`` (an int or a list) plus the tokenizer's
+    EOS, the end-of-thinking id the tokenizer's ``</think>`` token.
     """
-    from graphrt.frontends.checkpoint import load_checkpoint
+    from graphrt.frontends.checkpoint import find_adapter, load_checkpoint
+    from graphrt.frontends.tokenizer import has_tokenizer, load_tokenizer
     from graphrt.frontends.transformer import TransformerBackbone
 
     root = Path(path) if path is not None else SHIPPED_MODEL
@@ -47,12 +54,17 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     if not isinstance(max_batch, int) or max_batch <= 0:
         raise ValueError(f"max_batch: expected an int > 0, found {max_batch!r}")
     dev = resolve_device(device)
-    cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=dev)
+    adapter_dir = find_adapter(root) if adapter is None or adapter is True else (adapter or None)
+    if adapter is True and adapter_dir is None:
+        raise ValueError(f"adapter: expected a subdirectory of {root} holding adapter_config.json, found none")
+    cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=dev, adapter=adapter_dir)
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
     backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
-    tokenizer = None
-    if (root / "tokenizer.json").is_file():
-        from graphrt.frontends.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_dir(root)
-    return Model(backbone, tokenizer, str(root))
+    tokenizer = load_tokenizer(root) if has_tokenizer(root) else None
+    eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
+    if tokenizer is not None:
+        eos.append(tokenizer.eos_token_id)
+    eos_ids = tuple(dict.fromkeys(int(e) for e in eos if e is not None))
+    end_think = tokenizer.end_think_token_id if tokenizer is not None else None
+    return Model(backbone, tokenizer, str(root), eos_token_ids=eos_ids, end_think_token_id=end_think,
+                 adapter=str(adapter_dir) if adapter_dir is not None else None)

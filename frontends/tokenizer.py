@@ -1,4 +1,12 @@
-"""Byte-level BPE tokenizer for the shipped model, and the runtime's wrapper.
+"""Tokenizers: a checkpoint's tokenizer for decoding, and the BPE trainer for training.
+
+Decoding reads every checkpoint's tokenizer (the shipped model's included)
+through ``transformers.AutoTokenizer`` (:func:`load_tokenizer`, wrapped in
+:class:`CheckpointTokenizer`, which adds the chat template and the special ids
+the runtime needs). The rest of this module trains the shipped model's
+tokenizer (:class:`Tokenizer` is the training side's view of it).
+
+The trained tokenizer is a byte-level BPE.
 
 Pre-tokenization splits the text into lines first (each piece is one line
 *including* its newline; a blank line is a piece of its own), then applies
@@ -18,6 +26,9 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import os
+from typing import Any
+
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -25,6 +36,11 @@ BOS, EOS, PAD, MASK = "<|bos|>", "<|eos|>", "<|pad|>", "<|mask|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, MASK)  # ids 0, 1, 2, 3
 LINE_SPLIT_PATTERN = r"[^\n]*\n|[^\n]+"
 DEFAULT_VOCAB_SIZE = 4096
+# The shipped model completes Python source: its chat template joins the turns' contents (a system message
+# becomes a comment line), so the reply continues the user's code.
+CODE_CHAT_TEMPLATE = ("{%- for m in messages -%}{%- if m['role'] == 'system' -%}{{ '# ' + m['content'] + '\\n' }}"
+                      "{%- else -%}{{ m['content'] }}{%- endif -%}{%- endfor -%}")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def build_untrained(vocab_size: int = DEFAULT_VOCAB_SIZE) -> tuple[HFTokenizer, trainers.BpeTrainer]:
@@ -123,6 +139,7 @@ def save_tokenizer(tok: HFTokenizer, out_dir: str | Path, model_max_length: int 
         "add_bos_token": False,
         "add_eos_token": False,
         "model_max_length": model_max_length,
+        "chat_template": CODE_CHAT_TEMPLATE,
     }
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "mask_token": MASK}
@@ -238,3 +255,140 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+# ----------------------------------------------------------------------------- a checkpoint's tokenizer
+def has_tokenizer(model_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``model_dir`` holds tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ...)."""
+    return any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_tokenizer(model_dir: str | os.PathLike[str]) -> "CheckpointTokenizer":
+    """A checkpoint's tokenizer through ``transformers.AutoTokenizer``.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        The checkpoint directory (its ``tokenizer.json`` / ``tokenizer_config.json``;
+        a ``chat_template.jinja`` there is picked up too).
+
+    Returns
+    -------
+    CheckpointTokenizer
+
+    Raises
+    ------
+    ValueError
+        When ``model_dir`` has no tokenizer files or transformers cannot read them.
+    """
+    import transformers
+
+    root = Path(model_dir)
+    if not has_tokenizer(root):
+        raise ValueError(f"tokenizer: expected one of {TOKENIZER_FILES} in {root}, found none")
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # model_type checks do not concern the tokenizer
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(str(root))
+    except Exception as e:  # transformers raises many types for unreadable tokenizers
+        raise ValueError(f"tokenizer: transformers.AutoTokenizer could not read {root} ({type(e).__name__}: {e})") \
+            from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return CheckpointTokenizer(hf, str(root))
+
+
+class CheckpointTokenizer:
+    """A ``transformers`` tokenizer with the runtime's interface (encode, decode, chat).
+
+    Parameters
+    ----------
+    hf : transformers.PreTrainedTokenizerBase
+        The tokenizer ``AutoTokenizer`` read from the checkpoint.
+    source : str
+        Where it came from, quoted in errors.
+    """
+
+    def __init__(self, hf: Any, source: str = "<tokenizer>") -> None:
+        self.hf = hf
+        self.source = source
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids (added tokens included)."""
+        return len(self.hf)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The tokenizer's EOS id (``eos_token`` of its config), if any."""
+        return self.hf.eos_token_id
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """The tokenizer's mask id (``mask_token`` of its config), if any."""
+        return self.hf.mask_token_id
+
+    @property
+    def end_think_token_id(self) -> int | None:
+        """The id of the end-of-thinking token ``</think>`` if it is an added token, else ``None``."""
+        for tid, added in self.hf.added_tokens_decoder.items():
+            if added.content == "</think>":
+                return int(tid)
+        return None
+
+    @property
+    def chat_template(self) -> str | None:
+        """The checkpoint's chat template (Jinja), or ``None``."""
+        return self.hf.chat_template
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text`` (with the tokenizer's own BOS convention unless told otherwise)."""
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        """Text of token ids (``skip_special`` drops special tokens)."""
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special,
+                              clean_up_tokenization_spaces=False)
+
+    def chat_text(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                  **template_args: Any) -> str:
+        """The prompt text of a conversation, rendered by the checkpoint's chat template.
+
+        Parameters
+        ----------
+        messages : sequence of dict
+            ``[{"role": "user", "content": "..."}, ...]``.
+        add_generation_prompt : bool
+            End with the template's opening of an assistant turn.
+        **template_args
+            Passed to the template (e.g. ``enable_thinking=False``).
+
+        Raises
+        ------
+        ValueError
+            No chat template in the checkpoint, or malformed messages.
+        """
+        if not self.chat_template:
+            raise ValueError(f"chat: the tokenizer of {self.source} has no chat template (expected 'chat_template' "
+                             f"in tokenizer_config.json or a chat_template.jinja file); pass a plain prompt instead")
+        check_messages(messages, "chat")
+        return self.hf.apply_chat_template(list(messages), tokenize=False,
+                                           add_generation_prompt=add_generation_prompt, **template_args)
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True,
+                    **template_args: Any) -> list[int]:
+        """Token ids of :meth:`chat_text` (the template writes its own special tokens)."""
+        return self.encode(self.chat_text(messages, add_generation_prompt, **template_args), add_special_tokens=False)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
+def check_messages(messages: Any, where: str) -> None:
+    """Raise ``ValueError`` unless ``messages`` is a non-empty list of ``{"role": str, "content": str}``."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"{where}: messages: expected a non-empty list of {{'role', 'content'}} objects, "
+                         f"found {type(messages).__name__} {messages!r:.60}")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise ValueError(f"{where}: messages[{i}]: expected {{'role': str, 'content': str}}, found {m!r:.80}")

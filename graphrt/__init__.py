@@ -5,7 +5,7 @@ nodes; passes rewrite, fuse and schedule it; a session runs it per request as
 a resumable program over a backbone that batches every request's forwards.
 """
 
-from graphrt.api import Model, compile, generate, load
+from graphrt.api import Model, chat, compile, generate, load
 from graphrt.backbone import Backbone, BackboneConfig, ForwardBatch
 from graphrt.builder import GraphBuilder, Var
 from graphrt.compiled import CompiledPolicy
@@ -24,6 +24,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone", "BackboneConfig", "CompiledPolicy", "ExecutionError", "ForwardBatch", "GenerationParams",
     "GenerationResult", "Graph", "GraphBuilder", "GraphError", "Model", "Node", "OpDef", "Policy", "Session",
-    "Value", "Var", "compile", "generate", "get_op", "graph_from_json", "graph_to_json", "load", "register_op",
+    "Value", "Var", "chat", "compile", "generate", "get_op", "graph_from_json", "graph_to_json", "load", "register_op",
     "to_dot", "verify",
 ]

@@ -1,10 +1,10 @@
-"""The top-level API: ``load``, ``compile``, ``generate``."""
+"""The top-level API: ``load``, ``compile``, ``generate``, ``chat``."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -19,11 +19,26 @@ from graphrt.session import Session, TokenizerLike
 
 @dataclass
 class Model:
-    """A backbone with its tokenizer (optional) and where it came from."""
+    """A backbone with its tokenizer (optional), where it came from and its special ids.
+
+    Attributes
+    ----------
+    eos_token_ids:
+        Every id that ends a reply (the config's ``eos_token_id`` list and the
+        tokenizer's EOS); ``generate`` stops at any of them unless ``ignore_eos``.
+    end_think_token_id:
+        The end-of-thinking id (the tokenizer's ``</think>``), the default of a
+        thinking budget's forced token.
+    adapter:
+        The draft adapter directory loaded, if any.
+    """
 
     backbone: Backbone
     tokenizer: TokenizerLike | None = None
     path: str = ""
+    eos_token_ids: tuple[int, ...] = ()
+    end_think_token_id: int | None = None
+    adapter: str | None = None
 
     @property
     def config(self) -> Any:
@@ -32,7 +47,8 @@ class Model:
 
 
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-         max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None) -> Model:
+         max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
+         adapter: str | os.PathLike[str] | bool | None = None) -> Model:
     """Load a checkpoint directory (DESIGN.md's format) as a :class:`Model`.
 
     Parameters
@@ -50,10 +66,14 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
         Run the backbone under ``torch.compile``.
     max_seq_len:
         KV-cache slots per request (default: the model's positions, at most 8192).
+    adapter:
+        PEFT LoRA directory (``o_proj``) applied in self-speculation drafts; ``None``
+        (default) uses the adapter directory the checkpoint ships, if any; ``False``
+        loads none.
     """
     loader = _frontend("loader")  # the core never imports frontends at module level
     return loader.load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
-                      max_seq_len=max_seq_len)
+                             max_seq_len=max_seq_len, adapter=adapter)
 
 
 def _frontend(name: str) -> Any:
@@ -71,22 +91,82 @@ def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, *
     return compile_policy(policy, backbone.config, opt_level)
 
 
-def generate(model: Model, prompt: str | Sequence[int] | torch.Tensor, mode: str | Policy | CompiledPolicy = "ar",
-             block_length: int | None = None, threshold: float | None = None, opt_level: int = 1,
-             **params: Any) -> GenerationResult:
-    """Generate for one prompt (a session with one request).
+def prepare(model: Model, prompt: str | Sequence[int] | torch.Tensor | None = None,
+            messages: Sequence[Mapping[str, str]] | None = None, mode: str | Policy | CompiledPolicy = "ar",
+            block_length: int | None = None, threshold: float | None = None, opt_level: int = 1,
+            chat_template_args: Mapping[str, Any] | None = None,
+            **params: Any) -> tuple[CompiledPolicy, list[int], GenerationParams]:
+    """What :func:`generate` runs: the compiled policy, the prompt ids and the parameters.
 
-    ``prompt`` is text (needs the model's tokenizer) or token ids. ``params`` are
-    :class:`~graphrt.params.GenerationParams` fields (``max_new_tokens``,
-    ``temperature``, ``seed``, ...).
+    Engines and the command line use it to drive a :class:`Session` themselves.
+    The model's EOS ids become stop ids (unless ``ignore_eos``), and a
+    ``thinking_budget`` without ``end_think_token_id`` forces the model's
+    end-of-thinking token.
     """
     compiled = mode if isinstance(mode, CompiledPolicy) else compile(
         mode, model, opt_level, **({} if isinstance(mode, Policy) else
                                    {"block_length": block_length, "threshold": threshold}))
-    if isinstance(prompt, str):
+    ids = _prompt_ids(model, prompt, messages, chat_template_args or {})
+    if not params.get("ignore_eos"):
+        params["stop_token_ids"] = tuple(params.get("stop_token_ids", ())) + model.eos_token_ids
+    if params.get("thinking_budget") is not None and params.get("end_think_token_id") is None:
+        if model.end_think_token_id is None:
+            raise ValueError(f"thinking_budget: needs end_think_token_id, and the tokenizer of {model.path or 'the model'}"
+                             f" has no '</think>' token to default to; pass end_think_token_id")
+        params["end_think_token_id"] = model.end_think_token_id
+    return compiled, ids, GenerationParams(**params)
+
+
+def _prompt_ids(model: Model, prompt: str | Sequence[int] | torch.Tensor | None,
+                messages: Sequence[Mapping[str, str]] | None, template_args: Mapping[str, Any]) -> list[int]:
+    if (prompt is None) == (messages is None):
+        raise ValueError("generate: expected exactly one of prompt= and messages=, found "
+                         + ("both" if prompt is not None else "neither"))
+    if messages is not None or isinstance(prompt, str):
         if model.tokenizer is None:
-            raise ValueError("generate: a text prompt needs a tokenizer; pass token ids or load a model with one")
-        prompt = model.tokenizer.encode(prompt)  # type: ignore[attr-defined]
+            raise ValueError(f"generate: a text prompt or messages need a tokenizer; {model.path or 'the model'} has "
+                             f"none (pass token ids)")
+        if messages is not None:
+            return model.tokenizer.encode_chat(messages, **template_args)  # type: ignore[attr-defined]
+        return model.tokenizer.encode(prompt)  # type: ignore[attr-defined]
+    return torch.as_tensor(prompt, dtype=torch.int64).flatten().tolist()
+
+
+def generate(model: Model, prompt: str | Sequence[int] | torch.Tensor | None = None,
+             mode: str | Policy | CompiledPolicy = "ar", block_length: int | None = None,
+             threshold: float | None = None, opt_level: int = 1,
+             messages: Sequence[Mapping[str, str]] | None = None, **params: Any) -> GenerationResult:
+    """Generate for one prompt (a session with one request).
+
+    Parameters
+    ----------
+    model:
+        From :func:`load`.
+    prompt:
+        Text (needs the model's tokenizer) or token ids; or give ``messages``.
+    mode:
+        A mode name, a :class:`Policy` or a :class:`CompiledPolicy`.
+    block_length, threshold:
+        Mode arguments (see :func:`compile`).
+    opt_level:
+        Pass pipeline level.
+    messages:
+        A conversation (``[{"role": ..., "content": ...}]``) rendered by the
+        tokenizer's chat template, instead of ``prompt``.
+    **params:
+        :class:`~graphrt.params.GenerationParams` fields (``max_new_tokens``,
+        ``temperature``, ``seed``, ...); the model's EOS ids are added to the stops.
+    """
+    compiled, ids, gen = prepare(model, prompt, messages, mode, block_length, threshold, opt_level, **params)
     session = Session(model.backbone, model.tokenizer)
-    rid = session.add(compiled, prompt, GenerationParams(**params))
+    rid = session.add(compiled, ids, gen)
     return session.run()[rid]
+
+
+def chat(model: Model, messages: Sequence[Mapping[str, str]], mode: str | Policy | CompiledPolicy = "ar",
+         **kwargs: Any) -> GenerationResult:
+    """Reply to a conversation: :func:`generate` with ``messages`` (the tokenizer's chat template).
+
+    Raises ``ValueError`` when the checkpoint's tokenizer has no chat template.
+    """
+    return generate(model, mode=mode, messages=messages, **kwargs)

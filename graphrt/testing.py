@@ -10,6 +10,11 @@ or on a GPU when there is one. See ``docs/testing_kernels.md``.
 
 This module imports hypothesis and torch only; numba is never imported here.
 
+It also re-exports the tiny checkpoint writers of ``graphrt.frontends.fixtures``
+(:func:`write_release_checkpoint`, the Nemotron-Labs-Diffusion release layout with
+its drafter adapter; :func:`write_transformers_checkpoint`, Llama / Qwen2 / Qwen3
+written by transformers; :func:`tiny_tokenizer`), imported on first use.
+
 >>> from hypothesis import given
 >>> @given(logits(batch=2, vocab=vocab_sizes(max_value=40)))
 ... def test_argmax(x):
@@ -44,7 +49,21 @@ __all__ = [
     "masks",
     "sampling_params",
     "vocab_sizes",
+    "tiny_tokenizer",
+    "write_release_checkpoint",
+    "write_transformers_checkpoint",
 ]
+
+_FIXTURES = ("tiny_tokenizer", "write_release_checkpoint", "write_transformers_checkpoint")
+
+
+def __getattr__(name: str) -> Any:
+    """The checkpoint writers of ``graphrt.frontends.fixtures`` (the core imports no frontend eagerly)."""
+    if name in _FIXTURES:
+        import importlib
+
+        return getattr(importlib.import_module("graphrt.frontends.fixtures"), name)
+    raise AttributeError(f"module 'graphrt.testing' has no attribute {name!r}")
 
 MASK_TOKEN_ID = 0
 """Default mask token id of :func:`blocks` (small, so collisions with candidates happen)."""
