@@ -1,9 +1,10 @@
 """Decode building blocks written in primitives.
 
 Policies call these; each builds the primitive chain whose meaning is the
-corresponding fused op of :mod:`graphrt.sampling` (the fusion passes recognise
-the chains and replace them by ``sample``, ``confidence``, ``denoise_select``
-and ``verify_accept``). Keeping policies in primitives is what lets a policy
+corresponding fused op of :mod:`graphrt.sampling`. These helpers are the only
+spelling of the chains: the fusion pass traces them into its patterns
+(:data:`graphrt.passes.fusion.FUSIONS`) and replaces what matches by
+``sample``, ``confidence``, ``denoise_select`` and ``verify_accept``. Keeping policies in primitives is what lets a policy
 author change one rule (say, the acceptance test) without writing a kernel.
 """
 
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphrt import noise
+from graphrt import noise, sampling
 from graphrt.builder import GraphBuilder, Var
 from graphrt.types import CACHE, scalar, tensor
 
-NEG_INF = float("-inf")
+NEG_INF = sampling.NEG_INF
 
 
 @dataclass
@@ -58,7 +59,7 @@ def sample_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs
     the mask token.
     """
     x = b.clean(logits)
-    scaled = x / b.maximum(io.temperature, 1e-30)
+    scaled = x / b.maximum(io.temperature, sampling.TEMPERATURE_FLOOR)
     neg = b.const(NEG_INF, "float")
     kept = b.where(b.topk(scaled, io.top_k), scaled, neg)
     kept = b.where(b.top_p(kept, io.top_p), kept, neg)

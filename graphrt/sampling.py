@@ -22,6 +22,8 @@ import torch
 from graphrt import noise
 
 NEG_INF = float("-inf")
+TEMPERATURE_FLOOR = 1e-30
+"""Sampling divides logits by ``max(T, TEMPERATURE_FLOOR)``, so a tiny T > 0 stays finite."""
 
 
 def clean_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -92,15 +94,15 @@ def sample(
     """Token ids ``[...]`` drawn from ``logits [..., V]``.
 
     ``temperature == 0`` (or NaN) is greedy (:func:`argmax_lowest`); otherwise
-    Gumbel-max over :func:`filter_logits` at ``max(temperature, 1e-30)`` with
-    noise keyed by ``positions [...]`` (the absolute position each sampled token
-    will occupy) and ``purpose``. This is bit for bit the primitive chain of
-    :func:`graphrt.library.sample_tokens` (``where(T > 0, ..., greedy)`` over
-    logits divided by ``maximum(T, 1e-30)``), which the fusion pass replaces.
+    Gumbel-max over :func:`filter_logits` at ``max(temperature,``
+    :data:`TEMPERATURE_FLOOR` ``)`` with noise keyed by ``positions [...]`` (the
+    absolute position each sampled token will occupy) and ``purpose``. This is
+    bit for bit the primitive chain of :func:`graphrt.library.sample_tokens`,
+    which the fusion pass replaces.
     """
     if not temperature > 0:
         return argmax_lowest(logits)
-    scores = filter_logits(logits, max(temperature, 1e-30), top_k, top_p)
+    scores = filter_logits(logits, max(temperature, TEMPERATURE_FLOOR), top_k, top_p)
     scores = scores + noise.gumbel(seed, stream, positions, purpose, logits.shape[-1])
     return argmax_lowest(scores)
 

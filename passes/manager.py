@@ -14,6 +14,7 @@ when asked, dumps the graph after every pass as text and DOT.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from graphrt.analysis import summary
 from graphrt.ir import Graph, GraphError
+from graphrt.passes.graph_utils import copy_graph
 from graphrt.printer import format_graph, to_dot
 from graphrt.verify import verify
 
@@ -49,6 +51,55 @@ class PassResult:
 
 
 Pass = Callable[[Graph], PassResult]
+
+_PASS_DOC = """Parameters
+----------
+graph:
+    A verified graph; not modified.
+
+Returns
+-------
+PassResult
+    A rewritten copy, or ``graph`` itself when nothing changed; {info}.
+"""
+
+
+def rewrite_pass(info: str) -> Callable[[Callable[[Graph], dict[str, Any]]], Pass]:
+    """Make a pass from a rewrite that works in place: the copy in, the :class:`PassResult` out.
+
+    The decorated ``rewrite(graph) -> change log`` rewrites the copy it is given
+    and returns what it changed (empty: nothing); the pass copies its input,
+    runs the rewrite and returns the copy, or its unchanged input. The pass's
+    docstring is the rewrite's, followed by the sections every pass shares.
+
+    Parameters
+    ----------
+    info:
+        What the change log holds, for the docstring (``"``info`` counts ..."``).
+
+    Returns
+    -------
+    Callable
+        A decorator: ``rewrite -> pass``.
+
+    Examples
+    --------
+    >>> @rewrite_pass("``info`` is empty")
+    ... def no_op(graph: Graph) -> dict[str, Any]:
+    ...     \"\"\"Change nothing.\"\"\"
+    ...     return {}
+    """
+    def decorate(rewrite: Callable[[Graph], dict[str, Any]]) -> Pass:
+        def run(graph: Graph) -> PassResult:
+            out = copy_graph(graph)
+            log = rewrite(out)
+            return PassResult(out, True, log) if log else PassResult(graph, False, {})
+
+        run.__name__, run.__qualname__, run.__module__ = rewrite.__name__, rewrite.__qualname__, rewrite.__module__
+        run.__doc__ = f"{inspect.cleandoc(rewrite.__doc__ or '')}\n\n{_PASS_DOC.format(info=info)}"
+        return run
+
+    return decorate
 
 
 @dataclass(frozen=True)
