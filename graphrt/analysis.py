@@ -1,4 +1,4 @@
-"""Graph analyses on networkx: dataflow, uses, liveness helpers.
+"""Graph analyses on networkx: dataflow, region captures, op counts.
 
 Analyses stay near-linear in graph size: they walk nodes and edges once and
 never build transitive closures.
@@ -63,15 +63,6 @@ def dataflow_graph(graph: Graph) -> nx.DiGraph:
             else:
                 dg.add_edge(src, node.name, values=[v.name])
     return dg
-
-
-def users(graph: Graph) -> dict[int, list[Node]]:
-    """id(value) -> nodes of ``graph`` (top level) that read it, directly or from their regions."""
-    out: dict[int, list[Node]] = {}
-    for node in graph.nodes:
-        for v in node_reads(node):
-            out.setdefault(id(v), []).append(node)
-    return out
 
 
 def summary(graph: Graph) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from graphrt.types import Type
 
@@ -26,26 +26,101 @@ class GraphError(ValueError):
 
 @dataclass(eq=False)
 class Value:
-    """An SSA value: a graph/region input or one output of a node."""
+    """An SSA value: a graph/region input or one output of a node.
+
+    ``users`` are the nodes whose inputs read it (insertion-ordered, as the keys
+    of a dict); setting or editing a node's ``inputs`` keeps them in step, and
+    :meth:`Node.unlink` takes a node out of them when a pass drops it. A value
+    read only as a graph output has no users.
+    """
 
     name: str
     type: Type
     producer: "Node | None" = field(default=None, repr=False)
+    users: "dict[Node, None]" = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"%{self.name}: {self.type}"
 
 
-@dataclass(eq=False)
-class Node:
-    """One operation: ``outputs = op(inputs; attrs) {regions}``."""
+class _Inputs(list):  # type: ignore[type-arg]
+    """A node's input list: every edit keeps its values' ``users`` in step."""
 
-    op: str
-    inputs: list[Value]
-    outputs: list[Value]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    regions: list["Graph"] = field(default_factory=list)
-    name: str = ""
+    __slots__ = ("_node",)
+
+    def __init__(self, node: "Node", values: "Iterable[Value]") -> None:
+        super().__init__(values)
+        self._node = node
+        for v in self:
+            v.users[node] = None
+
+
+def _relinking(name: str) -> Callable[..., Any]:
+    edit = getattr(list, name)
+
+    def method(self: _Inputs, *args: Any) -> Any:
+        for v in self:
+            v.users.pop(self._node, None)
+        try:
+            return edit(self, *args)
+        finally:
+            for v in self:
+                v.users[self._node] = None
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "reverse", "sort"):
+    setattr(_Inputs, _name, _relinking(_name))
+
+
+class Node:
+    """One operation: ``outputs = op(inputs; attrs) {regions}``.
+
+    Its input values know it as a user (:attr:`Value.users`), as torch.fx's
+    nodes know theirs; :attr:`users` are the nodes reading its results.
+    """
+
+    def __init__(self, op: str, inputs: "Iterable[Value]", outputs: "list[Value]",
+                 attrs: "dict[str, Any] | None" = None, regions: "list[Graph] | None" = None, name: str = "") -> None:
+        self.op = op
+        self.outputs = outputs
+        self.attrs = {} if attrs is None else attrs
+        self.regions = [] if regions is None else regions
+        self.name = name
+        self._inputs = _Inputs(self, inputs)
+
+    @property
+    def inputs(self) -> "list[Value]":
+        """The values this node reads, in order (a list; editing it keeps ``users`` in step)."""
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, values: "Iterable[Value]") -> None:
+        for v in self._inputs:
+            v.users.pop(self, None)
+        self._inputs = _Inputs(self, values)
+
+    @property
+    def users(self) -> "dict[Node, None]":
+        """The nodes that read any of this node's results, in the order they started to."""
+        out: dict[Node, None] = {}
+        for v in self.outputs:
+            out.update(v.users)
+        return out
+
+    def unlink(self) -> None:
+        """Stop counting as a user of the values this node (and any node of its regions) reads.
+
+        Passes call it on a node they drop; the node's inputs stay as they were.
+        """
+        for v in self._inputs:
+            v.users.pop(self, None)
+        for region in self.regions:
+            for node in region.nodes:
+                node.unlink()
 
     def __repr__(self) -> str:
         return f"Node({self.name}: {self.op})"
@@ -53,12 +128,17 @@ class Node:
 
 @dataclass(eq=False)
 class Graph:
-    """A straight-line list of nodes in topological order, with inputs and outputs."""
+    """A straight-line list of nodes in topological order, with inputs and outputs.
+
+    ``annotations`` holds what analyses attach to a top-level graph (the
+    passes' memory plan, stream schedule and capture plan, by those keys).
+    """
 
     name: str
     inputs: list[Value] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     outputs: list[Value] = field(default_factory=list)
+    annotations: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def walk(self) -> Iterator[Node]:
         """Every node of this graph and of its nested regions, pre-order."""
@@ -117,33 +197,3 @@ class NameGen:
             for region in node.regions:
                 taken.update(v.name for v in region.inputs)
         return cls(taken)
-
-
-def replace_uses(graph: Graph, old: Value, new: Value) -> int:
-    """Replace every read of ``old`` (in ``graph`` and its regions, and in outputs) by ``new``."""
-    count = 0
-    for g in _graphs(graph):
-        for node in g.nodes:
-            for i, v in enumerate(node.inputs):
-                if v is old:
-                    node.inputs[i] = new
-                    count += 1
-        for i, v in enumerate(g.outputs):
-            if v is old:
-                g.outputs[i] = new
-                count += 1
-    return count
-
-
-def _graphs(graph: Graph) -> Iterator[Graph]:
-    yield graph
-    for node in graph.nodes:
-        for region in node.regions:
-            yield from _graphs(region)
-
-
-def clone_graph(graph: Graph) -> Graph:
-    """Deep copy with the same names (values are new objects)."""
-    from graphrt.serialize import graph_from_json, graph_to_json
-
-    return graph_from_json(graph_to_json(graph))

@@ -13,7 +13,7 @@ from graphrt.passes.constant_folding import fold_constants
 from graphrt.passes.cse import eliminate_common_subexpressions
 from graphrt.passes.dead_code import eliminate_dead_code, remove_dead_carried
 from graphrt.passes.fusion import fuse
-from graphrt.passes.graph_utils import annotations, copy_graph
+from graphrt.passes.graph_utils import copy_graph
 from graphrt.passes.hoist_invariants import hoist_invariants
 from graphrt.passes.manager import Pass, PassError, PassManager, PassResult, PassStep, Pipeline, PipelineResult
 from graphrt.passes.memory_planning import BufferSlot, MemoryPlan, plan_memory
@@ -22,7 +22,7 @@ from graphrt.passes.stream_assignment import RegionSchedule, StreamSchedule, ass
 
 __all__ = [
     "OPT_LEVELS", "BufferSlot", "CapturePlan", "MemoryPlan", "Pass", "PassError", "PassManager", "PassResult",
-    "PassStep", "Pipeline", "PipelineResult", "RegionSchedule", "Segment", "StreamSchedule", "Sync", "annotations",
+    "PassStep", "Pipeline", "PipelineResult", "RegionSchedule", "Segment", "StreamSchedule", "Sync",
     "assign_streams", "canonicalize", "copy_graph", "default_pipeline", "default_steps",
     "eliminate_common_subexpressions", "eliminate_dead_code", "fold_constants", "fuse", "hoist_invariants",
     "plan_capture", "plan_memory", "remove_dead_carried",

@@ -23,31 +23,18 @@ from __future__ import annotations
 
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import COMMUTATIVE, FLIPPED
-from graphrt.passes.graph_utils import Substitution, copy_graph
-from graphrt.passes.manager import PassResult
+from graphrt.passes.graph_utils import Substitution
+from graphrt.passes.manager import rewrite_pass
 from graphrt.types import TensorType
 
 
-def canonicalize(graph: Graph) -> PassResult:
-    """Put ``graph`` in canonical form (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The canonical graph; ``info`` counts ``swapped`` operands and ``removed`` identities.
-    """
-    out = copy_graph(graph)
+@rewrite_pass("``info`` counts ``swapped`` operands and ``removed`` identities")
+def canonicalize(graph: Graph) -> dict[str, int]:
+    """Put ``graph`` in canonical form (see the module docstring)."""
     state = _State()
-    _walk(out, state)
-    state.subst.apply(out)
-    changed = bool(state.swapped or state.removed)
-    return PassResult(out if changed else graph, changed, {"swapped": state.swapped, "removed": state.removed}
-                      if changed else {})
+    _walk(graph, state)
+    state.subst.apply(graph)
+    return {"swapped": state.swapped, "removed": state.removed} if state.swapped or state.removed else {}
 
 
 class _State:
@@ -77,6 +64,7 @@ def _walk(graph: Graph, state: _State) -> None:
         if same is not None:
             state.subst.replace(node.outputs[0], same)
             state.removed += 1
+            node.unlink()
             continue
         for v in node.outputs:
             state.defs[id(v)] = node

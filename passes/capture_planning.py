@@ -21,7 +21,7 @@ value it defines has a planned static buffer (or is a static-shape view) --
 so it needs the memory plan -- else it says why not (a dynamic shape such as
 the prompt's ``P``, an unplanned value).
 
-Before / after: the graph is unchanged; ``annotations(graph)["capture"]``
+Before / after: the graph is unchanged; ``graph.annotations["capture"]``
 holds a :class:`CapturePlan`, e.g. for the AR step::
 
     segment decode[0]  capturable  unsqueeze.47 unsqueeze.49
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from graphrt.ir import Graph, Node
 from graphrt.passes.effects import HOST_READS, VIEW_OPS
-from graphrt.passes.graph_utils import annotations, copy_graph, regions_with_keys
+from graphrt.passes.graph_utils import copy_graph, regions_with_keys
 from graphrt.passes.manager import PassResult
 from graphrt.registry import get_op
 from graphrt.types import TensorType
@@ -69,7 +69,7 @@ class Segment:
 
 @dataclass
 class CapturePlan:
-    """Segments and syncs of every region (``annotations(graph)["capture"]``)."""
+    """Segments and syncs of every region (``graph.annotations["capture"]``)."""
 
     segments: list[Segment] = field(default_factory=list)
     syncs: list[Sync] = field(default_factory=list)
@@ -124,18 +124,18 @@ def plan_capture(graph: Graph) -> PassResult:
     Returns
     -------
     PassResult
-        The graph with ``annotations(graph)["capture"]``; ``info`` counts
+        The graph with ``graph.annotations["capture"]``; ``info`` counts
         segments, capturable segments and syncs.
     """
     out = copy_graph(graph)
-    plan = annotations(out).get("memory")
+    plan = out.annotations.get("memory")
     planned = set(plan.slot_of) if plan is not None else set()
     inputs = {id(v) for v in out.inputs}
     consts = {id(n.outputs[0]) for n in out.walk() if n.op == "constant"}
     cap = CapturePlan()
     for key, region in regions_with_keys(out):
         _plan_region(region, key, planned, inputs | consts, cap)
-    annotations(out)["capture"] = cap
+    out.annotations["capture"] = cap
     info = {"segments": len(cap.segments), "capturable": sum(s.capturable for s in cap.segments),
             "syncs": len(cap.syncs)}
     return PassResult(out, True, info)

@@ -32,8 +32,8 @@ import torch
 
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import is_pure
-from graphrt.passes.graph_utils import Substitution, copy_graph
-from graphrt.passes.manager import PassResult
+from graphrt.passes.graph_utils import Substitution
+from graphrt.passes.manager import rewrite_pass
 from graphrt.registry import get_op
 from graphrt.types import TensorType
 
@@ -43,27 +43,13 @@ MAX_KNOWN_ELEMENTS = 4096
 _DTYPES = {torch.int64: "i64", torch.bool: "bool", torch.float64: "float"}
 
 
-def fold_constants(graph: Graph) -> PassResult:
-    """Evaluate what is known at compile time (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The folded graph; ``info`` counts ``folded`` nodes (values and shapes)
-        and ``pruned`` branches/loops.
-    """
-    out = copy_graph(graph)
+@rewrite_pass("``info`` counts ``folded`` nodes (values and shapes) and ``pruned`` branches/loops")
+def fold_constants(graph: Graph) -> dict[str, int]:
+    """Evaluate what is known at compile time (see the module docstring)."""
     state = _State()
-    _walk(out, state)
-    state.subst.apply(out)
-    changed = bool(state.folded or state.pruned)
-    return PassResult(out if changed else graph, changed,
-                      {"folded": state.folded, "pruned": state.pruned} if changed else {})
+    _walk(graph, state)
+    state.subst.apply(graph)
+    return {"folded": state.folded, "pruned": state.pruned} if state.folded or state.pruned else {}
 
 
 class _State:
@@ -82,6 +68,7 @@ def _walk(graph: Graph, state: _State) -> None:
             for o, c in zip(node.outputs, node.inputs[1:]):
                 state.subst.replace(o, c)
             state.pruned += 1
+            node.unlink()
             continue
         for region in node.regions:
             _walk(region, state)
@@ -89,6 +76,7 @@ def _walk(graph: Graph, state: _State) -> None:
         if replacement is not None:
             state.subst.replace(node.outputs[0], replacement)
             state.pruned += 1
+            node.unlink()
             continue
         _fold_value(node, state)
         kept.append(node)

@@ -22,28 +22,17 @@ from typing import Any
 
 from graphrt.ir import Graph, Node
 from graphrt.passes.effects import is_pure
-from graphrt.passes.graph_utils import Substitution, copy_graph, freeze_attr
-from graphrt.passes.manager import PassResult
+from graphrt.passes.graph_utils import Substitution, freeze_attr
+from graphrt.passes.manager import rewrite_pass
 
 
-def eliminate_common_subexpressions(graph: Graph) -> PassResult:
-    """Merge duplicate pure nodes, scope by scope (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The graph without duplicates; ``info["merged"]`` counts dropped nodes.
-    """
-    out = copy_graph(graph)
+@rewrite_pass('``info["merged"]`` counts dropped nodes')
+def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
+    """Merge duplicate pure nodes, scope by scope (see the module docstring)."""
     subst = Substitution()
-    merged = _walk(out, [{}], subst)
-    subst.apply(out)
-    return PassResult(out if merged else graph, bool(merged), {"merged": merged} if merged else {})
+    merged = _walk(graph, [{}], subst)
+    subst.apply(graph)
+    return {"merged": merged} if merged else {}
 
 
 def node_key(node: Node) -> tuple[Any, ...]:
@@ -87,6 +76,7 @@ def _walk(graph: Graph, scopes: list[dict[tuple[Any, ...], Node]], subst: Substi
                 for old, new in zip(node.outputs, hit.outputs):
                     subst.replace(old, new)
                 merged += 1
+                node.unlink()
                 continue
             scopes[-1][key] = node
         kept.append(node)

@@ -29,27 +29,15 @@ from __future__ import annotations
 from graphrt.analysis import region_reads
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import has_side_effects
-from graphrt.passes.graph_utils import all_graphs, copy_graph, use_counts
-from graphrt.passes.manager import PassResult
+from graphrt.passes.graph_utils import all_graphs
+from graphrt.passes.manager import rewrite_pass
 
 
-def eliminate_dead_code(graph: Graph) -> PassResult:
-    """Remove unused nodes without effects (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The graph without dead nodes; ``info["removed"]`` counts removed nodes
-        (nested ones included).
-    """
-    out = copy_graph(graph)
-    removed, _ = _sweep(out)
-    return PassResult(out if removed else graph, bool(removed), {"removed": removed} if removed else {})
+@rewrite_pass('``info["removed"]`` counts removed nodes (nested ones included)')
+def eliminate_dead_code(graph: Graph) -> dict[str, int]:
+    """Remove unused nodes without effects (see the module docstring)."""
+    removed, _ = _sweep(graph)
+    return {"removed": removed} if removed else {}
 
 
 def _sweep(region: Graph) -> tuple[int, set[int]]:
@@ -61,6 +49,7 @@ def _sweep(region: Graph) -> tuple[int, set[int]]:
     for node in reversed(region.nodes):
         if not has_side_effects(node) and not any(id(v) in live for v in node.outputs):
             removed += 1 + sum(1 for r in node.regions for _ in r.walk())
+            node.unlink()
             continue
         for body in node.regions:
             n, reads = _sweep(body)
@@ -74,33 +63,24 @@ def _sweep(region: Graph) -> tuple[int, set[int]]:
     return removed, live - defined
 
 
-def remove_dead_carried(graph: Graph) -> PassResult:
-    """Drop loop-carried values that influence nothing (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The graph with narrower loops; ``info["carried_removed"]`` counts dropped values.
-    """
-    out = copy_graph(graph)
+@rewrite_pass('``info["carried_removed"]`` counts dropped values')
+def remove_dead_carried(graph: Graph) -> dict[str, int]:
+    """Drop loop-carried values that influence nothing (see the module docstring)."""
     total = 0
     while True:  # removing one loop's carried input can free another loop's result
-        counts = use_counts(out)
-        n = sum(_narrow(node, counts) for g in list(all_graphs(out)) for node in g.nodes if node.op == "loop")
+        regions = list(all_graphs(graph))
+        yielded = {id(v) for g in regions for v in g.outputs}  # read as graph or region results
+        n = sum(_narrow(node, yielded) for g in regions for node in g.nodes if node.op == "loop")
         if not n:
             break
         total += n
-    return PassResult(out if total else graph, bool(total), {"carried_removed": total} if total else {})
+    return {"carried_removed": total} if total else {}
 
 
-def _narrow(loop: Node, counts: dict[int, int]) -> int:
+def _narrow(loop: Node, yielded: set[int]) -> int:
+    """Drop ``loop``'s carried values that nothing needs; ``yielded`` holds ids of values read as results."""
     body = loop.regions[0]
-    live_idx = {i for i, o in enumerate(loop.outputs) if counts.get(id(o), 0) > 0}
+    live_idx = {i for i, o in enumerate(loop.outputs) if o.users or id(o) in yielded}
     while True:
         roots = [body.outputs[0]] + [body.outputs[1 + i] for i in sorted(live_idx)]
         live = _live_values(body, roots)

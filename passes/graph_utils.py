@@ -1,42 +1,17 @@
-"""Helpers every pass shares: a fast structural copy, definition maps, substitutions.
+"""Helpers every pass shares: a fast structural copy, region walks, substitutions.
 
 Passes are pure functions: each copies its input with :func:`copy_graph` (same
-names, new objects, annotations carried over), rewrites the copy, and returns
-it. Rewrites that replace a value by another record the replacement in a
-:class:`Substitution` and apply all of them in one walk at the end, so a pass
-stays linear in graph size (``graphrt.ir.replace_uses`` walks the whole graph
-per call).
+names, new objects, annotations carried over; ``rewrite_pass`` does this),
+rewrites the copy, and returns it. Rewrites that replace a value by another
+record the replacement in a :class:`Substitution` and apply all of them in one
+walk at the end, so a pass stays linear in graph size.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterator
 
-from graphrt.ir import Graph, NameGen, Node, Value
-
-ANNOTATIONS = "annotations"
-"""Name of the attribute that carries analysis results (memory plan, streams, capture) on a graph."""
-
-
-def annotations(graph: Graph) -> dict[str, Any]:
-    """The analysis results attached to ``graph`` (created empty on first use).
-
-    Parameters
-    ----------
-    graph:
-        A top-level graph.
-
-    Returns
-    -------
-    dict
-        Keys used by the passes: ``"memory"``, ``"streams"``, ``"capture"``.
-    """
-    ann = getattr(graph, ANNOTATIONS, None)
-    if ann is None:
-        ann = {}
-        setattr(graph, ANNOTATIONS, ann)
-    return ann
-
+from graphrt.ir import Graph, Node, Value
 
 def copy_graph(graph: Graph) -> Graph:
     """Structural copy of ``graph``: same names, types and attributes, new objects.
@@ -73,9 +48,7 @@ def copy_graph(graph: Graph) -> Graph:
         return ng
 
     out = copy(graph)
-    ann = getattr(graph, ANNOTATIONS, None)
-    if ann:
-        setattr(out, ANNOTATIONS, dict(ann))
+    out.annotations = dict(graph.annotations)
     return out
 
 
@@ -118,47 +91,6 @@ def regions_with_keys(graph: Graph) -> Iterator[tuple[str, Graph]]:
     for node in graph.walk():
         for i, region in enumerate(node.regions):
             yield (node.name if i == 0 else f"{node.name}#{i}"), region
-
-
-def definitions(graph: Graph) -> dict[int, Node]:
-    """id(value) -> the node that defines it, over ``graph`` and all its regions.
-
-    Parameters
-    ----------
-    graph:
-        A graph.
-
-    Returns
-    -------
-    dict[int, Node]
-    """
-    defs: dict[int, Node] = {}
-    for node in graph.walk():
-        for v in node.outputs:
-            defs[id(v)] = node
-    return defs
-
-
-def use_counts(graph: Graph) -> dict[int, int]:
-    """id(value) -> number of reads (node inputs and graph/region outputs), over all regions.
-
-    Parameters
-    ----------
-    graph:
-        A graph.
-
-    Returns
-    -------
-    dict[int, int]
-    """
-    counts: dict[int, int] = {}
-    for g in all_graphs(graph):
-        for node in g.nodes:
-            for v in node.inputs:
-                counts[id(v)] = counts.get(id(v), 0) + 1
-        for v in g.outputs:
-            counts[id(v)] = counts.get(id(v), 0) + 1
-    return counts
 
 
 class Substitution:
@@ -204,21 +136,6 @@ class Substitution:
             for node in g.nodes:
                 self.resolve_inputs(node)
             g.outputs = [self.resolve(v) for v in g.outputs]
-
-
-def fresh_names(graph: Graph) -> NameGen:
-    """A :class:`NameGen` that avoids every name in ``graph`` (see ``NameGen.for_graph``).
-
-    Parameters
-    ----------
-    graph:
-        The top-level graph new nodes will join.
-
-    Returns
-    -------
-    NameGen
-    """
-    return NameGen.for_graph(graph)
 
 
 def freeze_attr(v: Any) -> Any:

@@ -22,26 +22,14 @@ from __future__ import annotations
 
 from graphrt.ir import Graph, Node
 from graphrt.passes.effects import is_total
-from graphrt.passes.graph_utils import copy_graph
-from graphrt.passes.manager import PassResult
+from graphrt.passes.manager import rewrite_pass
 
 
-def hoist_invariants(graph: Graph) -> PassResult:
-    """Move loop-invariant total nodes out of loop bodies (see the module docstring).
-
-    Parameters
-    ----------
-    graph:
-        A verified graph; not modified.
-
-    Returns
-    -------
-    PassResult
-        The graph with invariant nodes hoisted; ``info["hoisted"]`` counts moves.
-    """
-    out = copy_graph(graph)
-    moved = _process(out)
-    return PassResult(out if moved else graph, bool(moved), {"hoisted": moved} if moved else {})
+@rewrite_pass('``info["hoisted"]`` counts moves')
+def hoist_invariants(graph: Graph) -> dict[str, int]:
+    """Move loop-invariant total nodes out of loop bodies (see the module docstring)."""
+    moved = _process(graph)
+    return {"hoisted": moved} if moved else {}
 
 
 def _process(region: Graph) -> int:

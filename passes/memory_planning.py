@@ -28,7 +28,7 @@ iterate): a buffer lives as long as anything that may alias it. Every buffer
 reuse is also recorded as an anti-dependence (``readers of the old value ->
 writer of the new one``) for the stream scheduler.
 
-Before / after: the graph is unchanged; ``annotations(graph)["memory"]`` holds a
+Before / after: the graph is unchanged; ``graph.annotations["memory"]`` holds a
 :class:`MemoryPlan`, e.g. for the AR step region::
 
     slot 3  float[V]   carried?  no   shared by %57 (ban), %103 (log_softmax)
@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import VIEW_OPS
-from graphrt.passes.graph_utils import annotations, copy_graph
+from graphrt.passes.graph_utils import copy_graph
 from graphrt.passes.manager import PassResult
 from graphrt.registry import get_op
 from graphrt.types import Dim, TensorType
@@ -248,13 +248,13 @@ def plan_memory(graph: Graph, model_dims: tuple[str, ...] = MODEL_DIMS,
     Returns
     -------
     PassResult
-        The graph with ``annotations(graph)["memory"]`` set; ``info`` gives the
+        The graph with ``graph.annotations["memory"]`` set; ``info`` gives the
         planned value and slot counts and the planned bytes (symbolic in ``V``).
     """
     out = copy_graph(graph)
     plan = MemoryPlan(model_dims=tuple(model_dims))
     _plan_region(out, "", plan, loop=None, pinned=frozenset())
-    annotations(out)["memory"] = plan
+    out.annotations["memory"] = plan
     info = {"values": len(plan.slot_of), "slots": plan.num_slots, "bytes": plan.format_bytes(dims)}
     return PassResult(out, True, info)
 

@@ -26,7 +26,7 @@ The executor honours the schedule for CUDA tensors (torch streams and events,
 fork at region entry, join at host syncs and region exit); on CPU it runs the
 nodes in program order, which is one of the orders the schedule allows.
 
-Before / after: the graph is unchanged; ``annotations(graph)["streams"]`` holds
+Before / after: the graph is unchanged; ``graph.annotations["streams"]`` holds
 a :class:`StreamSchedule`, e.g. for the AR step::
 
     s0: forward.51 ban.56 sample.0 where.96 emit.110 not.112
@@ -41,7 +41,7 @@ from typing import Iterator
 
 from graphrt.ir import Graph, Node
 from graphrt.passes.effects import is_ordered, is_total
-from graphrt.passes.graph_utils import annotations, copy_graph, regions_with_keys
+from graphrt.passes.graph_utils import copy_graph, regions_with_keys
 from graphrt.passes.manager import PassResult
 from graphrt.registry import get_op
 
@@ -109,7 +109,7 @@ class RegionSchedule:
 
 @dataclass
 class StreamSchedule:
-    """Streams and events for every region of a graph (``annotations(graph)["streams"]``)."""
+    """Streams and events for every region of a graph (``graph.annotations["streams"]``)."""
 
     regions: dict[str, RegionSchedule] = field(default_factory=dict)
     max_streams: int = MAX_STREAMS
@@ -143,7 +143,7 @@ def assign_streams(graph: Graph, max_streams: int = MAX_STREAMS) -> PassResult:
     Returns
     -------
     PassResult
-        The graph with ``annotations(graph)["streams"]``; ``info`` gives the most
+        The graph with ``graph.annotations["streams"]``; ``info`` gives the most
         streams a region uses and the number of events.
 
     Raises
@@ -154,14 +154,14 @@ def assign_streams(graph: Graph, max_streams: int = MAX_STREAMS) -> PassResult:
     if max_streams < 1:
         raise ValueError(f"assign_streams: max_streams expected >= 1, found {max_streams}")
     out = copy_graph(graph)
-    plan = annotations(out).get("memory")
+    plan = out.annotations.get("memory")
     anti: dict[str, list[tuple[str, str]]] = {}
     for key, reader, writer in getattr(plan, "anti_deps", ()):
         anti.setdefault(key, []).append((reader, writer))
     sched = StreamSchedule(max_streams=max_streams)
     for key, region in regions_with_keys(out):
         sched.regions[key] = schedule_region(region, key, anti.get(key, []), max_streams)
-    annotations(out)["streams"] = sched
+    out.annotations["streams"] = sched
     return PassResult(out, True, {"streams": sched.num_streams, "events": sched.num_events})
 
 

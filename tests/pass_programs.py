@@ -77,10 +77,10 @@ def generate(model: Any, graph: Graph, reference: Graph, prompt: list[int], **pa
 
 def random_order(graph: Graph, rng: random.Random) -> Graph:
     """A copy of ``graph`` whose regions run in a random order allowed by its stream schedule."""
-    from graphrt.passes.graph_utils import annotations, regions_with_keys
+    from graphrt.passes.graph_utils import regions_with_keys
 
     out = copy_graph(graph)
-    sched = annotations(out)["streams"]
+    sched = out.annotations["streams"]
     for key, region in regions_with_keys(out):
         rs = sched.regions[key]
         succ: dict[str, list[str]] = {n: [] for n in rs.order}

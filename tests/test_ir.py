@@ -156,3 +156,48 @@ def test_builder_reports_errors_at_the_line() -> None:
     b, x = _small()
     with pytest.raises(GraphError, match=r"op 'argmax': needs attribute|expected rank >= 1"):
         b.argmax(b.const(1))
+
+
+def _reads(graph) -> dict[int, set[int]]:
+    """id(value) -> ids of the nodes that read it, by walking every node of every region."""
+    reads: dict[int, set[int]] = {}
+    for node in graph.walk():
+        for v in node.inputs:
+            reads.setdefault(id(v), set()).add(id(node))
+    return reads
+
+
+def _assert_users_match_reads(graph, where: str) -> None:
+    reads = _reads(graph)
+    values = list(graph.inputs)
+    for node in graph.walk():
+        values += node.outputs + [v for r in node.regions for v in r.inputs]
+    for v in values:
+        assert {id(u) for u in v.users} == reads.get(id(v), set()), f"{where}: users of %{v.name}"
+
+
+def test_nodes_know_their_users_through_edits() -> None:
+    b = GraphBuilder("g")
+    x = b.input("x", tensor("i64", 3))
+    y = x + 1
+    z = y * y
+    g = b.build([z])
+    add, mul = g.nodes[1], g.nodes[2]
+    assert list(y.value.users) == [mul] and list(add.users) == [mul] and list(x.value.users) == [add]
+    mul.inputs[0] = x.value                            # mul still reads y once
+    assert list(y.value.users) == [mul] and list(x.value.users) == [add, mul]
+    mul.inputs = [x.value, x.value]
+    assert not y.value.users and not add.users
+    mul.unlink()
+    assert list(x.value.users) == [add] and mul.inputs == [x.value, x.value]
+
+
+@pytest.mark.parametrize("policy", BUILT_IN, ids=str)
+def test_users_stay_exact_through_every_pass(policy) -> None:
+    from graphrt.passes import default_pipeline
+
+    graph = policy.build(CONFIG)
+    _assert_users_match_reads(graph, "as built")
+    for step in default_pipeline(2).steps:
+        graph = step.fn(graph).graph
+        _assert_users_match_reads(graph, step.name)

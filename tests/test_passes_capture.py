@@ -6,7 +6,7 @@ from graphrt.backbone import BackboneConfig
 from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
 from graphrt.passes import default_pipeline, plan_capture
-from graphrt.passes.graph_utils import annotations, regions_with_keys
+from graphrt.passes.graph_utils import regions_with_keys
 from graphrt.types import scalar, tensor
 
 CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
@@ -14,13 +14,13 @@ CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_
 
 
 def _capture(graph):
-    return annotations(default_pipeline(1).run(graph).graph)["capture"]
+    return default_pipeline(1).run(graph).graph.annotations["capture"]
 
 
 def test_segments_cover_every_device_node_between_syncs() -> None:
     for mode in ("ar", "diffusion", "self-spec"):
         graph = default_pipeline(1).run(policies.policy_for_mode(mode).build(CONFIG)).graph
-        cap = annotations(graph)["capture"]
+        cap = graph.annotations["capture"]
         for key, region in regions_with_keys(graph):
             in_segments = [n for s in cap.segments if s.region == key for n in s.nodes]
             syncs = [s.node for s in cap.syncs if s.region == key]
@@ -45,7 +45,7 @@ def test_host_reads_of_computed_values_cut_segments_parameters_do_not() -> None:
     by_param = b.topk(x, k)                  # k is a request parameter: known at admission
     by_value = b.topk(x, b.argmax(x))        # k computed on the device: the host must read it
     graph = b.build([by_param, by_value])
-    cap = annotations(plan_capture(graph).graph)["capture"]
+    cap = plan_capture(graph).graph.annotations["capture"]
     assert [s.kind for s in cap.syncs] == ["host-read"] and "argmax" in cap.syncs[0].detail
     assert len(cap.param_reads) == 1 and [s.nodes for s in cap.segments] == [("topk", "argmax")]
     assert not any(s.capturable for s in cap.segments)  # no memory plan: nothing has a static address

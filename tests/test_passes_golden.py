@@ -18,7 +18,6 @@ from graphrt.backbone import BackboneConfig
 from graphrt.frontends import policies
 from graphrt.ir import Graph
 from graphrt.passes import default_pipeline
-from graphrt.passes.graph_utils import annotations
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = "GRAPHRT_REGEN_GOLDEN"
@@ -30,7 +29,7 @@ def render(mode: str, graph: Graph) -> str:
     """The golden text of ``mode``: pipeline, O0 graph, per-pass change log, O1 graph and its plans."""
     pipeline = default_pipeline(1, dims={"V": CONFIG.vocab_size})
     result = pipeline.run(graph)
-    ann = annotations(result.graph)
+    ann = result.graph.annotations
     sections = [
         f"# graphrt passes golden: {mode} (vocab 96, block 4); regenerate with {REGEN}=1",
         "## pipeline", pipeline.describe(),

@@ -12,13 +12,13 @@ from graphrt.analysis import region_reads
 from graphrt.executor import Arena
 from graphrt.passes import default_pipeline
 from graphrt.passes.effects import VIEW_OPS
-from graphrt.passes.graph_utils import annotations, regions_with_keys
+from graphrt.passes.graph_utils import regions_with_keys
 from graphrt.passes.memory_planning import MemoryPlan
 from pass_programs import pure_programs
 
 
 def _plan(graph) -> MemoryPlan:
-    return annotations(graph)["memory"]
+    return graph.annotations["memory"]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,7 +14,7 @@ from decode_oracles import tiny_model
 from graphrt.backbone import BackboneConfig
 from graphrt.frontends import policies
 from graphrt.passes import assign_streams, default_pipeline
-from graphrt.passes.graph_utils import annotations, regions_with_keys
+from graphrt.passes.graph_utils import regions_with_keys
 from pass_programs import evaluate, generate, pure_programs, random_order, same
 
 CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
@@ -56,7 +56,7 @@ def test_every_order_the_schedule_allows_gives_the_same_result(program, orders: 
 @pytest.mark.parametrize("mode", ["ar", "diffusion", "self-spec"])
 def test_schedule_implies_every_dependency_of_the_builtin_modes(mode: str) -> None:
     graph = default_pipeline(1).run(policies.policy_for_mode(mode).build(CONFIG)).graph
-    sched = annotations(graph)["streams"]
+    sched = graph.annotations["streams"]
     assert sched.num_streams > 1 and sched.num_events > 0
     for key, region in regions_with_keys(graph):
         rs = sched.regions[key]
@@ -70,7 +70,7 @@ def test_schedule_implies_every_dependency_of_the_builtin_modes(mode: str) -> No
 
 def test_one_stream_means_program_order_and_no_events() -> None:
     graph = policies.build_self_spec(CONFIG)
-    sched = annotations(assign_streams(graph, max_streams=1).graph)["streams"]
+    sched = assign_streams(graph, max_streams=1).graph.annotations["streams"]
     assert sched.num_streams == 1 and sched.num_events == 0
     with pytest.raises(ValueError, match="max_streams expected >= 1"):
         assign_streams(graph, max_streams=0)
@@ -153,6 +153,6 @@ def test_control_ops_stay_on_the_hosts_stream() -> None:
     side = (x + 1) * 2                                  # opens a side stream
     (looped,) = b.loop(b.const(True, "bool"), [side], lambda v: (b.const(False, "bool"), v + 1))
     graph = b.build([looped * 3, side - 1])
-    rs = annotations(assign_streams(graph).graph)["streams"].regions[""]
+    rs = assign_streams(graph).graph.annotations["streams"].regions[""]
     loop = next(n.name for n in graph.nodes if n.op == "loop")
     assert rs.stream[loop] == 0
