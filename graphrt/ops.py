@@ -447,11 +447,17 @@ _prim("draft_layout", ("prompt",), _draft_layout_infer, draft_layout, {"length":
 
 # ----------------------------------------------------------------------------- fused ops
 
+def _logits_and_rows(logits_t: Type, rows_t: Type, rows: str) -> tuple[TensorType, TensorType]:
+    """``logits float[..., V]`` and an ``i64[...]`` input with one entry per row of them."""
+    logits = _rank_at_least(_dtype(logits_t, ("float",), "logits"), 1, "logits")
+    per_row = _dtype(rows_t, ("i64",), rows)
+    if not shapes_compatible(per_row.shape, logits.shape[:-1]):
+        raise ValueError(f"{rows}: expected shape {logits.shape[:-1]}, found {per_row}")
+    return logits, per_row
+
+
 def _sample_infer(ts: list[Type], attrs: dict) -> list[Type]:
-    logits = _rank_at_least(_dtype(ts[0], ("float",), "logits"), 1, "logits")
-    pos = _dtype(ts[1], ("i64",), "positions")
-    if not shapes_compatible(pos.shape, logits.shape[:-1]):
-        raise ValueError(f"positions: expected shape {logits.shape[:-1]}, found {pos}")
+    logits, _ = _logits_and_rows(ts[0], ts[1], "positions")
     _scalar(ts[2], ("i64",), "seed")
     _scalar(ts[3], ("i64",), "stream")
     _scalar(ts[4], ("float",), "temperature")
@@ -471,10 +477,7 @@ _prim("sample", ("logits", "positions", "seed", "stream", "temperature", "top_k"
 
 
 def _confidence_infer(ts: list[Type], attrs: dict) -> list[Type]:
-    logits = _rank_at_least(_dtype(ts[0], ("float",), "logits"), 1, "logits")
-    tok = _dtype(ts[1], ("i64",), "tokens")
-    if not shapes_compatible(tok.shape, logits.shape[:-1]):
-        raise ValueError(f"tokens: expected shape {logits.shape[:-1]}, found {tok}")
+    _, tok = _logits_and_rows(ts[0], ts[1], "tokens")
     return [TensorType("float", tok.shape)]
 
 

@@ -23,26 +23,17 @@ from __future__ import annotations
 
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import COMMUTATIVE, FLIPPED
-from graphrt.passes.graph_utils import Substitution
+from graphrt.passes.graph_utils import Rewriter
 from graphrt.passes.manager import rewrite_pass
 from graphrt.types import TensorType
 
 
-@rewrite_pass("``info`` counts ``swapped`` operands and ``removed`` identities")
-def canonicalize(graph: Graph) -> dict[str, int]:
-    """Put ``graph`` in canonical form (see the module docstring)."""
-    state = _State()
-    _walk(graph, state)
-    state.subst.apply(graph)
-    return {"swapped": state.swapped, "removed": state.removed} if state.swapped or state.removed else {}
+class _Canonicalizer(Rewriter):
+    COUNTS = ("swapped", "removed")
 
-
-class _State:
     def __init__(self) -> None:
-        self.subst = Substitution()
+        super().__init__()
         self.defs: dict[int, Node] = {}
-        self.swapped = 0
-        self.removed = 0
 
     def const(self, v: Value) -> Node | None:
         node = self.defs.get(id(v))
@@ -52,28 +43,27 @@ class _State:
         node = self.const(v)
         return None if node is None else node.attrs.get("value")
 
-
-def _walk(graph: Graph, state: _State) -> None:
-    kept: list[Node] = []
-    for node in graph.nodes:
-        state.subst.resolve_inputs(node)
+    def keep(self, node: Node) -> bool:
         for region in node.regions:
-            _walk(region, state)
-        _reorder(node, state)
-        same = _identity_of(node, state)
+            self.walk(region)
+        _reorder(node, self)
+        same = _identity_of(node, self)
         if same is not None:
-            state.subst.replace(node.outputs[0], same)
-            state.removed += 1
-            node.unlink()
-            continue
+            self.subst.replace(node.outputs[0], same)
+            self.counts["removed"] += 1
+            return False
         for v in node.outputs:
-            state.defs[id(v)] = node
-        kept.append(node)
-    graph.nodes = kept
-    graph.outputs = [state.subst.resolve(v) for v in graph.outputs]
+            self.defs[id(v)] = node
+        return True
 
 
-def _reorder(node: Node, state: _State) -> None:
+@rewrite_pass("``info`` counts ``swapped`` operands and ``removed`` identities")
+def canonicalize(graph: Graph) -> dict[str, int]:
+    """Put ``graph`` in canonical form (see the module docstring)."""
+    return _Canonicalizer().run(graph)
+
+
+def _reorder(node: Node, state: _Canonicalizer) -> None:
     if len(node.inputs) != 2 or not (node.op in COMMUTATIVE or node.op in FLIPPED):
         return
     lhs, rhs = node.inputs
@@ -82,10 +72,10 @@ def _reorder(node: Node, state: _State) -> None:
     node.inputs = [rhs, lhs]
     if node.op in FLIPPED:
         node.op = FLIPPED[node.op]
-    state.swapped += 1
+    state.counts["swapped"] += 1
 
 
-def _identity_of(node: Node, state: _State) -> Value | None:
+def _identity_of(node: Node, state: _Canonicalizer) -> Value | None:
     """The value ``node``'s single output always equals (with the same type), or None."""
     if len(node.outputs) != 1 or node.regions:
         return None
@@ -96,7 +86,7 @@ def _identity_of(node: Node, state: _State) -> Value | None:
     return candidate
 
 
-def _candidate(node: Node, state: _State) -> Value | None:
+def _candidate(node: Node, state: _Canonicalizer) -> Value | None:
     op, ins = node.op, node.inputs
     if op in ("not", "neg"):
         inner = state.defs.get(id(ins[0]))

@@ -32,7 +32,7 @@ import torch
 
 from graphrt.ir import Graph, Node, Value
 from graphrt.passes.effects import is_pure
-from graphrt.passes.graph_utils import Substitution
+from graphrt.passes.graph_utils import Rewriter
 from graphrt.passes.manager import rewrite_pass
 from graphrt.registry import get_op
 from graphrt.types import TensorType
@@ -43,48 +43,37 @@ MAX_KNOWN_ELEMENTS = 4096
 _DTYPES = {torch.int64: "i64", torch.bool: "bool", torch.float64: "float"}
 
 
+class _Folder(Rewriter):
+    COUNTS = ("folded", "pruned")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: dict[int, torch.Tensor] = {}
+
+    def keep(self, node: Node) -> bool:
+        if node.op == "loop" and _known_false(node.inputs[0], self):
+            for o, c in zip(node.outputs, node.inputs[1:]):
+                self.subst.replace(o, c)
+            self.counts["pruned"] += 1
+            return False
+        for region in node.regions:
+            self.walk(region)
+        replacement = _fold_shape(node, self)
+        if replacement is not None:
+            self.subst.replace(node.outputs[0], replacement)
+            self.counts["pruned"] += 1
+            return False
+        _fold_value(node, self)
+        return True
+
+
 @rewrite_pass("``info`` counts ``folded`` nodes (values and shapes) and ``pruned`` branches/loops")
 def fold_constants(graph: Graph) -> dict[str, int]:
     """Evaluate what is known at compile time (see the module docstring)."""
-    state = _State()
-    _walk(graph, state)
-    state.subst.apply(graph)
-    return {"folded": state.folded, "pruned": state.pruned} if state.folded or state.pruned else {}
+    return _Folder().run(graph)
 
 
-class _State:
-    def __init__(self) -> None:
-        self.subst = Substitution()
-        self.known: dict[int, torch.Tensor] = {}
-        self.folded = 0
-        self.pruned = 0
-
-
-def _walk(graph: Graph, state: _State) -> None:
-    kept: list[Node] = []
-    for node in graph.nodes:
-        state.subst.resolve_inputs(node)
-        if node.op == "loop" and _known_false(node.inputs[0], state):
-            for o, c in zip(node.outputs, node.inputs[1:]):
-                state.subst.replace(o, c)
-            state.pruned += 1
-            node.unlink()
-            continue
-        for region in node.regions:
-            _walk(region, state)
-        replacement = _fold_shape(node, state)
-        if replacement is not None:
-            state.subst.replace(node.outputs[0], replacement)
-            state.pruned += 1
-            node.unlink()
-            continue
-        _fold_value(node, state)
-        kept.append(node)
-    graph.nodes = kept
-    graph.outputs = [state.subst.resolve(v) for v in graph.outputs]
-
-
-def _known_false(v: Value, state: _State) -> bool:
+def _known_false(v: Value, state: _Folder) -> bool:
     t = state.known.get(id(v))
     return t is not None and t.dim() == 0 and not bool(t)
 
@@ -96,7 +85,7 @@ def _static_first_dim(v: Value) -> int | None:
     return None
 
 
-def _fold_shape(node: Node, state: _State) -> Value | None:
+def _fold_shape(node: Node, state: _Folder) -> Value | None:
     """Shape arithmetic; mutates ``node`` in place, or returns a value that replaces its output."""
     op = node.op
     if op == "size":
@@ -107,14 +96,14 @@ def _fold_shape(node: Node, state: _State) -> Value | None:
         n = _static_first_dim(node.inputs[0])
         if n is not None:
             node.op, node.inputs, node.attrs = "arange", [node.inputs[1]], {"length": n}
-            state.folded += 1
+            state.counts["folded"] += 1
     elif op == "dynamic_slice":
         n, start = _static_first_dim(node.inputs[0]), state.known.get(id(node.inputs[1]))
         length = node.attrs["length"]
         if n is not None and start is not None and 0 <= int(start) and int(start) + length <= n:
             s = int(start)
             node.op, node.inputs, node.attrs = "slice", [node.inputs[0]], {"start": s, "stop": s + length}
-            state.folded += 1
+            state.counts["folded"] += 1
     elif op == "where":
         cond = state.known.get(id(node.inputs[0]))
         if cond is not None and cond.dim() == 0:
@@ -124,7 +113,7 @@ def _fold_shape(node: Node, state: _State) -> Value | None:
     return None
 
 
-def _fold_value(node: Node, state: _State) -> None:
+def _fold_value(node: Node, state: _Folder) -> None:
     if not is_pure(node) or len(node.outputs) != 1:
         return
     args = [state.known.get(id(v)) for v in node.inputs]
@@ -147,13 +136,13 @@ def _fold_value(node: Node, state: _State) -> None:
     elif result.dim() == 1 and result.numel() > 0 and _uniform(result):
         node.op, node.inputs = "fill", []
         node.attrs = {"length": int(result.numel()), "value": result[0].item(), "dtype": dtype}
-        state.folded += 1
+        state.counts["folded"] += 1
 
 
-def _become_constant(node: Node, value: Any, dtype: str, state: _State) -> None:
+def _become_constant(node: Node, value: Any, dtype: str, state: _Folder) -> None:
     node.op, node.inputs, node.attrs = "constant", [], {"value": value, "dtype": dtype}
     state.known[id(node.outputs[0])] = get_op("constant").reference(value=value, dtype=dtype)  # type: ignore[misc]
-    state.folded += 1
+    state.counts["folded"] += 1
 
 
 def _uniform(t: torch.Tensor) -> bool:

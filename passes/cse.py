@@ -22,17 +22,8 @@ from typing import Any
 
 from graphrt.ir import Graph, Node
 from graphrt.passes.effects import is_pure
-from graphrt.passes.graph_utils import Substitution, freeze_attr
+from graphrt.passes.graph_utils import Rewriter, freeze_attr
 from graphrt.passes.manager import rewrite_pass
-
-
-@rewrite_pass('``info["merged"]`` counts dropped nodes')
-def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
-    """Merge duplicate pure nodes, scope by scope (see the module docstring)."""
-    subst = Substitution()
-    merged = _walk(graph, [{}], subst)
-    subst.apply(graph)
-    return {"merged": merged} if merged else {}
 
 
 def node_key(node: Node) -> tuple[Any, ...]:
@@ -52,34 +43,34 @@ def node_key(node: Node) -> tuple[Any, ...]:
     return (node.op, tuple(id(v) for v in node.inputs), attrs, tuple(str(v.type) for v in node.outputs))
 
 
-def _lookup(scopes: list[dict[tuple[Any, ...], Node]], key: tuple[Any, ...]) -> Node | None:
-    for table in reversed(scopes):
-        hit = table.get(key)
-        if hit is not None:
-            return hit
-    return None
+class _Merger(Rewriter):
+    """Scopes follow regions: a table of pure nodes per enclosing graph, innermost last."""
 
+    COUNTS = ("merged",)
 
-def _walk(graph: Graph, scopes: list[dict[tuple[Any, ...], Node]], subst: Substitution) -> int:
-    merged = 0
-    kept: list[Node] = []
-    for node in graph.nodes:
-        subst.resolve_inputs(node)
+    def __init__(self) -> None:
+        super().__init__()
+        self.scopes: list[dict[tuple[Any, ...], Node]] = [{}]
+
+    def keep(self, node: Node) -> bool:
         for region in node.regions:
-            scopes.append({})
-            merged += _walk(region, scopes, subst)
-            scopes.pop()
-        if is_pure(node):
-            key = node_key(node)
-            hit = _lookup(scopes, key)
-            if hit is not None:
-                for old, new in zip(node.outputs, hit.outputs):
-                    subst.replace(old, new)
-                merged += 1
-                node.unlink()
-                continue
-            scopes[-1][key] = node
-        kept.append(node)
-    graph.nodes = kept
-    graph.outputs = [subst.resolve(v) for v in graph.outputs]
-    return merged
+            self.scopes.append({})
+            self.walk(region)
+            self.scopes.pop()
+        if not is_pure(node):
+            return True
+        key = node_key(node)
+        hit = next((t[key] for t in reversed(self.scopes) if key in t), None)
+        if hit is None:
+            self.scopes[-1][key] = node
+            return True
+        for old, new in zip(node.outputs, hit.outputs):
+            self.subst.replace(old, new)
+        self.counts["merged"] += 1
+        return False
+
+
+@rewrite_pass('``info["merged"]`` counts dropped nodes')
+def eliminate_common_subexpressions(graph: Graph) -> dict[str, int]:
+    """Merge duplicate pure nodes, scope by scope (see the module docstring)."""
+    return _Merger().run(graph)

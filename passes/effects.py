@@ -61,61 +61,21 @@ def _region_effects(node: Node, wanted: frozenset[str]) -> bool:
 
 
 def has_side_effects(node: Node) -> bool:
-    """Whether ``node`` (or anything in its regions) writes the cache, syncs the host or emits.
-
-    Parameters
-    ----------
-    node:
-        A node of a verified graph (its op must be registered).
-
-    Returns
-    -------
-    bool
-    """
+    """Whether ``node`` (of a verified graph), or anything in its regions, writes the cache, syncs or emits."""
     return bool(get_op(node.op).effects & SIDE_EFFECTS) or _region_effects(node, SIDE_EFFECTS)
 
 
 def is_ordered(node: Node) -> bool:
-    """Whether ``node`` must keep its place among the other ordered nodes (any cache/host/emit effect).
-
-    Parameters
-    ----------
-    node:
-        A node of a verified graph (its op must be registered).
-
-    Returns
-    -------
-    bool
-    """
+    """Whether ``node`` must keep its place among the other ordered nodes (any cache/host/emit effect)."""
     return bool(get_op(node.op).effects & ORDERED_EFFECTS) or _region_effects(node, ORDERED_EFFECTS)
 
 
 def is_pure(node: Node) -> bool:
-    """Whether ``node`` is a pure function of its inputs and attributes (no control op, no effects).
-
-    Parameters
-    ----------
-    node:
-        A node of a verified graph (its op must be registered).
-
-    Returns
-    -------
-    bool
-    """
+    """Whether ``node`` is a pure function of its inputs and attributes (no control op, no effects)."""
     opdef = get_op(node.op)
     return opdef.tier != "control" and not node.regions and not (opdef.effects & ORDERED_EFFECTS)
 
 
 def is_total(node: Node) -> bool:
-    """Whether ``node`` is pure and cannot raise on well-typed inputs (may run speculatively).
-
-    Parameters
-    ----------
-    node:
-        A node of a verified graph (its op must be registered).
-
-    Returns
-    -------
-    bool
-    """
+    """Whether ``node`` is pure and cannot raise on well-typed inputs (may run speculatively)."""
     return node.op in TOTAL_OPS and is_pure(node)

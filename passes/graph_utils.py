@@ -138,6 +138,49 @@ class Substitution:
             g.outputs = [self.resolve(v) for v in g.outputs]
 
 
+class Rewriter:
+    """A walk over a graph's nodes in order, each read through the substitutions recorded so far.
+
+    Subclasses decide per node in :meth:`keep`: rewrite it in place, record that
+    its results stand for other values (``self.subst.replace``) and drop it, and
+    walk its regions with :meth:`walk` where they want (before or after their
+    own decision), counting what they do in ``self.counts`` (keys
+    :attr:`COUNTS`). Dropped nodes are unlinked from their inputs' users.
+    """
+
+    COUNTS: tuple[str, ...] = ()
+    """The change log's keys."""
+
+    def __init__(self) -> None:
+        self.subst = Substitution()
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+
+    def run(self, graph: Graph) -> dict[str, int]:
+        """Walk ``graph`` (a top-level graph, rewritten in place), apply every substitution to it.
+
+        Returns the change log: ``self.counts``, or ``{}`` when nothing changed.
+        """
+        self.walk(graph)
+        self.subst.apply(graph)
+        return dict(self.counts) if any(self.counts.values()) else {}
+
+    def walk(self, graph: Graph) -> None:
+        """Visit the nodes of ``graph`` (a graph or a region) in order; keep those :meth:`keep` keeps."""
+        kept: list[Node] = []
+        for node in graph.nodes:
+            self.subst.resolve_inputs(node)
+            if self.keep(node):
+                kept.append(node)
+            else:
+                node.unlink()
+        graph.nodes = kept
+        graph.outputs = [self.subst.resolve(v) for v in graph.outputs]
+
+    def keep(self, node: Node) -> bool:
+        """Whether ``node`` stays (after any rewrite); ``False`` drops it. Subclasses decide."""
+        raise NotImplementedError
+
+
 def freeze_attr(v: Any) -> Any:
     """A hashable key for an attribute value that tells ``1``, ``1.0``, ``True`` and ``nan`` apart safely.
 

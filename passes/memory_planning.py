@@ -138,33 +138,15 @@ class MemoryPlan:
         return _poly(self.slots, dims or {}, float_bytes)
 
     def unshared_bytes(self, dims: Mapping[str, int] | None = None, float_bytes: int = 8) -> dict[tuple[str, ...], int]:
-        """What the same values would take with one buffer each (to show what sharing saves).
+        """Monomial -> bytes the same values would take with one buffer each (what sharing saves).
 
-        Parameters
-        ----------
-        dims, float_bytes:
-            As for :meth:`bytes`.
-
-        Returns
-        -------
-        dict
-            Monomial -> bytes.
+        ``dims`` and ``float_bytes`` are as for :meth:`bytes`.
         """
         singles = [BufferSlot(0, s.region, s.dtype, s.shape, (v,), s.kind) for s in self.slots for v in s.values]
         return _poly(singles, dims or {}, float_bytes)
 
     def format_bytes(self, dims: Mapping[str, int] | None = None, float_bytes: int = 8) -> str:
-        """:meth:`bytes` as text, e.g. ``"96 + 64*V B"``.
-
-        Parameters
-        ----------
-        dims, float_bytes:
-            As for :meth:`bytes`.
-
-        Returns
-        -------
-        str
-        """
+        """:meth:`bytes` (same parameters) as text, e.g. ``"96 + 64*V B"``."""
         return format_poly(self.bytes(dims, float_bytes))
 
     def summary(self, dims: Mapping[str, int] | None = None) -> str:

@@ -71,17 +71,7 @@ class Symbols:
         return self._sentinel(name, int)
 
     def float(self, name: str) -> float:
-        """The sentinel of the float symbol ``name`` (a ``float`` constant such as a threshold).
-
-        Parameters
-        ----------
-        name:
-            What a match binds it to, e.g. ``"threshold"``.
-
-        Returns
-        -------
-        float
-        """
+        """As :meth:`int`, for a float symbol (a ``float`` constant such as ``"threshold"``)."""
         return float(self._sentinel(name, float))
 
     def _sentinel(self, name: str, kind: type) -> int:
