@@ -15,7 +15,8 @@ from graphrt.passes.dead_code import eliminate_dead_code, remove_dead_carried
 from graphrt.passes.fusion import fuse
 from graphrt.passes.graph_utils import copy_graph
 from graphrt.passes.hoist_invariants import hoist_invariants
-from graphrt.passes.manager import Pass, PassError, PassManager, PassResult, PassStep, Pipeline, PipelineResult
+from graphrt.passes.manager import (Pass, PassError, PassManager, PassResult, PassStep, Pipeline, PipelineResult,
+                                    rewrite_pass)
 from graphrt.passes.memory_planning import BufferSlot, MemoryPlan, plan_memory
 from graphrt.passes.pipeline import OPT_LEVELS, default_pipeline, default_steps
 from graphrt.passes.stream_assignment import RegionSchedule, StreamSchedule, assign_streams
@@ -25,5 +26,5 @@ __all__ = [
     "PassStep", "Pipeline", "PipelineResult", "RegionSchedule", "Segment", "StreamSchedule", "Sync",
     "assign_streams", "canonicalize", "copy_graph", "default_pipeline", "default_steps",
     "eliminate_common_subexpressions", "eliminate_dead_code", "fold_constants", "fuse", "hoist_invariants",
-    "plan_capture", "plan_memory", "remove_dead_carried",
+    "plan_capture", "plan_memory", "remove_dead_carried", "rewrite_pass",
 ]
