@@ -1,61 +1,231 @@
-"""``graphrt generate``: decode a prompt with one of the modes."""
+"""``graphrt generate``: decode a prompt (or a conversation) with a mode or a policy file."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any, Callable
 
 from graphrt.frontends.policies import MODES
+
+EXAMPLES = """examples:
+  graphrt generate --mode self-spec --prompt "def parse_args("
+  graphrt generate --mode diffusion --threshold 0.7 --prompt "import os" --json -
+  graphrt generate --model DIR --mode self-spec-quadratic --prompt "Hi" --temperature 0.7 --seed 3
+  graphrt generate --model DIR --messages chat.json --thinking-budget 64 --logprobs
+  graphrt generate --policy my_policy.py --prompt "x = "        # a Python file defining `policy`
+  graphrt generate --policy self_spec.json --prompt "x = "      # a graph from `graphrt show --out F.json`
+  graphrt generate --mode self-spec --prompt "class A:" --trace trace.html
+"""
+SELF_SPEC = ("self-spec", "self-spec-quadratic")
+BLOCK_MODES = ("diffusion", "self-spec", "self-spec-quadratic")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments that choose and load the model (shared by ``generate``, ``chat``, ``show``)."""
+    p.add_argument("--model", default=None, metavar="DIR", help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="PEFT LoRA drafter for self-spec drafts (default: the checkpoint's own adapter directory)")
+    p.add_argument("--no-adapter", action="store_true", help="do not load the checkpoint's drafter adapter")
+    p.add_argument("--dtype", default=None, help="float32, float64, bfloat16, float16 (default: as stored)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compile", action="store_true", help="run the backbone under torch.compile")
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    """Mode, policy and generation parameters (shared by ``generate`` and ``chat``)."""
+    p.add_argument("--mode", default=None, choices=MODES, help="decode mode (default: ar)")
+    p.add_argument("--policy", default=None, metavar="FILE", help="a .py file defining a Policy, or a JSON graph")
+    p.add_argument("--opt-level", type=int, default=1, choices=(0, 1, 2))
+    p.add_argument("--block-length", type=int, default=None, help="diffusion/self-spec (default: the block_size)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="diffusion commit threshold (default 0.9) / self-spec draft threshold (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None, help="noise seed (with --temperature > 0; default 0)")
+    p.add_argument("--top-k", type=int, default=None, help="with --temperature > 0")
+    p.add_argument("--top-p", type=float, default=None, help="with --temperature > 0")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stop-id", action="append", type=int, default=[], help="stop token id (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at the model's EOS ids")
+    p.add_argument("--logprobs", action="store_true", help="record each token's causal log-probability")
+    p.add_argument("--thinking-budget", type=int, default=None,
+                   help="force the end-of-thinking token after this many tokens")
+    p.add_argument("--end-think-id", type=int, default=None,
+                   help="the end-of-thinking token id (default: the tokenizer's </think>)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write a JSON record ('-' for standard output)")
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Register ``generate``."""
-    p = sub.add_parser("generate", help="decode a prompt", description="Decode a prompt with one of the modes.")
-    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--mode", default="ar", choices=MODES)
-    p.add_argument("--prompt", required=True, help="prompt text")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--min-new-tokens", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--block-length", type=int, default=None, help="default: the checkpoint's block_size")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="diffusion commit threshold (default 0.9) / self-spec draft threshold (default 0)")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--dtype", default=None, help="float32, float64, bfloat16, float16 (default: as stored)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="run the backbone under torch.compile")
-    p.add_argument("--opt-level", type=int, default=1, choices=(0, 1, 2))
-    p.add_argument("--json", default=None, metavar="FILE", help="write a JSON record ('-' for standard output)")
+    p = sub.add_parser("generate", help="decode a prompt", description="Decode a prompt with one of the modes.",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(p)
+    add_decode_arguments(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", default=None, help="prompt text")
+    src.add_argument("--messages", default=None, metavar="FILE.json",
+                     help="a conversation ([{role, content}, ...]) rendered by the tokenizer's chat template")
+    p.add_argument("--trace", default=None, metavar="FILE.html|png",
+                   help="draw which token each forward committed and which drafts were rejected")
+    p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
     p.set_defaults(func=run)
+
+
+def check_knobs(args: argparse.Namespace) -> None:
+    """Refuse options that do not apply to the chosen mode (instead of ignoring them)."""
+    if args.policy is not None and args.mode is not None:
+        raise ValueError(f"--policy and --mode: expected one of them, found both ({args.policy}, {args.mode})")
+    mode = args.mode or ("ar" if args.policy is None else None)
+    where = f"--mode {mode}" if mode else f"--policy {args.policy}"
+    if mode not in BLOCK_MODES:
+        for flag, value in (("--block-length", args.block_length), ("--threshold", args.threshold)):
+            if value is not None:
+                raise ValueError(f"{flag}: applies to --mode {'/'.join(BLOCK_MODES)}, not to {where}")
+    if mode not in SELF_SPEC and mode is not None and args.adapter is not None:
+        raise ValueError(f"--adapter: the drafter applies to --mode {'/'.join(SELF_SPEC)} only, not to {where}")
+    if args.adapter is not None and args.no_adapter:
+        raise ValueError("--adapter and --no-adapter: expected one of them, found both")
+    if args.temperature == 0:
+        for flag, value in (("--seed", args.seed), ("--top-k", args.top_k), ("--top-p", args.top_p)):
+            if value is not None:
+                raise ValueError(f"{flag}: applies only when sampling (--temperature > 0), found --temperature 0")
+    if args.end_think_id is not None and args.thinking_budget is None:
+        raise ValueError("--end-think-id: applies with --thinking-budget only, found no --thinking-budget")
+    trace = getattr(args, "trace", None)
+    if trace is not None and Path(trace).suffix.lower() not in (".html", ".png"):
+        raise ValueError(f"--trace: expected a file ending in .html or .png, found {trace!r}")
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The model ``--model/--adapter/--no-adapter/--dtype/--device/--compile`` name."""
+    import graphrt
+
+    adapter: Any = False if args.no_adapter else args.adapter
+    return graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=1, compile=args.compile,
+                        adapter=adapter)
+
+
+def decode_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`graphrt.api.prepare` from the decode arguments."""
+    mode: Any
+    if args.policy is not None:
+        from graphrt.frontends.policy_files import load_policy_file
+
+        mode = load_policy_file(args.policy)
+    else:
+        mode = args.mode or "ar"
+    opts: dict[str, Any] = dict(
+        mode=mode, opt_level=args.opt_level, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
+        temperature=args.temperature, seed=args.seed or 0, top_k=args.top_k or 0,
+        top_p=1.0 if args.top_p is None else args.top_p, stop_strings=tuple(args.stop),
+        stop_token_ids=tuple(args.stop_id), ignore_eos=args.ignore_eos, logprobs=args.logprobs,
+        thinking_budget=args.thinking_budget, end_think_token_id=args.end_think_id)
+    if args.policy is None:
+        opts.update(block_length=args.block_length, threshold=args.threshold)
+    return opts
+
+
+def prepare_request(model: Any, args: argparse.Namespace, **source: Any) -> tuple[Any, list[int], Any]:
+    """Compile the mode or policy file and tokenize ``source`` (``prompt=`` or ``messages=``)."""
+    from graphrt.api import prepare
+    from graphrt.ir import GraphError
+
+    opts = decode_options(args)
+    try:
+        return prepare(model, **source, **opts)
+    except GraphError as e:
+        if args.policy is None:
+            raise
+        raise ValueError(f"{args.policy}: {e}") from None
+
+
+def read_messages(path: str) -> list[dict[str, str]]:
+    """The conversation in ``path`` (a JSON list of ``{role, content}``, or ``{"messages": [...]}``)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"--messages: expected a JSON file, found nothing at {p}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--messages: {p}: expected JSON, found invalid JSON ({e})") from None
+    if isinstance(data, dict):
+        data = data.get("messages")
+    from graphrt.frontends.tokenizer import check_messages
+
+    check_messages(data, f"--messages {p}")
+    return data
+
+
+class TextStream:
+    """Prints a request's text as its tokens arrive (holding back an incomplete UTF-8 character)."""
+
+    def __init__(self, tokenizer: Any, out: Any = None) -> None:
+        self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def __call__(self, new: list[int]) -> None:
+        """Add ``new`` tokens and print the text they complete."""
+        self.tokens += new
+        text = self.tokenizer.decode(self.tokens, skip_special=True) if self.tokenizer else \
+            " ".join(map(str, self.tokens)) + " "
+        if text.endswith("\ufffd"):
+            return
+        self.out.write(text[self.printed:])
+        self.out.flush()
+        self.printed = len(text)
+
+
+def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: list[int], params: Any,
+                      header: str = "", record_extra: dict[str, Any] | None = None,
+                      on_text: Callable[[str], None] | None = None) -> Any:
+    """Decode (streamed unless ``--json -`` or ``--no-stream``), print stats, write ``--json`` and ``--trace``."""
+    from graphrt.frontends.streaming import stream_generate
+
+    quiet = args.json == "-"
+    stream = None if quiet or getattr(args, "no_stream", False) else TextStream(model.tokenizer)
+    if stream is not None and header:
+        sys.stdout.write(header)
+    trace_path = getattr(args, "trace", None)
+    result, trace = stream_generate(model, compiled, ids, params, on_tokens=stream, trace=trace_path is not None)
+    if stream is not None:
+        rest = (result.text or "")[stream.printed:] if model.tokenizer else ""
+        sys.stdout.write(rest + "\n")
+    elif not quiet:
+        sys.stdout.write(header + (result.text if result.text is not None else " ".join(map(str, result.tokens))) + "\n")
+    lp = [x for x in (result.logprobs or [])]
+    extra = f", mean logprob {sum(lp) / len(lp):.3f}" if lp else ""
+    print(f"[{result.mode}] {len(result.tokens)} tokens, {result.forwards} forwards, TPF {result.tpf:.2f}, "
+          f"{result.seconds:.2f} s ({result.finish_reason}{extra})", file=sys.stderr)
+    if trace is not None:
+        from graphrt.frontends.trace import draw_trace
+
+        draw_trace(trace, trace_path)
+        print(f"trace: {trace_path} ({len(trace.forwards)} forwards, {len(trace.rejected_drafts())} rejected drafts)",
+              file=sys.stderr)
+    record = result.to_record()
+    record.update(record_extra or {})
+    record["model"] = model.path
+    record["adapter"] = model.adapter
+    from graphrt.frontends.cli import write_json
+
+    write_json(args.json, record)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt generate``."""
-    import graphrt
-
-    if not args.prompt:
+    check_knobs(args)
+    if args.prompt is not None and not args.prompt:
         raise ValueError("--prompt: expected non-empty text, found an empty prompt")
-    model = graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=1, compile=args.compile)
-    result = graphrt.generate(
-        model, args.prompt, mode=args.mode, block_length=args.block_length, threshold=args.threshold,
-        opt_level=args.opt_level, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-        temperature=args.temperature, seed=args.seed, top_k=args.top_k, top_p=args.top_p,
-        stop_strings=tuple(args.stop))
-    record = result.to_record()
-    record["prompt"] = args.prompt
-    record["model"] = model.path
-    if args.json == "-":
-        json.dump(record, sys.stdout, indent=2)
-        print()
-    else:
-        print(args.prompt + (result.text or " ".join(map(str, result.tokens))))
-        print(f"\n[{args.mode}] {len(result.tokens)} tokens, {result.forwards} forwards, TPF {result.tpf:.2f}, "
-              f"{result.seconds:.2f} s ({result.finish_reason})", file=sys.stderr)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(record, f, indent=2)
+    messages = read_messages(args.messages) if args.messages is not None else None
+    model = load_model(args)
+    source = {"prompt": args.prompt} if messages is None else {"messages": messages}
+    compiled, ids, params = prepare_request(model, args, **source)
+    decode_and_report(model, args, compiled, ids, params, header=args.prompt or "",
+                      record_extra={"prompt": args.prompt, "messages": messages})
     return 0

@@ -156,6 +156,16 @@ class Session:
             self.step()
         return {rid: self.result(rid) for rid in self._done}
 
+    def poll(self, request_id: int) -> list[int]:
+        """The tokens a request has emitted so far (after cuts), whether it waits, runs or has finished."""
+        for req in self._waiting:
+            if req.id == request_id:
+                return []
+        req = self._active.get(request_id) or self._done.get(request_id)
+        if req is None:
+            raise KeyError(f"poll: no request with id {request_id}")
+        return list(req.tokens)
+
     def done(self, request_id: int) -> bool:
         """Whether the request has finished."""
         return request_id in self._done

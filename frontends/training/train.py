@@ -693,7 +693,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer)
     result = train(args, tok, train_stream, heldout_stream, info)
-    print(json.dumps(result, indent=1))
+    if getattr(args, "json", None) is None:
+        print(json.dumps(result, indent=1))
+    else:
+        from graphrt.frontends.cli import write_json
+
+        write_json(args.json, result)
     return 0
 
 
@@ -900,6 +905,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--draft-prompts", type=int, default=64, help="held-out prefixes for the draft-quality measurement")
     a("--draft-prefix-len", type=int, default=128)
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--json", default=None, metavar="FILE", help="write the training record as JSON ('-' for standard output)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
