@@ -196,7 +196,8 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
         rest = (result.text or "")[stream.printed:] if model.tokenizer else ""
         sys.stdout.write(rest + "\n")
     elif not quiet:
-        sys.stdout.write(header + (result.text if result.text is not None else " ".join(map(str, result.tokens))) + "\n")
+        text = result.text if result.text is not None else " ".join(map(str, result.tokens))
+        sys.stdout.write(header + text + "\n")
     lp = [x for x in (result.logprobs or [])]
     extra = f", mean logprob {sum(lp) / len(lp):.3f}" if lp else ""
     print(f"[{result.mode}] {len(result.tokens)} tokens, {result.forwards} forwards, TPF {result.tpf:.2f}, "

@@ -111,8 +111,9 @@ def prepare(model: Model, prompt: str | Sequence[int] | torch.Tensor | None = No
         params["stop_token_ids"] = tuple(params.get("stop_token_ids", ())) + model.eos_token_ids
     if params.get("thinking_budget") is not None and params.get("end_think_token_id") is None:
         if model.end_think_token_id is None:
-            raise ValueError(f"thinking_budget: needs end_think_token_id, and the tokenizer of {model.path or 'the model'}"
-                             f" has no '</think>' token to default to; pass end_think_token_id")
+            where = model.path or "the model"
+            raise ValueError(f"thinking_budget: needs end_think_token_id, and the tokenizer of {where} has no "
+                             f"'</think>' token to default to; pass end_think_token_id")
         params["end_think_token_id"] = model.end_think_token_id
     return compiled, ids, GenerationParams(**params)
 
@@ -124,8 +125,9 @@ def _prompt_ids(model: Model, prompt: str | Sequence[int] | torch.Tensor | None,
                          + ("both" if prompt is not None else "neither"))
     if messages is not None or isinstance(prompt, str):
         if model.tokenizer is None:
-            raise ValueError(f"generate: a text prompt or messages need a tokenizer; {model.path or 'the model'} has "
-                             f"none (pass token ids)")
+            where = model.path or "the model"
+            raise ValueError(f"generate: a text prompt needs a tokenizer (so do messages); {where} has none "
+                             f"(pass token ids)")
         if messages is not None:
             return model.tokenizer.encode_chat(messages, **template_args)  # type: ignore[attr-defined]
         return model.tokenizer.encode(prompt)  # type: ignore[attr-defined]

@@ -56,7 +56,8 @@ def test_release_layout(release) -> None:
 def test_release_special_ids_from_config_and_tokenizer(release_model) -> None:
     tok = release_model.tokenizer.hf
     assert release_model.config.mask_token_id == 100
-    assert set(release_model.eos_token_ids) == {tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|im_end|>")}
+    want = {tok.convert_tokens_to_ids("</s>"), tok.convert_tokens_to_ids("<|im_end|>")}
+    assert set(release_model.eos_token_ids) == want
     assert release_model.end_think_token_id == tok.convert_tokens_to_ids("</think>")
     assert release_model.adapter is not None and release_model.adapter.endswith("drafter")
 
@@ -84,8 +85,8 @@ def test_release_logits_match_ministral3(release) -> None:
     pos = torch.tensor([[0, 1, 2, 16383, 16384, 40000, 100000, 262000]])
     mask = torch.ones(8, 8, dtype=torch.bool).tril()[None]
     with torch.no_grad():
-        torch.testing.assert_close(ours.forward_dense(tokens, pos, mask), ref(input_ids=tokens, position_ids=pos).logits,
-                                   rtol=0, atol=1e-4)
+        want = ref(input_ids=tokens, position_ids=pos).logits
+        torch.testing.assert_close(ours.forward_dense(tokens, pos, mask), want, rtol=0, atol=1e-4)
 
 
 def test_release_all_modes_from_chat(release, release_model) -> None:
