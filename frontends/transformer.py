@@ -22,12 +22,14 @@ dtype for float32/float64).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from graphrt.backbone import ATTENTION_KINDS, BackboneConfig, ForwardBatch
-from graphrt.kvcache import RowKVCache
+from graphrt.kvcache import RowKVCache, SlotPlan
 
 from .config import ModelConfig
 
@@ -158,9 +160,8 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
-                mask: torch.Tensor, adapter: torch.Tensor | None,
-                past_k: torch.Tensor | None, past_v: torch.Tensor | None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                mask: torch.Tensor | None, adapter: torch.Tensor | None, cached: "CachedCall | None" = None,
+                layer: int = 0) -> torch.Tensor:
         """One attention block.
 
         Parameters
@@ -168,33 +169,54 @@ class Attention(nn.Module):
         x: ``[B, L, hidden]`` normalised input.
         cos, sin: ``[B, L, d]`` RoPE tables.
         qscale: ``[B, L]`` query scale or None.
-        mask: ``[B, 1, g*L, S]`` bool from :func:`group_mask`, ``S = P + L`` (P cached keys
-            first, then the L new keys), ``g`` query heads per KV head.
+        mask: ``[B, 1, g*L, S]`` bool from :func:`group_mask` (``g`` query heads per KV
+            head) over the ``S`` keys: the new tokens (no cache) or the rows' first
+            ``S = plan.keys`` cache slots; None when every query sees every key.
         adapter: ``[B, L]`` bool or None.
-        past_k, past_v: ``[B, kvh, P, d]`` or None (P = 0).
+        cached: the call's cache and slot plan; the new K/V are written into their slots
+            first and attention runs over the cache storage in place.
+        layer: this block's layer index (into the cache).
 
         Returns
         -------
-        out ``[B, L, hidden]``, and the new tokens' rotated ``k`` and ``v`` ``[B, kvh, L, d]``.
+        ``[B, L, hidden]``.
         """
         B, L, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(x).view(B, L, H, d)  # [B, L, H, d]
         k = self.k_proj(x).view(B, L, KV, d)  # [B, L, KV, d]
-        v = self.v_proj(x).view(B, L, KV, d).transpose(1, 2)  # [B, KV, L, d]
+        v = self.v_proj(x).view(B, L, KV, d)  # [B, L, KV, d]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, L, d]
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, KV, L, d]
         if qscale is not None:
             q = q * qscale[:, None, :, None]
-        keys = k if past_k is None else torch.cat((past_k, k), dim=2)  # [B, KV, S, d]
-        vals = v if past_v is None else torch.cat((past_v, v), dim=2)  # [B, KV, S, d]
+        if cached is not None:
+            cached.cache.store(layer, cached.plan, k.transpose(1, 2), v)  # new K/V into their slots first
+        if cached is not None and cached.causal:  # prefill from empty rows: causal over the new tokens only
+            o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=True)
+            o = o.transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
+            return self.o_proj(o, adapter)
+        if cached is not None:
+            keys, vals = cached.cache.keys(layer, cached.plan)  # [B, KV, S, d] views of the storage
+        else:
+            keys, vals = k, v.transpose(1, 2)  # [B, KV, L, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
         qg = q.reshape(B, KV, (H // KV) * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
         o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mask)  # [B, KV, g*L, d]
         o = o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
-        return self.o_proj(o, adapter), k, v
+        return self.o_proj(o, adapter)
+
+
+@dataclass
+class CachedCall:
+    """What the layers of one cached call share: the cache, the call's slot plan, and
+    whether attention is plain causal self-attention over the new tokens (prefill of empty rows)."""
+
+    cache: RowKVCache
+    plan: SlotPlan
+    causal: bool
 
 
 class MLP(nn.Module):
@@ -221,14 +243,11 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
-                mask: torch.Tensor, adapter: torch.Tensor | None,
-                past_k: torch.Tensor | None, past_v: torch.Tensor | None,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x [B, L, hidden]`` -> (``[B, L, hidden]``, k, v ``[B, KV, L, d]``); see :meth:`Attention.forward`."""
-        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, past_k, past_v)
-        x = x + a
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, k, v
+                mask: torch.Tensor | None, adapter: torch.Tensor | None, cached: CachedCall | None = None,
+                layer: int = 0) -> torch.Tensor:
+        """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, cached, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Encoder(nn.Module):
@@ -287,45 +306,30 @@ class Transformer(nn.Module):
         orig = self.config.original_max_positions
         return (1 + beta * torch.log(1 + torch.floor(positions / orig))).to(dtype)
 
-    def run_layers(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                   adapter: torch.Tensor | None = None,
-                   past_k: torch.Tensor | None = None, past_v: torch.Tensor | None = None,
-                   return_kv: bool = False,
-                   ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def run_layers(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
+                   adapter: torch.Tensor | None = None, cached: CachedCall | None = None) -> torch.Tensor:
         """The whole stack, shared by the dense and the cached path (and what gets compiled).
 
         Parameters
         ----------
         tokens, positions: ``[B, L]`` int64.
-        mask: ``[B, L, P + L]`` bool, True = may attend (P cached keys first).
+        mask: ``[B, 1, g*L, S]`` bool from :func:`group_mask`, True = may attend, or None
+            (every query sees every key); ``S`` = L without a cache, else ``cached.plan.keys``.
         adapter: ``[B, L]`` bool or None.
-        past_k, past_v: ``[B, layers, KV, P, d]`` or None.
-        return_kv: also return the new tokens' K/V.
+        cached: the call's cache and slot plan (None: no cache).
 
         Returns
         -------
-        logits ``[B, L, V]``; and with ``return_kv`` k, v ``[B, L, layers, KV, d]`` (else None).
+        logits ``[B, L, V]``.
         """
         h = self.encoder.embed_tokens(tokens)  # [B, L, hidden]
         cos, sin = self.rope_tables(positions, h.dtype)  # [B, L, d]
         qscale = self.query_scale(positions, h.dtype)  # [B, L] or None
         if self.encoder.layers[0].self_attn.o_proj.lora_A is None:
             adapter = None
-        gmask = group_mask(mask, self.config.num_attention_heads // self.config.num_key_value_heads)
-        ks, vs = [], []
         for i, layer in enumerate(self.encoder.layers):
-            pk = None if past_k is None else past_k[:, i]  # [B, KV, P, d]
-            pv = None if past_v is None else past_v[:, i]
-            h, k, v = layer(h, cos, sin, qscale, gmask, adapter, pk, pv)
-            if return_kv:
-                ks.append(k)
-                vs.append(v)
-        logits = self.diffusion_head(self.encoder.norm(h))  # [B, L, V]
-        if not return_kv:
-            return logits, None, None
-        k_all = torch.stack(ks, dim=1).permute(0, 3, 1, 2, 4)  # [B, L, layers, KV, d]
-        v_all = torch.stack(vs, dim=1).permute(0, 3, 1, 2, 4)
-        return logits, k_all, v_all
+            h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
+        return self.diffusion_head(self.encoder.norm(h))  # [B, L, V]
 
     # ------------------------------------------------------------------ entry points
     def forward_dense(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
@@ -349,8 +353,8 @@ class Transformer(nn.Module):
         if positions.shape != (B, L) or mask.shape != (B, L, L) or mask.dtype != torch.bool:
             raise ValueError(f"forward_dense: expected positions [{B}, {L}] and bool mask [{B}, {L}, {L}], "
                              f"found positions {list(positions.shape)}, mask {list(mask.shape)} {mask.dtype}")
-        logits, _, _ = self.run_layers(tokens, positions, mask, adapter)
-        return logits
+        groups = self.encoder.layers[0].self_attn.num_heads // self.encoder.layers[0].self_attn.num_kv_heads
+        return self.run_layers(tokens, positions, group_mask(mask, groups), adapter)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
                 adapter: torch.Tensor | None = None) -> torch.Tensor:
@@ -375,6 +379,10 @@ class TransformerBackbone:
         Number of cache rows (concurrent requests).
     row_capacity:
         Slots per row; defaults to ``config.max_position_embeddings``.
+    scratch:
+        Extra slots per row for the K/V of tokens that do not persist (denoise and
+        draft tokens), after the row's end; default ``block_size * (block_size + 1)``,
+        the widest built-in forward (quadratic self-speculation).
     compile:
         Run the layer stack under ``torch.compile(dynamic=True)`` so changing
         ``B``/``L``/prefix length does not recompile every call. Inductor's compiled
@@ -390,7 +398,7 @@ class TransformerBackbone:
     """
 
     def __init__(self, model: Transformer, max_rows: int, row_capacity: int | None = None,
-                 compile: bool = False) -> None:
+                 compile: bool = False, scratch: int | None = None) -> None:
         self.model = model
         cfg = model.config
         self.config: BackboneConfig = cfg.to_backbone_config()
@@ -400,8 +408,11 @@ class TransformerBackbone:
                              f"(max_position_embeddings), found {row_capacity}")
         p = next(model.parameters())
         self.dtype, self.device = p.dtype, p.device
-        self.cache = RowKVCache(max_rows, cfg.num_hidden_layers, cfg.num_key_value_heads, capacity,
-                                cfg.head_dim, dtype=self.dtype, device=self.device)
+        attn = model.encoder.layers[0].self_attn
+        self._groups = attn.num_heads // attn.num_kv_heads
+        scratch = cfg.block_size * (cfg.block_size + 1) if scratch is None else int(scratch)
+        self.cache = RowKVCache(max_rows, cfg.num_hidden_layers, attn.num_kv_heads, capacity,
+                                cfg.head_dim, dtype=self.dtype, device=self.device, scratch=scratch)
         self._has_adapter = cfg.draft_adapter is not None
         self._run = model.run_layers
         if compile:
@@ -438,9 +449,13 @@ class TransformerBackbone:
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one packed call; see :meth:`graphrt.backbone.Backbone.forward`.
 
-        Rows whose id is outside ``[0, max_rows)`` are treated as padding (no prefix,
-        no writes). A query that may attend to nothing (padding) attends to itself,
-        so no output is NaN.
+        The new tokens' K/V go into their cache slots first (non-writing tokens into
+        scratch slots after the row's end); every layer then attends over the rows'
+        storage in place through one ``[B, L, keys]`` mask built here, once per call
+        (none at all for a prefill of empty rows, which runs causal attention, or when
+        every query sees every key). Rows whose id is outside ``[0, max_rows)`` are
+        padding (no prefix, no writes). A query that may attend to nothing (padding)
+        attends to itself, so no output is NaN.
 
         Returns
         -------
@@ -449,6 +464,20 @@ class TransformerBackbone:
         """
         tokens = batch.tokens
         B, L = tokens.shape
+        self._check(batch, B, L)
+        dev = self.device
+        write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
+        plan = self.cache.plan(batch.rows, batch.positions, write)
+        tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
+        pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
+        causal = plan.contiguous_prefill and batch.kind == "causal"
+        mask = None if causal else self._mask(batch, plan, B, L)
+        adapter = batch.adapter.to(dev) if self._has_adapter else None
+        logits = self._run(tok, pos, mask, adapter, CachedCall(self.cache, plan, causal))
+        self.cache.commit(plan)
+        return logits
+
+    def _check(self, batch: ForwardBatch, B: int, L: int) -> None:
         if len(batch.rows) != B:
             raise ValueError(f"ForwardBatch: expected {B} rows (tokens is [{B}, {L}]), found {len(batch.rows)}")
         for name in ("positions", "kv_write", "adapter", "valid"):
@@ -460,36 +489,24 @@ class TransformerBackbone:
                              f"found {list(batch.attention.shape)}")
         if batch.kind not in ATTENTION_KINDS:
             raise ValueError(f"ForwardBatch.kind: expected one of {ATTENTION_KINDS}, found {batch.kind!r}")
+
+    def _mask(self, batch: ForwardBatch, plan: SlotPlan, B: int, L: int) -> torch.Tensor | None:
+        """The call's grouped ``[B, 1, g*L, keys]`` mask over the rows' slots, or None when all are visible."""
+        K = plan.keys
+        lens = plan.lengths
+        full_rows = all(n == K - L for n in lens) and bool(batch.valid.all())
+        if full_rows and (batch.kind == "bidirectional" or (L == 1 and bool(batch.attention.all()))):
+            return None  # each row's keys are exactly its prefix plus all of its (distinct) new slots
         dev = self.device
-        cache = self.cache
-        in_range = [0 <= r < cache.rows for r in batch.rows]
-        rows = [r if ok else 0 for r, ok in zip(batch.rows, in_range)]
-        lens = [cache.length(r) if ok else 0 for r, ok in zip(rows, in_range)]
-        P = max(lens) if lens else 0
-
-        tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
-        pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
-        valid = batch.valid.to(dev)  # [B, L]
-        new = batch.attention.to(dev) & valid[:, None, :]  # [B, L, L]
-        if P > 0:
-            lens_t = torch.tensor(lens, device=dev)  # [B]
-            prefix = torch.arange(P, device=dev)[None, None, :] < lens_t[:, None, None]  # [B, 1, P]
-            mask = torch.cat((prefix.expand(B, L, P), new), dim=2)  # [B, L, P+L]
-            past_k, past_v = cache.read(rows, P)  # [B, layers, KV, P, d]
-        else:
-            mask, past_k, past_v = new, None, None
-        # A query allowed no key (padding) attends to itself: no NaN.
-        lonely = ~mask.any(dim=2)  # [B, L]
-        eye = torch.eye(L, dtype=torch.bool, device=dev)[None]  # [1, L, L]
-        mask[:, :, P:] |= eye & lonely[:, :, None]
-        adapter = batch.adapter.to(dev) if self._has_adapter else None
-
-        logits, k, v = self._run(tok, pos, mask, adapter, past_k, past_v, return_kv=True)
-        write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
-        if not all(in_range):
-            write = write & torch.tensor(in_range, device=write.device)[:, None]
-        cache.write(rows, batch.positions, write, k, v)
-        return logits
+        new = batch.attention.to(dev) & batch.valid.to(dev)[:, None, :]  # [B, L, L]
+        if min(lens, default=0) == 0:  # a query allowed no key (padding) attends to itself: no NaN
+            empty = torch.tensor([n == 0 for n in lens], device=dev)  # [B]
+            lonely = ~new.any(dim=2) & empty[:, None]  # [B, L]
+            new = new | (torch.eye(L, dtype=torch.bool, device=dev)[None] & lonely[:, :, None])
+        lens_t = torch.tensor(lens, device=dev)  # [B]
+        mask = (torch.arange(K, device=dev)[None, :] < lens_t[:, None])[:, None, :].repeat(1, L, 1)  # [B, L, K]
+        mask.scatter_(2, plan.slot[:, None, :].expand(B, L, L), new)  # new tokens at their slots
+        return group_mask(mask, self._groups)
 
     __call__ = forward
 

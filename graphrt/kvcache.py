@@ -1,18 +1,65 @@
-"""A row-indexed KV cache allocated once, up front.
+"""A row-indexed KV cache allocated once, up front, and attended where it lies.
 
-Storage is one K and one V tensor ``[rows, layers, kv_heads, capacity, head_dim]``
-(plus one scratch slot per row, see below) and a host-side length per row. A row
-belongs to one request; rows advance by different amounts each round.
+Storage is one K and one V tensor ``[layers, rows + 1, kv_heads, slots, head_dim]``
+with ``slots = capacity + scratch``, and a host-side length per row. A row
+belongs to one request; rows advance by different amounts each round. The extra
+storage row (index ``rows``) is where padding rows of a packed call put their
+K/V, so they never touch a real row.
 
-Writes are scatter writes at absolute positions: token ``i`` of batch row ``b``
-with ``write[b, i]`` stores its K/V at slot ``positions[b, i]`` of its row. Tokens
-that do not write are redirected to a scratch slot (index ``capacity``), so a
-write is one ``index_put_`` with no data-dependent shapes on the device.
+A forward is planned once per call (:meth:`RowKVCache.plan`): token ``i`` of batch
+row ``b`` that writes stores its K/V at slot ``positions[b, i]``; a token that
+must not persist (a denoise or draft token) goes to a *scratch* slot after the
+row's end (``end + rank`` among the row's non-writing tokens, ``end`` the row's
+length after this call's writes), which the row's length never counts. Every
+token therefore has its own slot, even when several share one absolute position
+(the quadratic self-speculation layout). Each layer then writes the new K/V into
+the storage first (:meth:`RowKVCache.store`, one ``index_put_``) and attends over
+the rows' first ``keys`` slots directly (:meth:`RowKVCache.keys`: a view when the
+batch's rows are a contiguous range, batch 1 always), masked by the per-row
+lengths: nothing proportional to the cached prefix is copied per forward.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class SlotPlan:
+    """Where one packed call's tokens live in the cache (computed on the host, once per call).
+
+    Attributes
+    ----------
+    rows:
+        ``B`` storage rows (padding rows map to the spare storage row).
+    lengths:
+        ``B`` cached lengths before the call (0 for padding rows).
+    ends:
+        ``B`` lengths after the call's writes.
+    slot:
+        ``[B, L]`` int64 slot of every token (on the cache's device).
+    keys:
+        Key slots every query row spans: ``max(slot) + 1`` (at least the longest prefix).
+    row_sel:
+        A ``slice`` of storage rows when ``rows`` is a contiguous ascending range, else a
+        ``[B]`` index tensor.
+    index:
+        The ``index_put_`` indices ``(row [B, L, 1], kv head [1, 1, KV], slot [B, L, 1])``.
+    contiguous_prefill:
+        Every row starts empty and writes all of its tokens at ``0..L-1``: attention is
+        then plain causal self-attention over the new tokens.
+    """
+
+    rows: list[int]
+    lengths: list[int]
+    ends: list[int]
+    slot: torch.Tensor
+    keys: int
+    row_sel: slice | torch.Tensor
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    contiguous_prefill: bool
 
 
 class RowKVCache:
@@ -21,9 +68,13 @@ class RowKVCache:
     Parameters
     ----------
     rows, layers, kv_heads, capacity, head_dim:
-        Storage shape ``[rows, layers, kv_heads, capacity, head_dim]``.
+        Sizes; ``capacity`` is the number of positions a row can hold.
     dtype, device:
         Of the storage.
+    scratch:
+        Extra slots per row after ``capacity`` for tokens that do not persist
+        (at least 1); a call's non-writing tokens of one row need
+        ``end + count <= capacity + scratch``.
 
     Attributes
     ----------
@@ -34,17 +85,20 @@ class RowKVCache:
     """
 
     def __init__(self, rows: int, layers: int, kv_heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", scratch: int = 1) -> None:
         if min(rows, layers, kv_heads, capacity, head_dim) <= 0:
             raise ValueError(f"RowKVCache: expected positive sizes, found rows={rows}, layers={layers}, "
                              f"kv_heads={kv_heads}, capacity={capacity}, head_dim={head_dim}")
         self.rows, self.layers, self.kv_heads = rows, layers, kv_heads
         self.capacity, self.head_dim = capacity, head_dim
-        shape = (rows, layers, kv_heads, capacity + 1, head_dim)  # +1: scratch slot for non-writes
+        self.slots = capacity + max(int(scratch), 1)
+        shape = (layers, rows + 1, kv_heads, self.slots, head_dim)  # row `rows`: padding rows' slots
         self._k = torch.zeros(shape, dtype=dtype, device=device)
         self._v = torch.zeros(shape, dtype=dtype, device=device)
-        self.k = self._k[:, :, :, :capacity]  # [rows, layers, KV, C, d]
-        self.v = self._v[:, :, :, :capacity]
+        self.device = self._k.device
+        self.k = self._k[:, :rows, :, :capacity].transpose(0, 1)  # [rows, layers, KV, C, d]
+        self.v = self._v[:, :rows, :, :capacity].transpose(0, 1)
+        self._kv_index = torch.arange(kv_heads, device=self.device)[None, None, :]  # [1, 1, KV]
         self.lengths: list[int] = [0] * rows
         self._free: list[int] = list(range(rows))
         self._allocated: set[int] = set()
@@ -106,80 +160,115 @@ class RowKVCache:
         if not 0 <= row < self.rows:
             raise ValueError(f"KV cache: row expected in [0, {self.rows}), found {row}")
 
-    # ------------------------------------------------------------------ data
-    def read(self, rows: list[int], length: int | None = None, layer: int | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the first ``length`` slots of ``rows``.
+    # ------------------------------------------------------------------ one call
+    def plan(self, rows: list[int], positions: torch.Tensor, write: torch.Tensor) -> SlotPlan:
+        """Place one call's tokens (see the module docstring); nothing is written yet.
 
         Parameters
         ----------
         rows:
-            ``B`` row ids.
-        length:
-            Slots to read (default: the longest of the rows' lengths).
-        layer:
-            One layer (returns ``[B, KV, length, d]``) or all (``[B, layers, KV, length, d]``).
+            ``B`` row ids; an id outside ``[0, rows)`` is a padding row (no prefix, no writes).
+        positions:
+            ``[B, L]`` int64 absolute positions = the slots of writing tokens.
+        write:
+            ``[B, L]`` bool, which tokens persist their K/V.
 
-        Returns
-        -------
-        (k, v)
-            Slots beyond a row's own length hold stale data: mask them by
-            :meth:`prefix_mask`.
+        Raises
+        ------
+        ValueError
+            A written position is outside ``[0, capacity)``, or a row's non-writing
+            tokens do not fit its scratch slots.
+        """
+        B, L = positions.shape
+        pad = [not 0 <= r < self.rows for r in rows]
+        srows = [self.rows if p else r for r, p in zip(rows, pad)]
+        lengths = [0 if p else self.lengths[r] for r, p in zip(srows, pad)]
+        pos_h = positions.detach().to("cpu", torch.long)  # [B, L]
+        write_h = write.detach().to("cpu", torch.bool)
+        if any(pad):
+            write_h = write_h & torch.tensor([not p for p in pad])[:, None]
+        any_write = bool(write_h.any())
+        if any_write:
+            written = pos_h[write_h]
+            lo, hi = int(written.min()), int(written.max())
+            if lo < 0 or hi >= self.capacity:
+                raise ValueError(f"KV cache write: positions expected in [0, {self.capacity}) (row capacity), "
+                                 f"found [{lo}, {hi}] in rows {rows}")
+        lens_h = torch.tensor(lengths, dtype=torch.long)  # [B]
+        ends_h = torch.maximum(torch.where(write_h, pos_h + 1, 0).amax(dim=1), lens_h) if L else lens_h
+        rank = torch.cumsum(~write_h, dim=1) - 1  # [B, L] rank among the row's non-writing tokens
+        slot_h = torch.where(write_h, pos_h, ends_h[:, None] + rank)  # [B, L]
+        keys = max(int(slot_h.max()) + 1 if slot_h.numel() else 0, max(lengths, default=0))
+        if keys > self.slots:
+            raise ValueError(f"KV cache: a call of {L} tokens needs {keys} slots in rows {rows} (its non-writing "
+                             f"tokens go after the row's end), but a row holds {self.slots} "
+                             f"(capacity {self.capacity} + scratch {self.slots - self.capacity})")
+        ends = ends_h.tolist()
+        first = srows[0] if srows else 0
+        row_sel: slice | torch.Tensor
+        if srows == list(range(first, first + B)):
+            row_sel = slice(first, first + B)
+        else:
+            row_sel = torch.tensor(srows, dtype=torch.long, device=self.device)
+        dev = self.device
+        row_idx = torch.tensor(srows, dtype=torch.long, device=dev)[:, None, None].expand(B, L, 1)
+        slot = slot_h.to(dev)
+        prefill = (max(lengths, default=0) == 0 and any_write and bool(write_h.all())
+                   and bool((pos_h == torch.arange(L)).all()))
+        return SlotPlan(srows, lengths, ends, slot, keys, row_sel, (row_idx, self._kv_index, slot[:, :, None]),
+                        prefill)
+
+    def store(self, layer: int, plan: SlotPlan, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write one layer's new ``k, v`` ``[B, L, KV, d]`` (any strides) into their slots."""
+        self._k[layer].index_put_(plan.index, k.to(self._k.dtype))
+        self._v[layer].index_put_(plan.index, v.to(self._v.dtype))
+
+    def keys(self, layer: int, plan: SlotPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's keys and values ``[B, KV, keys, d]`` of the plan's rows (views for a row range)."""
+        return self._k[layer, plan.row_sel, :, :plan.keys], self._v[layer, plan.row_sel, :, :plan.keys]
+
+    def commit(self, plan: SlotPlan) -> None:
+        """Advance each written row's length to the plan's end (``max(old, last written + 1)``)."""
+        for r, e in zip(plan.rows, plan.ends):
+            if r < self.rows and e > self.lengths[r]:
+                self.lengths[r] = e
+
+    # ------------------------------------------------------------------ whole-call helpers
+    def read(self, rows: list[int], length: int | None = None, layer: int | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gather the first ``length`` slots of ``rows`` (inspection and tests; forwards use :meth:`keys`).
+
+        Returns ``[B, layers, KV, length, d]`` (or ``[B, KV, length, d]`` for one ``layer``);
+        slots beyond a row's own length hold stale data (see :meth:`prefix_mask`).
         """
         if length is None:
             length = max((self.lengths[r] for r in rows), default=0)
-        idx = torch.tensor(rows, dtype=torch.long, device=self._k.device)  # [B]
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)  # [B]
         if layer is None:
-            return self._k[idx, :, :, :length], self._v[idx, :, :, :length]  # [B, layers, KV, P, d]
-        return self._k[idx, layer, :, :length], self._v[idx, layer, :, :length]  # [B, KV, P, d]
+            return (self._k[:, idx, :, :length].transpose(0, 1),
+                    self._v[:, idx, :, :length].transpose(0, 1))  # [B, layers, KV, P, d]
+        return self._k[layer, idx, :, :length], self._v[layer, idx, :, :length]  # [B, KV, P, d]
 
     def prefix_mask(self, rows: list[int], length: int) -> torch.Tensor:
         """``[B, length]`` bool: slot ``j`` is inside row ``rows[b]``'s valid prefix."""
-        lens = torch.tensor([self.lengths[r] for r in rows], device=self._k.device)  # [B]
-        return torch.arange(length, device=self._k.device)[None, :] < lens[:, None]
+        lens = torch.tensor([self.lengths[r] for r in rows], device=self.device)  # [B]
+        return torch.arange(length, device=self.device)[None, :] < lens[:, None]
 
     def write(self, rows: list[int], positions: torch.Tensor, write: torch.Tensor,
               k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store K/V of the tokens selected by ``write`` at their positions.
+        """Store K/V ``[B, L, layers, KV, d]`` of the tokens selected by ``write`` at their positions.
 
-        Parameters
-        ----------
-        rows:
-            ``B`` row ids (all in range).
-        positions:
-            ``[B, L]`` int64 absolute positions = cache slots.
-        write:
-            ``[B, L]`` bool, which tokens write.
-        k, v:
-            ``[B, L, layers, KV, d]``.
-
-        Each row's length becomes ``max(old, max written position + 1)``. When
-        ``positions``/``write`` live on the device, updating the host lengths costs
-        one device-to-host copy; pass host tensors to avoid it.
+        Each row's length becomes ``max(old, max written position + 1)``.
 
         Raises
         ------
         ValueError
             A written position is outside ``[0, capacity)``.
         """
-        pos_h = positions.detach().to("cpu", torch.long)
-        write_h = write.detach().to("cpu", torch.bool)
-        ends = torch.where(write_h, pos_h + 1, 0).amax(dim=1).tolist() if pos_h.numel() else [0] * len(rows)
-        if write_h.any():
-            lo, hi = int(pos_h[write_h].min()), int(pos_h[write_h].max())
-            if lo < 0 or hi >= self.capacity:
-                raise ValueError(f"KV cache write: positions expected in [0, {self.capacity}) (row capacity), "
-                                 f"found [{lo}, {hi}] in rows {rows}")
-        else:
-            return
-        dev = self._k.device
-        row_idx = torch.tensor(rows, dtype=torch.long, device=dev)[:, None].expand_as(pos_h)  # [B, L]
-        slot = torch.where(write.to(dev), positions.to(dev), self.capacity)  # [B, L]
-        self._k[row_idx, :, :, slot] = k.to(self._k.dtype)  # advanced dims first: [B, L, layers, KV, d]
-        self._v[row_idx, :, :, slot] = v.to(self._v.dtype)
-        for r, e in zip(rows, ends):
-            if e > self.lengths[r]:
-                self.lengths[r] = e
+        plan = self.plan(rows, positions, write)
+        for layer in range(self.layers):
+            self.store(layer, plan, k[:, :, layer], v[:, :, layer])
+        self.commit(plan)
 
 
-__all__ = ["RowKVCache"]
+__all__ = ["RowKVCache", "SlotPlan"]
