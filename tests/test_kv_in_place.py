@@ -1,0 +1,57 @@
+"""The KV cache is attended where it lies: a forward copies nothing proportional to the cached prefix.
+
+Allocated bytes of one forward are measured with torch.profiler's memory events, over two
+prefix lengths; the growth per cached token must stay below what the attention itself
+needs (its score/probability rows and the call's mask), which is far less than one
+layer's K for that token (what a gather or a per-layer concatenation would copy).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from graphrt.backbone import ForwardBatch
+from graphrt.frontends.checkpoint import init_random_
+from graphrt.frontends.config import default_test_config
+from graphrt.frontends.transformer import Transformer, TransformerBackbone
+
+F64 = torch.float64
+# head_dim 64, 2 KV heads: one layer's K for one token is 2 * 64 * 8 = 1024 bytes.
+CFG = dict(hidden_size=32, num_attention_heads=2, num_key_value_heads=2, head_dim=64, num_hidden_layers=2,
+           max_position_embeddings=512)
+
+
+def _forward_bytes(bb: TransformerBackbone, prefix: int, L: int, kind: str, write: bool) -> int:
+    """Bytes allocated by one forward of ``L`` tokens over a ``prefix``-token row."""
+    (row,) = bb.alloc_rows(1)
+    g = torch.Generator().manual_seed(prefix)
+    full = torch.ones(1, prefix, dtype=torch.bool)
+    bb.forward(ForwardBatch([row], torch.randint(0, 96, (1, prefix), generator=g), torch.arange(prefix)[None],
+                            full[0].expand(prefix, prefix).tril()[None], "causal", full, ~full, full))
+    ones = torch.ones(1, L, dtype=torch.bool)
+    att = torch.ones(L, L, dtype=torch.bool)
+    att = att.tril() if kind == "causal" else att
+    batch = ForwardBatch([row], torch.randint(0, 96, (1, L), generator=g), torch.arange(prefix, prefix + L)[None],
+                         att[None], kind, ones if write else ~ones, ~ones, ones)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        bb.forward(batch)
+    bb.free_rows([row])
+    return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+
+
+@pytest.mark.parametrize("L,kind,write", [(1, "causal", True), (4, "causal", True), (4, "bidirectional", False)])
+def test_forward_bytes_do_not_grow_with_the_cached_prefix(L: int, kind: str, write: bool) -> None:
+    cfg = default_test_config(**CFG)
+    bb = TransformerBackbone(init_random_(Transformer(cfg), 0).to(F64).eval(), max_rows=1)
+    short, long = 32, 288
+    growth = (_forward_bytes(bb, long, L, kind, write) - _forward_bytes(bb, short, L, kind, write)) / (long - short)
+    heads, layers, elem = cfg.num_attention_heads, cfg.num_hidden_layers, 8
+    attention_rows = 3 * layers * heads * L * elem  # scores + probabilities (+ slack) per key
+    mask = 16 * L  # the call's [L, keys] mask and its per-head copy, bool
+    one_layer_k = cfg.num_key_value_heads * cfg.head_dim * elem
+    assert attention_rows + mask < one_layer_k  # the bound below separates "in place" from "copied"
+    assert growth <= attention_rows + mask, (
+        f"a {L}-token {kind} forward allocates {growth:.0f} bytes per cached token; expected at most "
+        f"{attention_rows + mask} (attention rows + mask), a prefix copy costs >= {one_layer_k}")
