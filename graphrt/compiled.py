@@ -50,10 +50,11 @@ class CompiledPolicy:
         return self.policy.name
 
     def lowered(self, device: torch.device) -> LoweredGraph:
-        """The graph lowered for ``device`` (cached per device)."""
+        """The graph lowered for ``device`` (cached per device); at ``opt_level`` 0 it runs
+        through the reference interpreter, else as generated code (:mod:`graphrt.lowering`)."""
         key = f"{device}/{self.kernels}"
         if key not in self._lowered:
-            self._lowered[key] = LoweredGraph(self.graph, device, self.kernels)
+            self._lowered[key] = LoweredGraph(self.graph, device, self.kernels, interpret=self.opt_level == 0)
         return self._lowered[key]
 
 

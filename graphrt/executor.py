@@ -30,6 +30,7 @@ which is one of the orders the schedule allows.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
 
@@ -137,8 +138,10 @@ class LoweredGraph:
     """A graph prepared for interpretation: attributes resolved, implementations bound."""
 
     def __init__(self, graph: Graph, device: torch.device, kernels: str = "auto", _plans: Any = None,
-                 _key: str = "") -> None:
+                 _key: str = "", interpret: bool = False) -> None:
         self.graph = graph
+        self.interpret = interpret  # run through the reference interpreter instead of the generated code
+        self._generated: Any = None
         self.key = _key  # region key of the plans: "" top level, else the owning node's name
         self.inputs = [id(v) for v in graph.inputs]
         self.outputs = [id(v) for v in graph.outputs]
@@ -163,6 +166,20 @@ class LoweredGraph:
         schedule = plans.get("streams")
         region_schedule = schedule.regions.get(_key) if schedule is not None else None
         self.streams = _bind_schedule(self.instrs, region_schedule, device) if region_schedule else None
+
+    @property
+    def generated(self) -> Any:
+        """The graph as generated straight-line Python (:mod:`graphrt.lowering`), built on first use."""
+        if self._generated is None:
+            from graphrt.lowering import generate_step
+
+            self._generated = generate_step(self)
+        return self._generated
+
+    @property
+    def code(self) -> str:
+        """The generated Python source of the graph (printable)."""
+        return self.generated.code
 
 
 def _placed(impl: Impl, device: torch.device) -> Impl:
@@ -268,21 +285,48 @@ def _compute(ins: _Instr, args: list[Any], arena: "Arena") -> Any:
 
 
 class Program:
-    """One request's run of a lowered graph, resumable at ``forward`` and ``emit``.
+    """One request's run of a lowered graph, resumable at ``forward`` (and ``commit``, and ``emit``
+    when interpreted).
+
+    Parameters
+    ----------
+    lowered:
+        The graph prepared for ``device``.
+    inputs:
+        Graph input name -> value.
+    interpret:
+        Run the reference interpreter (every node dispatched, ``emit`` suspends) instead of
+        the generated code (``emit`` writes to :attr:`outbox`); default: ``lowered.interpret``,
+        or the interpreter when the environment sets ``GRAPHRT_INTERPRET=1`` (a debug switch).
+
+    Attributes
+    ----------
+    outbox:
+        :class:`EmitRequest` s the generated code emitted since the caller last cleared it.
 
     >>> # prog = Program(lowered, {"prompt": ids, ...}); ev = prog.start(); ev = prog.resume(logits)
     """
 
-    def __init__(self, lowered: LoweredGraph, inputs: dict[str, Any]) -> None:
+    def __init__(self, lowered: LoweredGraph, inputs: dict[str, Any], interpret: bool | None = None) -> None:
         names = [v.name for v in lowered.graph.inputs]
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in names]
         if missing or extra:
             raise ValueError(f"graph '{lowered.graph.name}' inputs: expected {names}, "
                              f"missing {missing}, unexpected {extra}")
-        env = {vid: inputs[v.name] for vid, v in zip(lowered.inputs, lowered.graph.inputs)}
         self.arena = Arena()
-        self._gen = _run(lowered, env, self.arena)
+        self.outbox: list[EmitRequest] = []
+        if interpret is None:
+            interpret = lowered.interpret or os.environ.get("GRAPHRT_INTERPRET", "") == "1"
+        self.interpreted = interpret
+        if interpret:
+            env = {vid: inputs[v.name] for vid, v in zip(lowered.inputs, lowered.graph.inputs)}
+            self._gen = _run(lowered, env, self.arena)
+        else:
+            from graphrt.lowering import run_generated
+
+            self._gen = run_generated(lowered.generated, [inputs[v.name] for v in lowered.graph.inputs],
+                                      self.arena, self.outbox)
         self.finished = False
         self.outputs: list[Any] | None = None
 

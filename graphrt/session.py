@@ -210,9 +210,22 @@ class Session:
             self._drive(req, req.program.start)
 
     def _drive(self, req: _Request, resume: Any) -> None:
-        """Advance a request until it waits for a forward or finishes."""
+        """Advance a request until it waits for a forward or finishes.
+
+        Emitted tokens come as suspensions (interpreted programs) or through the
+        program's outbox (generated code), read at every suspension before anything
+        else happens: a request whose budget or stop the outbox reaches finishes
+        there, before the forward or crop it suspended at runs.
+        """
+        program = req.program
         event: Event | None = resume()
         while True:
+            if program.outbox:  # type: ignore[union-attr]
+                emits, program.outbox[:] = list(program.outbox), []  # type: ignore[union-attr]
+                for emit in emits:
+                    if self._on_emit(req, emit):
+                        self._finish(req, req.finish_reason)
+                        return
             if event is None:
                 self._finish(req, req.finish_reason or "end")
                 return
@@ -223,10 +236,10 @@ class Session:
                 if self._on_emit(req, event):
                     self._finish(req, req.finish_reason)
                     return
-                event = req.program.resume(False)  # type: ignore[union-attr]
+                event = program.resume(False)  # type: ignore[union-attr]
             elif isinstance(event, CommitRequest):
                 self.backbone.crop(req.row, event.length)
-                event = req.program.resume(None)  # type: ignore[union-attr]
+                event = program.resume(None)  # type: ignore[union-attr]
             else:  # pragma: no cover - Program yields only the three events
                 raise TypeError(f"unexpected event {event!r}")
 

@@ -1,0 +1,316 @@
+"""Lowering: a lowered graph as generated straight-line Python, the executor's hot path.
+
+:func:`generate_step` turns a :class:`~graphrt.executor.LoweredGraph` (ops already
+resolved once through the registry, memory plan and stream schedule bound) into
+the source of one Python generator function, as torch.fx generates a
+GraphModule's code: one line per node, loops as ``while`` statements with their
+body inlined (values are SSA-named, so inlining cannot clash), and no per-node
+dispatch at run time. The code prints (:attr:`GeneratedStep.code`)::
+
+    def ar(prompt, cache, seed, ..., _arena, _outbox):
+        size = _f0(prompt)                                   # size
+        arange = _arena.run(_i1, [size])                     # arange (planned)
+        forward, cache_1 = (yield _forward2(cache, prompt, arange)), cache
+        ...
+        while cond:
+            ...
+
+Compared with the interpreter (:func:`graphrt.executor._run`, the reference):
+
+* ``emit`` does not suspend: the tokens go to the program's outbox, which the
+  session reads at the next suspension, and the emit's ``done`` is ``False``
+  (the session closes the program when the outbox says it is finished, before
+  any later forward runs, so forward counts and tokens are the same);
+* ``forward`` and ``commit`` suspend exactly as in the interpreter.
+
+A failure names the node: the generated lines map back to their nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+import keyword
+import re
+import sys
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generator
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from graphrt.executor import LoweredGraph
+
+_FILENAME = "<graphrt-lowered>"
+_FALSE = torch.tensor(False)
+
+
+@dataclass
+class GeneratedStep:
+    """The generated code of one lowered graph.
+
+    Attributes
+    ----------
+    code:
+        The Python source (printable).
+    fn:
+        The generator function ``fn(*graph_inputs, _arena, _outbox)``.
+    lines:
+        Line number of the generated source -> ``(node name, op, graph name)``.
+    """
+
+    code: str
+    fn: Any
+    lines: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+
+    def node_at(self, tb: TracebackType | None) -> tuple[str, str, str] | None:
+        """The node whose generated line raised, from a traceback (innermost generated frame)."""
+        found = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                found = self.lines.get(tb.tb_lineno)
+            tb = tb.tb_next
+        return found
+
+    @property
+    def filename(self) -> str:
+        """The pseudo file name the code was compiled under."""
+        return self.fn.__code__.co_filename
+
+
+class _Writer:
+    """Source lines with an indentation level and a line -> node map."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.where: dict[int, tuple[str, str, str]] = {}
+        self.indent = 1
+        self.ns: dict[str, Any] = {}
+        self.names: dict[int, str] = {}
+        self.taken: set[str] = set()
+        self.count = 0
+
+    def line(self, text: str, node: Any = None, graph: str = "", comment: str = "") -> None:
+        pad = "    " * self.indent
+        self.lines.append(f"{pad}{text}" + (f"  # {comment}" if comment else ""))
+        if node is not None:
+            self.where[len(self.lines)] = (node.name, node.op, graph)
+
+    def const(self, prefix: str, value: Any) -> str:
+        """A name in the code's namespace bound to ``value``."""
+        name = f"_{prefix}{self.count}"
+        self.count += 1
+        self.ns[name] = value
+        return name
+
+    def var(self, value: Any) -> str:
+        """The Python name of an SSA value (its own name when that is a free identifier)."""
+        vid = id(value)
+        if vid in self.names:
+            return self.names[vid]
+        base = re.sub(r"\W", "_", value.name) or "v"
+        if base[0].isdigit() or base.startswith("_"):
+            base = "v" + base
+        name, n = base, 1
+        while name in self.taken or keyword.iskeyword(name):
+            name, n = f"{base}_{n}", n + 1
+        self.taken.add(name)
+        self.names[vid] = name
+        return name
+
+    def use(self, vid: int, lowered: "LoweredGraph") -> str:
+        name = self.names.get(vid)
+        if name is None:
+            raise KeyError(f"lowering graph '{lowered.graph.name}': a value is used before it is defined")
+        return name
+
+
+def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
+    """Generate the straight-line Python of ``lowered`` (see the module docstring).
+
+    Parameters
+    ----------
+    lowered:
+        A :class:`~graphrt.executor.LoweredGraph` (top level).
+
+    Returns
+    -------
+    GeneratedStep
+        Its code, the compiled generator function and the line map.
+    """
+    w = _Writer()
+    w.taken.update({"_arena", "_outbox"})
+    params = [w.var(v) for v in lowered.graph.inputs]
+    fname = re.sub(r"\W", "_", lowered.graph.name) or "step"
+    if fname[0].isdigit():
+        fname = "g" + fname
+    _region(w, lowered)
+    outs = ", ".join(w.use(i, lowered) for i in lowered.outputs)
+    w.line(f"return [{outs}]")
+    w.line("yield  # a generator even without a suspension point")
+    header = f"def {fname}({', '.join(params + ['*', '_arena', '_outbox'])}):"
+    code = "\n".join([header] + w.lines) + "\n"
+    filename = f"{_FILENAME}:{lowered.graph.name}:{id(lowered):x}"
+    ns = dict(w.ns)
+    exec(compile(code, filename, "exec"), ns)  # noqa: S102  (our own generated code)
+    lines = {n + 1: where for n, where in w.where.items()}  # +1: the header line
+    return GeneratedStep(code, ns[fname], lines)
+
+
+def _region(w: _Writer, lowered: "LoweredGraph") -> None:
+    """Lines of one region (its inputs already bound to names)."""
+    gname = lowered.graph.name
+    streams = lowered.streams
+    runner = w.const("streams", streams) if streams is not None else None
+    if runner is not None:
+        w.line(f"{runner}.fork()")
+    for index, ins in enumerate(lowered.instrs):
+        node = ins.node
+        args = [w.use(i, lowered) for i in ins.ins]
+        outs = [w.var(v) for v in node.outputs]
+        target = ", ".join(outs) if outs else "_"
+        if ins.impl is not None:
+            call = _compute_call(w, ins, index, args, runner)
+            w.line(f"{target} = {call}", node, gname, node.op)
+            continue
+        if runner is not None:
+            w.line(f"{runner}.join()")
+        _control(w, lowered, ins, args, outs, target)
+        if runner is not None and ins.record:
+            w.line(f"{runner}.record({index}, {w.const('i', ins)}, _arena)")
+    if runner is not None:
+        w.line(f"{runner}.join()")
+
+
+def _compute_call(w: _Writer, ins: Any, index: int, args: list[str], runner: str | None) -> str:
+    arglist = "[" + ", ".join(args) + "]"
+    if runner is not None:
+        return f"{runner}.compute({index}, {w.const('i', ins)}, {arglist}, _arena)"
+    if ins.slot is not None:
+        return f"_arena.run({w.const('i', ins)}, {arglist})"
+    fn = functools.partial(ins.impl, **ins.attrs) if ins.attrs else ins.impl
+    return f"{w.const('f', fn)}({', '.join(args)})"
+
+
+def _control(w: _Writer, lowered: "LoweredGraph", ins: Any, args: list[str], outs: list[str], target: str) -> None:
+    node, gname = ins.node, lowered.graph.name
+    if node.op == "forward":
+        req = w.const("forward", _forward_builder(node, ins.attrs))
+        if ins.attrs["write"] == "none":
+            w.line(f"{target} = yield {req}({', '.join(args)})", node, gname, "forward (suspends)")
+        else:
+            w.line(f"{outs[0]} = yield {req}({', '.join(args)})", node, gname, "forward (suspends)")
+            w.line(f"{outs[1]} = {args[0]}")
+    elif node.op == "emit":
+        em = w.const("emit", functools.partial(_emit_request, node.name))
+        w.line(f"_outbox.append({em}({', '.join(args)}))", node, gname, "emit (to the outbox)")
+        w.line(f"{target} = {w.const('false', _FALSE)}")
+    elif node.op == "commit":
+        cm = w.const("commit", functools.partial(_commit_request, node.name))
+        w.line(f"yield {cm}({args[1]})", node, gname, "commit (suspends: the backbone crops)")
+        w.line(f"{target} = {args[0]}")
+    elif node.op == "loop":
+        body = lowered.regions[id(node.regions[0])]
+        carried = [w.var(v) for v in body.graph.inputs]
+        cond = w.var(_Named(f"{node.name}_cond"))
+        w.line(f"{cond} = {args[0]}", node, gname, f"loop {node.name}")
+        if carried:
+            w.line(f"{', '.join(carried)}, = {', '.join(args[1:])},")
+        w.line(f"while {cond}:", node, gname)
+        w.indent += 1
+        _region(w, body)
+        results = [w.use(i, body) for i in body.outputs]
+        w.line(f"{', '.join([cond] + carried)}, = {', '.join(results)},")
+        w.indent -= 1
+        if outs:
+            w.line(f"{target} = {', '.join(carried)}")
+    else:
+        raise ValueError(f"lowering node '{node.name}': control op '{node.op}' has no lowering")
+
+
+@dataclass
+class _Named:
+    """A synthetic value (a loop's condition variable) to name in the generated code."""
+
+    name: str
+
+
+def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
+    """``build(cache, tokens, positions, *extra) -> ForwardRequest``, with constant masks/flags cached per length."""
+    from graphrt.executor import ForwardRequest, _flags, causal_mask
+    from graphrt.ops import forward_extra_inputs
+
+    names = forward_extra_inputs(attrs)
+    kind, write, adapter = attrs["attention"], attrs["write"], attrs["adapter"]
+    cached: dict[tuple[str, int, Any], torch.Tensor] = {}
+
+    def const(what: str, n: int, dev: torch.device) -> torch.Tensor:
+        key = (what, n, dev)
+        t = cached.get(key)
+        if t is None:
+            if what == "causal":
+                t = causal_mask(n, dev)
+            elif what == "bidirectional":
+                t = torch.ones(n, n, dtype=torch.bool, device=dev)
+            else:
+                t = _flags(n, what == "true", dev)
+            cached[key] = t
+        return t
+
+    def build(cache: Any, tokens: torch.Tensor, positions: torch.Tensor, *extra: torch.Tensor) -> ForwardRequest:
+        ex = dict(zip(names, extra))
+        n, dev = tokens.shape[0], tokens.device
+        attention = ex["mask"] if kind == "mask" else const(kind, n, dev)
+        kv_write = ex["kv_write"] if write == "mask" else const("true" if write == "all" else "false", n, dev)
+        ad = ex["adapter"] if adapter == "mask" else const("true" if adapter == "all" else "false", n, dev)
+        return ForwardRequest(tokens, positions, attention, kind, kv_write, ad, node.name)
+
+    return build
+
+
+def _emit_request(name: str, tokens: torch.Tensor, count: torch.Tensor | None = None,
+                  logprobs: torch.Tensor | None = None) -> Any:
+    from graphrt.executor import EmitRequest
+
+    n = int(count) if count is not None else tokens.shape[0]
+    # Copies: the outbox is read later, after the program may have reused these buffers.
+    return EmitRequest(tokens[:n].clone(), logprobs[:n].clone() if logprobs is not None else None, name)
+
+
+def _commit_request(name: str, length: torch.Tensor) -> Any:
+    from graphrt.executor import CommitRequest
+
+    return CommitRequest(int(length), name)
+
+
+def run_generated(step: GeneratedStep, inputs: list[Any], arena: Any, outbox: list[Any],
+                  ) -> Generator[Any, Any, list[Any]]:
+    """Drive ``step.fn`` as the interpreter's generator is driven; failures name the node."""
+    from graphrt.executor import ExecutionError
+
+    gen = step.fn(*inputs, _arena=arena, _outbox=outbox)
+    value: Any = None
+    first = True
+    while True:
+        try:
+            event = next(gen) if first else gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        except ExecutionError:
+            raise
+        except Exception as exc:  # name the failing node, keep the cause
+            where = step.node_at(sys.exc_info()[2])
+            if where is None:
+                raise
+            name, op, graph = where
+            raise ExecutionError(f"node '{name}' ({op}) in graph '{graph}' failed: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        first = False
+        try:
+            value = yield event
+        except GeneratorExit:
+            gen.close()
+            raise
+
+
+__all__ = ["GeneratedStep", "generate_step", "run_generated"]
