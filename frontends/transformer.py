@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -367,6 +368,79 @@ def causal_mask(B: int, L: int, device: torch.device | str = "cpu") -> torch.Ten
     return torch.ones(L, L, dtype=torch.bool, device=device).tril().expand(B, L, L)
 
 
+# ----------------------------------------------------------------------------- compiled shapes
+@dataclass(frozen=True)
+class ShapeBuckets:
+    """The static shapes the compiled backbone runs at.
+
+    Attributes
+    ----------
+    widths:
+        Call widths ``L`` (sorted): 1 (AR), the block ``b`` (diffusion, linear
+        self-speculation, short prefills), ``b * (b + 1)`` (quadratic
+        self-speculation), and powers of two from 16 for longer prefills; a call is
+        padded to the smallest width that holds it.
+    min_keys, max_keys:
+        Key spans are rounded up to a power of two of at least ``min_keys``, at most
+        ``max_keys`` (the row's slots).
+    """
+
+    widths: tuple[int, ...]
+    min_keys: int
+    max_keys: int
+
+    @classmethod
+    def for_block(cls, block: int, max_keys: int, min_keys: int = 64) -> "ShapeBuckets":
+        """The buckets for a model of block length ``block`` and ``max_keys`` slots per row."""
+        widths = {1, block, block * (block + 1)}
+        w = 16
+        while w < max_keys:
+            widths.add(w)
+            w *= 2
+        widths.add(max_keys)
+        return cls(tuple(sorted(widths)), min(min_keys, max_keys), max_keys)
+
+    def width(self, n: int) -> int:
+        """The bucket width for a call of ``n`` tokens (``n`` itself past the largest)."""
+        return next((w for w in self.widths if w >= n), n)
+
+    def keys(self, n: int) -> int:
+        """The bucketed key span for ``n`` needed keys."""
+        k = self.min_keys
+        while k < n:
+            k *= 2
+        return min(max(k, n), self.max_keys) if n <= self.max_keys else n
+
+
+def _pad_width(batch: ForwardBatch, width: int) -> ForwardBatch:
+    """``batch`` right-padded to ``width`` tokens per row (padding: invalid, not written)."""
+    B, L = batch.tokens.shape
+    extra = width - L
+
+    def pad(t: torch.Tensor, value: int | bool) -> torch.Tensor:
+        return F.pad(t, (0, extra), value=value)
+
+    attention = F.pad(batch.attention, (0, extra, 0, extra), value=False)
+    return ForwardBatch(batch.rows, pad(batch.tokens, 0), pad(batch.positions, 0), attention, "mask",
+                        pad(batch.kv_write, False), pad(batch.adapter, False), pad(batch.valid, False))
+
+
+def compile_layers(model: Transformer, freeze: bool = False) -> Callable[..., torch.Tensor]:
+    """``model.run_layers`` under ``torch.compile(fullgraph=True, dynamic=False)``: one graph per
+    static shape (see :class:`ShapeBuckets`), inductor's compiled code cached on disk
+    (``TORCHINDUCTOR_CACHE_DIR``). ``freeze`` turns on inductor's weight freezing
+    (weights folded as constants; the model must not be trained afterwards).
+    """
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    if freeze:
+        inductor_config.freezing = True
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(model.run_layers, fullgraph=True, dynamic=False)
+
+
 # ----------------------------------------------------------------------------- backbone
 class TransformerBackbone:
     """A :class:`Transformer` behind :class:`graphrt.backbone.Backbone`, with its own KV cache.
@@ -384,11 +458,11 @@ class TransformerBackbone:
         draft tokens), after the row's end; default ``block_size * (block_size + 1)``,
         the widest built-in forward (quadratic self-speculation).
     compile:
-        Run the layer stack under ``torch.compile(dynamic=True)`` so changing
-        ``B``/``L``/prefix length does not recompile every call. Inductor's compiled
-        kernels are cached on disk (``TORCHINDUCTOR_CACHE_DIR``, default under
-        ``/tmp/torchinductor_$USER``) and reused across runs, so only the first
-        run on a machine pays the full compile.
+        Run the layer stack compiled (:func:`compile_layers`) at static shapes: each
+        call is padded to its :class:`ShapeBuckets` width and key span, so each bucket
+        compiles once (lazily, on its first call) and never again; ``"freeze"`` also
+        freezes the weights. Inductor's compiled code is cached on disk and reused
+        across runs, so only the first run on a machine pays the full compile.
 
     Notes
     -----
@@ -398,7 +472,7 @@ class TransformerBackbone:
     """
 
     def __init__(self, model: Transformer, max_rows: int, row_capacity: int | None = None,
-                 compile: bool = False, scratch: int | None = None) -> None:
+                 compile: bool | str = False, scratch: int | None = None) -> None:
         self.model = model
         cfg = model.config
         self.config: BackboneConfig = cfg.to_backbone_config()
@@ -415,8 +489,11 @@ class TransformerBackbone:
                                 cfg.head_dim, dtype=self.dtype, device=self.device, scratch=scratch)
         self._has_adapter = cfg.draft_adapter is not None
         self._run = model.run_layers
+        self.compiled = bool(compile)
+        self.shapes_seen: set[tuple[int, int, int, bool]] = set()  # compiled path: (B, width, keys, row range)
+        self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.slots)
         if compile:
-            self._run = torch.compile(model.run_layers, dynamic=True)
+            self._run = compile_layers(model, freeze=compile == "freeze")
 
     # ------------------------------------------------------------------ rows
     @property
@@ -462,9 +539,11 @@ class TransformerBackbone:
         torch.Tensor
             Logits ``[B, L, V]`` in the model dtype.
         """
-        tokens = batch.tokens
-        B, L = tokens.shape
+        B, L = batch.tokens.shape
         self._check(batch, B, L)
+        if self.compiled:
+            return self._forward_bucketed(batch, B, L)
+        tokens = batch.tokens
         dev = self.device
         write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
         plan = self.cache.plan(batch.rows, batch.positions, write)
@@ -476,6 +555,24 @@ class TransformerBackbone:
         logits = self._run(tok, pos, mask, adapter, CachedCall(self.cache, plan, causal))
         self.cache.commit(plan)
         return logits
+
+    def _forward_bucketed(self, batch: ForwardBatch, B: int, L: int) -> torch.Tensor:
+        """The compiled path: the call padded to its bucket width, keys to their bucket, always one mask,
+        so the compiled stack sees a fixed set of static shapes (one graph per bucket)."""
+        Lb = self.buckets.width(L)
+        if Lb != L:
+            batch = _pad_width(batch, Lb)
+        plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid)
+        plan.keys = self.buckets.keys(plan.keys)
+        self.shapes_seen.add((B, Lb, plan.keys, isinstance(plan.row_sel, slice)))
+        dev = self.device
+        tok = batch.tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, Lb]
+        pos = batch.positions.to(dev).clamp_min(0)  # [B, Lb]
+        mask = self._mask(batch, plan, B, Lb, allow_none=False)
+        adapter = batch.adapter.to(dev) if self._has_adapter else None
+        logits = self._run(tok, pos, mask, adapter, CachedCall(self.cache, plan, False))
+        self.cache.commit(plan)
+        return logits[:, :L]
 
     def _check(self, batch: ForwardBatch, B: int, L: int) -> None:
         if len(batch.rows) != B:
@@ -490,11 +587,12 @@ class TransformerBackbone:
         if batch.kind not in ATTENTION_KINDS:
             raise ValueError(f"ForwardBatch.kind: expected one of {ATTENTION_KINDS}, found {batch.kind!r}")
 
-    def _mask(self, batch: ForwardBatch, plan: SlotPlan, B: int, L: int) -> torch.Tensor | None:
+    def _mask(self, batch: ForwardBatch, plan: SlotPlan, B: int, L: int,
+              allow_none: bool = True) -> torch.Tensor | None:
         """The call's grouped ``[B, 1, g*L, keys]`` mask over the rows' slots, or None when all are visible."""
         K = plan.keys
         lens = plan.lengths
-        full_rows = all(n == K - L for n in lens) and bool(batch.valid.all())
+        full_rows = allow_none and all(n == K - L for n in lens) and bool(batch.valid.all())
         if full_rows and (batch.kind == "bidirectional" or (L == 1 and bool(batch.attention.all()))):
             return None  # each row's keys are exactly its prefix plus all of its (distinct) new slots
         dev = self.device

@@ -21,7 +21,7 @@ ignored; they never write the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -82,6 +82,59 @@ class ForwardBatch:
     kv_write: torch.Tensor
     adapter: torch.Tensor
     valid: torch.Tensor
+
+    @classmethod
+    def pack(cls, rows: Sequence[int], requests: Sequence[Any]) -> "ForwardBatch":
+        """Pack per-request forwards (each with ``tokens``, ``positions``, ``kv_write``,
+        ``adapter`` ``[L_i]``, ``attention`` ``[L_i, L_i]`` and ``kind``, as
+        :class:`graphrt.executor.ForwardRequest`) into one call, right-padded to the
+        longest; ``kind`` is the requests' common kind when all have the same length, else
+        ``"mask"``. One request packs into views of its own tensors (no copy).
+
+        Raises
+        ------
+        ValueError
+            ``rows`` and ``requests`` differ in length, or there is no request.
+        """
+        if len(rows) != len(requests) or not requests:
+            raise ValueError(f"ForwardBatch.pack: expected one row per request (at least one), found "
+                             f"{len(rows)} rows and {len(requests)} requests")
+        if len(requests) == 1:
+            r = requests[0]
+            n = r.tokens.shape[0]
+            valid = _ones(n, r.tokens.device)
+            return cls(list(rows), r.tokens[None], r.positions[None], r.attention[None], r.kind,
+                       r.kv_write[None], r.adapter[None], valid[None])
+        B, L = len(requests), max(r.tokens.shape[0] for r in requests)
+        dev = requests[0].tokens.device
+        tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
+        attention = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
+        kv_write = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        adapter = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
+        for i, r in enumerate(requests):
+            n = r.tokens.shape[0]
+            tokens[i, :n] = r.tokens
+            positions[i, :n] = r.positions
+            attention[i, :n, :n] = r.attention
+            kv_write[i, :n] = r.kv_write
+            adapter[i, :n] = r.adapter
+            valid[i, :n] = True
+        kinds = {r.kind for r in requests}
+        kind = kinds.pop() if len(kinds) == 1 and all(r.tokens.shape[0] == L for r in requests) else "mask"
+        return cls(list(rows), tokens, positions, attention, kind, kv_write, adapter, valid)
+
+
+_ONES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _ones(n: int, device: torch.device) -> torch.Tensor:
+    """A shared ``[n]`` all-True flag tensor (read only)."""
+    t = _ONES.get((n, device))
+    if t is None:
+        t = _ONES[(n, device)] = torch.ones(n, dtype=torch.bool, device=device)
+    return t
 
 
 @runtime_checkable

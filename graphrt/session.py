@@ -136,7 +136,7 @@ class Session:
         Returns the tokens each request emitted (after cuts) during this round.
         """
         self._admit()
-        batch_reqs = [r for r in self._active.values() if r.pending is not None]
+        batch_reqs = sorted((r for r in self._active.values() if r.pending is not None), key=lambda r: r.row)
         if batch_reqs:
             logits = self._forward(batch_reqs)  # [B, L, V]
             for i, req in enumerate(batch_reqs):
@@ -289,26 +289,7 @@ class Session:
 
     def _forward(self, reqs: list[_Request]) -> torch.Tensor:
         """Pack the pending forwards of ``reqs`` into one backbone call."""
-        pend = [r.pending for r in reqs]
-        B, L = len(pend), max(p.tokens.shape[0] for p in pend)  # type: ignore[union-attr]
-        dev = self.device
-        tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
-        positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
-        attention = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
-        kv_write = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        adapter = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        for i, p in enumerate(pend):
-            n = p.tokens.shape[0]  # type: ignore[union-attr]
-            tokens[i, :n] = p.tokens  # type: ignore[union-attr]
-            positions[i, :n] = p.positions  # type: ignore[union-attr]
-            attention[i, :n, :n] = p.attention  # type: ignore[union-attr]
-            kv_write[i, :n] = p.kv_write  # type: ignore[union-attr]
-            adapter[i, :n] = p.adapter  # type: ignore[union-attr]
-            valid[i, :n] = True
-        kinds = {p.kind for p in pend}  # type: ignore[union-attr]
-        kind = kinds.pop() if len(kinds) == 1 and all(p.tokens.shape[0] == L for p in pend) else "mask"  # type: ignore[union-attr]
-        batch = ForwardBatch([r.row for r in reqs], tokens, positions, attention, kind, kv_write, adapter, valid)
+        batch = ForwardBatch.pack([r.row for r in reqs], [r.pending for r in reqs])
         self.backbone_calls += 1
         return self.backbone.forward(batch)
 
