@@ -199,32 +199,11 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = No
         tensor shape, corrupt safetensors; the message names the file and tensor.
     """
     root = Path(path)
-    config, src_type = read_config(root)
-    files = _weight_files(root)
-    is_ar = src_type != MODEL_TYPE
-    # mapped name -> (file, name stored in that file)
-    sources = {(_map_ar_name(n) if is_ar else n): (fp, n) for n, fp in files.items()}
-    if is_ar and "diffusion_head.weight" not in sources and not config.tie_word_embeddings:
-        config.tie_word_embeddings = True  # AR checkpoints without lm_head tie it to the embedding
-    if adapter is not None:
-        config.draft_adapter, adapter_sources = read_peft_adapter(adapter)
-        sources.update(adapter_sources)
-
+    config, sources = checkpoint_sources(root, adapter)
     with torch.device("meta"):
         model = Transformer(config)
     want = expected_shapes(model)
-    where = f"{root / (WEIGHTS_NAME if (root / WEIGHTS_NAME).is_file() else INDEX_NAME)}"
-    missing = [n for n in want if n not in sources]
-    if missing:
-        raise ValueError(f"{where}: expected tensor {missing[0]!r}, found it missing"
-                         + (f" (and {len(missing) - 1} more: {missing[1:4]})" if len(missing) > 1 else ""))
-    extra = [n for n in sources if n not in want and not (n == "diffusion_head.weight" and config.tie_word_embeddings)
-             and not n.endswith("rotary_emb.inv_freq")]
-    if extra:
-        fp, stored = sources[extra[0]]
-        raise ValueError(f"{fp}: unexpected tensor {stored!r} (no such weight in a "
-                         f"{config.num_hidden_layers}-layer model)"
-                         + (f" (and {len(extra) - 1} more: {extra[1:4]})" if len(extra) > 1 else ""))
+    check_tensor_names(want, sources, config, root)
 
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[tuple[str, str]]] = {}
@@ -252,6 +231,64 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype | None = No
     model.reset_rope(device)
     model.eval()
     return config, model
+
+
+def checkpoint_sources(path: str | os.PathLike[str], adapter: str | os.PathLike[str] | None = None,
+                       ) -> tuple[ModelConfig, dict[str, tuple[Path, str]]]:
+    """The config of checkpoint directory ``path`` and where each of its tensors is stored.
+
+    Parameters
+    ----------
+    path:
+        Checkpoint directory (see :func:`load_checkpoint`).
+    adapter:
+        Optional PEFT LoRA adapter directory whose tensors join the sources.
+
+    Returns
+    -------
+    (config, sources)
+        ``sources`` maps each tensor's name in DESIGN.md's naming (AR names mapped)
+        to (file, name stored in that file). AR checkpoints without ``lm_head`` get
+        ``tie_word_embeddings``; an adapter sets ``config.draft_adapter``.
+    """
+    root = Path(path)
+    config, src_type = read_config(root)
+    files = _weight_files(root)
+    is_ar = src_type != MODEL_TYPE
+    sources = {(_map_ar_name(n) if is_ar else n): (fp, n) for n, fp in files.items()}
+    if is_ar and "diffusion_head.weight" not in sources and not config.tie_word_embeddings:
+        config.tie_word_embeddings = True  # AR checkpoints without lm_head tie it to the embedding
+    if adapter is not None:
+        config.draft_adapter, adapter_sources = read_peft_adapter(adapter)
+        sources.update(adapter_sources)
+    return config, sources
+
+
+def check_tensor_names(want: dict[str, tuple[int, ...]], sources: dict[str, tuple[Path, str]],
+                       config: ModelConfig, root: Path) -> None:
+    """Raise ``ValueError`` when a tensor ``want`` names is missing or ``sources`` has one too many.
+
+    Parameters
+    ----------
+    want:
+        :func:`expected_shapes` of the model being loaded.
+    sources:
+        From :func:`checkpoint_sources`.
+    config, root:
+        The model's config and the checkpoint directory (quoted in the message).
+    """
+    where = f"{root / (WEIGHTS_NAME if (root / WEIGHTS_NAME).is_file() else INDEX_NAME)}"
+    missing = [n for n in want if n not in sources]
+    if missing:
+        raise ValueError(f"{where}: expected tensor {missing[0]!r}, found it missing"
+                         + (f" (and {len(missing) - 1} more: {missing[1:4]})" if len(missing) > 1 else ""))
+    extra = [n for n in sources if n not in want and not (n == "diffusion_head.weight" and config.tie_word_embeddings)
+             and not n.endswith("rotary_emb.inv_freq")]
+    if extra:
+        fp, stored = sources[extra[0]]
+        raise ValueError(f"{fp}: unexpected tensor {stored!r} (no such weight in a "
+                         f"{config.num_hidden_layers}-layer model)"
+                         + (f" (and {len(extra) - 1} more: {extra[1:4]})" if len(extra) > 1 else ""))
 
 
 def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[Path, str]]]:
@@ -459,5 +496,6 @@ def random_checkpoint(path: str | os.PathLike[str], config: ModelConfig | None =
     return save_checkpoint(model, config, path, dtype=dtype)
 
 
-__all__ = ["load_checkpoint", "save_checkpoint", "random_checkpoint", "init_random_", "read_config",
-           "default_test_config", "expected_shapes", "read_peft_adapter", "find_adapter", "AR_MODEL_TYPES"]
+__all__ = ["load_checkpoint", "checkpoint_sources", "check_tensor_names", "save_checkpoint", "random_checkpoint",
+           "init_random_", "read_config", "default_test_config", "expected_shapes", "read_peft_adapter",
+           "find_adapter", "AR_MODEL_TYPES"]

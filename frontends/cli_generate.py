@@ -72,6 +72,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--trace", default=None, metavar="FILE.html|png",
                    help="draw which token each forward committed and which drafts were rejected")
     p.add_argument("--no-stream", action="store_true", help="print the text once at the end")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks (torchrun --nproc-per-node N ... --tp N)")
+    p.add_argument("--tp-check", action="store_true", help="debug: compare forward inputs and tokens across ranks")
     p.set_defaults(func=run)
 
 
@@ -106,7 +108,7 @@ def load_model(args: argparse.Namespace) -> Any:
 
     adapter: Any = False if args.no_adapter else args.adapter
     return graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=1, compile=args.compile,
-                        adapter=adapter)
+                        adapter=adapter, tp=getattr(args, "tp", 1), tp_check=getattr(args, "tp_check", False))
 
 
 def decode_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -227,6 +229,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args)
     source = {"prompt": args.prompt} if messages is None else {"messages": messages}
     compiled, ids, params = prepare_request(model, args, **source)
-    decode_and_report(model, args, compiled, ids, params, header=args.prompt or "",
-                      record_extra={"prompt": args.prompt, "messages": messages})
+
+    def decode(a: argparse.Namespace) -> Any:
+        return decode_and_report(model, a, compiled, ids, params, header=args.prompt or "",
+                                 record_extra={"prompt": args.prompt, "messages": messages})
+
+    if args.tp == 1:
+        decode(args)
+    else:
+        from graphrt.frontends.tensor_parallel import decode_on_every_rank
+
+        decode_on_every_rank(model, args, decode)
     return 0

@@ -33,7 +33,7 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None,
                device: str = "cpu", max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
-               adapter: str | os.PathLike[str] | bool | None = None) -> Model:
+               adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
     """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
 
     ``max_seq_len`` sizes each KV-cache row (default: the model's positions, capped
@@ -43,6 +43,9 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     ``False`` loads none. The tokenizer is read by ``transformers.AutoTokenizer``; the
     EOS ids are the config's ``eos_token_id`` (an int or a list) plus the tokenizer's
     EOS, the end-of-thinking id the tokenizer's ``</think>`` token.
+    ``tp > 1`` loads this rank's shard of a tensor-parallel model (one process per
+    rank, launched by ``torchrun``; see :mod:`graphrt.frontends.tensor_parallel`),
+    ``tp_check`` compares every forward's inputs across the ranks.
     """
     from graphrt.frontends.checkpoint import find_adapter, load_checkpoint
     from graphrt.frontends.tokenizer import has_tokenizer, load_tokenizer
@@ -53,13 +56,23 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         raise ValueError(f"no shipped model found at {root}; pass a model directory (--model DIR)")
     if not isinstance(max_batch, int) or max_batch <= 0:
         raise ValueError(f"max_batch: expected an int > 0, found {max_batch!r}")
-    dev = resolve_device(device)
     adapter_dir = find_adapter(root) if adapter is None or adapter is True else (adapter or None)
     if adapter is True and adapter_dir is None:
         raise ValueError(f"adapter: expected a subdirectory of {root} holding adapter_config.json, found none")
-    cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=dev, adapter=adapter_dir)
+    if tp == 1:
+        cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=resolve_device(device), adapter=adapter_dir)
+    else:
+        from graphrt.frontends import tensor_parallel
+
+        mesh, dev = tensor_parallel.init_tensor_parallel(tp, device)
+        cfg, net = tensor_parallel.load_sharded_transformer(root, mesh, dtype=parse_dtype(dtype), device=dev,
+                                                            adapter=adapter_dir)
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
-    backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
+    if tp == 1:
+        backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
+    else:
+        backbone = tensor_parallel.TensorParallelBackbone(net, mesh, check=tp_check, max_rows=max_batch,
+                                                          row_capacity=capacity, compile=compile)
     tokenizer = load_tokenizer(root) if has_tokenizer(root) else None
     eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
     if tokenizer is not None:

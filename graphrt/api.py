@@ -48,7 +48,7 @@ class Model:
 
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
          max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
-         adapter: str | os.PathLike[str] | bool | None = None) -> Model:
+         adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
     """Load a checkpoint directory (DESIGN.md's format) as a :class:`Model`.
 
     Parameters
@@ -70,10 +70,15 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
         PEFT LoRA directory (``o_proj``) applied in self-speculation drafts; ``None``
         (default) uses the adapter directory the checkpoint ships, if any; ``False``
         loads none.
+    tp:
+        Tensor-parallel degree: ``tp > 1`` loads this rank's shard (run on every rank
+        of ``torchrun --nproc-per-node tp``; gloo on ``cpu``, NCCL on ``cuda``).
+    tp_check:
+        Debug: compare every forward's inputs across the tensor-parallel ranks.
     """
     loader = _frontend("loader")  # the core never imports frontends at module level
     return loader.load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
-                             max_seq_len=max_seq_len, adapter=adapter)
+                             max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check)
 
 
 def _frontend(name: str) -> Any:

@@ -1,0 +1,149 @@
+"""Tensor parallelism: TP = 2 (two gloo processes launched by torchrun) gives TP = 1's tokens in every mode.
+
+One launch covers everything (it costs a few seconds of process start-up): each
+rank loads two tiny random float64 checkpoints (one with the LoRA drafter, q/k/v
+biases and q/k norms; one with tied embeddings and 4 query heads per KV head) in
+cross-rank check mode, decodes every mode at T = 0 and T > 0 and a mixed-mode
+session, runs ``graphrt generate --tp 2``, and writes what it saw; the test
+compares that with TP = 1 in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import graphrt
+from graphrt.frontends.checkpoint import random_checkpoint
+from graphrt.frontends.config import default_test_config
+from graphrt.frontends.policies import MODES
+from graphrt.params import GenerationParams
+from graphrt.session import Session
+
+PROMPTS = ([5, 17, 33, 8, 61], [9, 4, 71])
+CASES = {"lora": [(mode, t) for mode in MODES for t in (0.0, 0.8)], "tied": [(mode, 0.0) for mode in MODES]}
+
+
+def _configs() -> dict[str, object]:
+    return {
+        "lora": default_test_config(draft_adapter={"rank": 4, "alpha": 8.0}, attention_bias=True, qk_norm=True),
+        "tied": default_test_config(tie_word_embeddings=True, num_attention_heads=8, num_key_value_heads=2,
+                                    head_dim=4),
+    }
+
+
+def decode_all(model: graphrt.Model, name: str) -> dict[str, object]:
+    """Tokens and forward counts of checkpoint ``name``'s cases, plus a two-request mixed-mode session."""
+    out: dict[str, object] = {}
+    for mode, temperature in CASES[name]:
+        res = graphrt.generate(model, PROMPTS[0], mode=mode, max_new_tokens=8, temperature=temperature, seed=3,
+                               ignore_eos=True)
+        out[f"{mode}@{temperature}"] = [res.tokens, res.forwards]
+    if name != "lora":
+        return out
+    session = Session(model.backbone)
+    rids = [session.add(graphrt.compile(mode, model), prompt, GenerationParams(max_new_tokens=8, ignore_eos=True))
+            for mode, prompt in zip(("self-spec-quadratic", "diffusion"), PROMPTS)]
+    done = session.run()
+    out["mixed"] = [done[r].tokens for r in rids]
+    return out
+
+
+def _cli(tp: int, out: Path) -> int:
+    """``graphrt generate`` on the shipped model (float64, self-spec) writing its JSON record to ``out``."""
+    from graphrt.frontends.cli import main as cli_main
+
+    args = ["generate", "--prompt", "def f(", "--max-new-tokens", "8", "--dtype", "float64", "--mode", "self-spec",
+            "--json", str(out)]
+    return cli_main(args + (["--tp", str(tp), "--tp-check"] if tp > 1 else []))
+
+
+def _worker(root: Path) -> None:
+    """One rank (run under torchrun): decode every checkpoint in check mode, then the CLI."""
+    from graphrt.frontends.tensor_parallel import assert_same_across_ranks
+
+    rank = int(os.environ["RANK"])
+    record: dict[str, object] = {}
+    for name in _configs():
+        model = graphrt.load(root / name, dtype="float64", tp=2, tp_check=True, max_batch=2)
+        bb = model.backbone
+        got = decode_all(model, name)
+        assert_same_across_ranks(bb.mesh, got, f"{name}: decoded tokens")
+        record[name] = {"decode": got, "weight_bytes": bb.weight_bytes, "full_weight_bytes": bb.full_weight_bytes,
+                        "kv_heads": bb.cache.kv_heads}
+    record["cli_rc"] = _cli(2, root / "cli_tp2.json")
+    (root / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("tp")
+    for seed, (name, config) in enumerate(_configs().items()):
+        random_checkpoint(root / name, config, seed=seed, dtype=torch.float64)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", __file__, str(root)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return root, [json.loads((root / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_tp2_gives_tp1_tokens_in_every_mode(launched, name: str) -> None:
+    root, ranks = launched
+    want = json.loads(json.dumps(decode_all(graphrt.load(root / name, dtype="float64", max_batch=2), name)))
+    for rank in ranks:
+        got = rank[name]["decode"]
+        assert got.keys() == want.keys()
+        for case in want:
+            assert got[case] == want[case], f"{name} {case}: TP=2 {got[case]} != TP=1 {want[case]}"
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_each_rank_holds_about_half_the_weights_and_its_kv_heads(launched, name: str) -> None:
+    root, ranks = launched
+    config = _configs()[name]
+    full = graphrt.load(root / name, dtype="float64").backbone.model
+    full_bytes = sum(p.numel() * p.element_size() for p in full.parameters())  # tied weights counted once
+    for rank in ranks:
+        r = rank[name]
+        assert r["full_weight_bytes"] == full_bytes
+        assert 0.5 * full_bytes < r["weight_bytes"] < 0.56 * full_bytes, (r["weight_bytes"], full_bytes)
+        assert r["kv_heads"] == config.num_key_value_heads // 2
+
+
+def test_cli_generate_tp2_matches_tp1(launched, capsys: pytest.CaptureFixture[str]) -> None:
+    root, ranks = launched
+    assert [r["cli_rc"] for r in ranks] == [0, 0]
+    assert _cli(1, root / "cli_tp1.json") == 0
+    capsys.readouterr()
+    tp1, tp2 = (json.loads((root / f"cli_tp{n}.json").read_text()) for n in (1, 2))
+    assert len(tp2["tokens"]) == 8 and tp2["tokens"] == tp1["tokens"] and tp2["text"] == tp1["text"]
+
+
+def test_errors_name_what_was_expected(monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from graphrt.frontends.tensor_parallel import check_shardable, init_tensor_parallel
+
+    with pytest.raises(ValueError, match="--tp 3 must divide num_attention_heads"):
+        check_shardable(default_test_config(), 3)
+    with pytest.raises(ValueError, match="--tp 4 must divide num_key_value_heads"):
+        check_shardable(default_test_config(), 4)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["graphrt", "generate", "--prompt", "x", "--tp", "2"])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("graphrt", run_name="__main__")  # python -m graphrt
+    assert exit_.value.code == 2 and "expected 2 processes launched by torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="--tp 2 expected a world size of 2, found WORLD_SIZE=3"):
+        init_tensor_parallel(2)
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
