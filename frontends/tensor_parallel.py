@@ -57,7 +57,7 @@ from .checkpoint import check_tensor_names, checkpoint_sources, expected_shapes
 from .config import ModelConfig
 from .transformer import Transformer, TransformerBackbone
 
-SHARDED_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size")
+SHARDED_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_size")  # split evenly
 
 
 # ----------------------------------------------------------------------------- plan
@@ -147,7 +147,10 @@ def _styled_ancestor(plan: dict[str, ParallelStyle], module_path: str) -> tuple[
 
 # ----------------------------------------------------------------------------- config
 def check_shardable(config: ModelConfig, tp: int, source: str = "<config>") -> None:
-    """Raise ``ValueError`` unless ``tp`` divides every dimension the plan splits.
+    """Raise ``ValueError`` unless ``tp`` divides the head counts and the MLP width.
+
+    The vocabulary need not divide: embedding and head rows are split as
+    ``torch.chunk`` splits them (DTensor's uneven sharding).
 
     Parameters
     ----------
@@ -171,8 +174,8 @@ def check_shardable(config: ModelConfig, tp: int, source: str = "<config>") -> N
 def local_config(config: ModelConfig, tp: int) -> ModelConfig:
     """The config one rank's modules are built from: ``1/tp`` of the heads and of the MLP width.
 
-    The vocabulary stays whole (embedding and head are split as DTensors over the
-    full vocabulary), so the logits each rank sees are the whole model's.
+    The vocabulary stays whole (embedding and head are DTensors over the full
+    vocabulary, split by rows), so the logits each rank sees are the whole model's.
     """
     check_shardable(config, tp)
     return dataclasses.replace(config, num_attention_heads=config.num_attention_heads // tp,
@@ -282,7 +285,9 @@ def load_sharded_transformer(path: str | os.PathLike[str], mesh: DeviceMesh, dty
                 dtype = dtype or local.dtype
                 local = local.to(device=device, dtype=dtype)
                 # Parameters of styled modules are DTensors (replicated ones too); the rest stay plain.
-                value = local if style is None else DTensor.from_local(local, mesh, [placement], run_check=False)
+                value = local if style is None else DTensor.from_local(
+                    local, mesh, [placement], run_check=False, shape=torch.Size(want[name]),
+                    stride=torch.empty(want[name], device="meta").stride())
                 model.get_submodule(mod_path).register_parameter(leaf, nn.Parameter(value, requires_grad=False))
     model.tie_weights()
     model.reset_rope(device)
@@ -301,8 +306,9 @@ def _read_shard(f: Any, fp: Path, stored: str, shape: tuple[int, ...], placement
     if not isinstance(placement, Shard):
         return sl[:]
     dim = placement.dim % len(shape)
-    size = shape[dim] // tp
-    index = tuple(slice(rank * size, (rank + 1) * size) if d == dim else slice(None) for d in range(len(shape)))
+    size = -(-shape[dim] // tp)  # torch.chunk's split (DTensor's): the last ranks may hold fewer rows
+    start = min(rank * size, shape[dim])
+    index = tuple(slice(start, min(start + size, shape[dim])) if d == dim else slice(None) for d in range(len(shape)))
     return sl[index]
 
 
