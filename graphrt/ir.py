@@ -48,11 +48,14 @@ class _Inputs(list):  # type: ignore[type-arg]
 
     __slots__ = ("_node",)
 
-    def __init__(self, node: "Node", values: "Iterable[Value]") -> None:
-        super().__init__(values)
-        self._node = node
-        for v in self:
-            v.users[node] = None
+
+def _linked(node: "Node", values: "Iterable[Value]") -> _Inputs:
+    """``values`` as ``node``'s input list, ``node`` recorded as a user of each."""
+    inputs = _Inputs(values)
+    inputs._node = node
+    for v in inputs:
+        v.users[node] = None
+    return inputs
 
 
 def _relinking(name: str) -> Callable[..., Any]:
@@ -90,7 +93,7 @@ class Node:
         self.attrs = {} if attrs is None else attrs
         self.regions = [] if regions is None else regions
         self.name = name
-        self._inputs = _Inputs(self, inputs)
+        self._inputs = _linked(self, inputs)
 
     @property
     def inputs(self) -> "list[Value]":
@@ -101,7 +104,7 @@ class Node:
     def inputs(self, values: "Iterable[Value]") -> None:
         for v in self._inputs:
             v.users.pop(self, None)
-        self._inputs = _Inputs(self, values)
+        self._inputs = _linked(self, values)
 
     @property
     def users(self) -> "dict[Node, None]":

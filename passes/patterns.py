@@ -113,6 +113,19 @@ class Pattern:
     graph: Graph
     symbols: Symbols
     batched: frozenset[str] = frozenset()
+    _attrs_of: dict[int, list[tuple[str, Any, Any, "tuple[str, type] | None"]]] = field(default_factory=dict)
+    _dims_of: dict[str, list[tuple[int, tuple[str, type]]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Per pattern node: (key, value, default, symbol) of each attribute; per placeholder: its symbolic dims."""
+        for node in self.graph.nodes:
+            defaults = get_op(node.op).attrs
+            self._attrs_of[id(node)] = [(key, want, defaults[key], self.symbols.lookup(want))
+                                        for key, want in node.attrs.items()]
+        for v in self.graph.inputs:
+            shape = v.type.shape if isinstance(v.type, TensorType) else ()
+            self._dims_of[v.name] = [(i - len(shape), sym) for i, d in enumerate(shape)
+                                     if (sym := self.symbols.lookup(d)) is not None]
 
     @property
     def root(self) -> Node:
@@ -152,7 +165,10 @@ class Pattern:
         return self._inputs(pn.inputs, tn.inputs, m)
 
     def _inputs(self, want: list[Value], found: list[Value], m: Match) -> bool:
-        return all(self._value(p, t, m) for p, t in zip(want, found))
+        for p, t in zip(want, found):
+            if not self._value(p, t, m):
+                return False
+        return True
 
     def _value(self, pv: Value, tv: Value, m: Match) -> bool:
         pn, tn = pv.producer, tv.producer
@@ -177,25 +193,31 @@ class Pattern:
         elif not isinstance(tt, TensorType) or tt.dtype != pt.dtype:
             ok = False
         elif pv.name in self.batched:
-            ok = tt.rank >= pt.rank and self._dims(pt.shape, tt.shape[tt.rank - pt.rank:], m)
+            ok = tt.rank >= pt.rank and self._dims(pv.name, tt.shape, m)
         else:
-            ok = tt.rank == pt.rank and self._dims(pt.shape, tt.shape, m)
+            ok = tt.rank == pt.rank and self._dims(pv.name, tt.shape, m)
         if ok:
             m.values[pv.name] = tv
         return ok
 
-    def _dims(self, want: Iterable[Any], found: Iterable[Any], m: Match) -> bool:
-        return all(self._bind(w, f, m) for w, f in zip(want, found) if self.symbols.lookup(w) is not None)
+    def _dims(self, name: str, found: tuple[Any, ...], m: Match) -> bool:
+        """Bind the symbolic dims of placeholder ``name`` (counted from the end) to ``found``'s."""
+        return all(self._bind(sym, found[i], m) for i, sym in self._dims_of[name])
 
     def _attrs(self, pn: Node, tn: Node, m: Match) -> bool:
-        defaults = get_op(tn.op).attrs
-        return all(self._bind(w, tn.attrs.get(key, defaults[key]), m) for key, w in pn.attrs.items())
+        """``pn``'s attributes (defaults filled in by :func:`trace_pattern`) against ``tn``'s, defaults included."""
+        found = tn.attrs
+        for key, want, default, sym in self._attrs_of[id(pn)]:
+            value = found[key] if key in found else default
+            if sym is not None:
+                if not self._bind(sym, value, m):
+                    return False
+            elif want != value or isinstance(want, bool) != isinstance(value, bool):
+                return False
+        return True
 
-    def _bind(self, want: Any, found: Any, m: Match) -> bool:
-        """Literal equality, or for a sentinel the (consistent) binding of its symbol."""
-        sym = self.symbols.lookup(want)
-        if sym is None:
-            return want == found and isinstance(want, bool) == isinstance(found, bool)
+    def _bind(self, sym: tuple[str, type], found: Any, m: Match) -> bool:
+        """Bind symbol ``sym = (name, kind)`` to ``found``, consistently with an earlier binding."""
         name, kind = sym
         if isinstance(found, bool) or not isinstance(found, (int, float) if kind is float else int):
             return False
