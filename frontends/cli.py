@@ -1,4 +1,4 @@
-"""The ``graphrt`` command line: ``generate``, ``chat``, ``show``, ``train``, ``eval``.
+"""The ``graphrt`` command line: ``generate``, ``chat``, ``show``, ``bench``, ``train``, ``eval``.
 
 Each subcommand lives in its own module (listed in :data:`SUBCOMMANDS`), which
 exposes ``add_parser(subparsers) -> None`` registering its arguments and a
@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "graphrt.frontends.cli_generate",
     "graphrt.frontends.cli_chat",
     "graphrt.frontends.cli_show",
+    "graphrt.frontends.cli_bench",
     "graphrt.frontends.training.train",
     "graphrt.frontends.training.evaluate",
 ]
