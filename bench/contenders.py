@@ -150,8 +150,9 @@ class HandLoopContender:
             B, P = tokens.shape
             ones = torch.ones(B, P, dtype=torch.bool)
             causal = torch.ones(P, P, dtype=torch.bool).tril().expand(B, P, P).clone()  # [B, P, P]
-            logits = bb.forward(ForwardBatch(rows, tokens, torch.arange(P).expand(B, P).clone(), causal, "causal",
-                                             ones, torch.zeros_like(ones), ones))  # [B, P, V]
+            logits = bb.forward(ForwardBatch(rows=rows, tokens=tokens, positions=torch.arange(P).expand(B, P).clone(),
+                                             attention=causal, kind="causal", kv_write=ones,
+                                             adapter=torch.zeros_like(ones), valid=ones))  # [B, P, V]
             one = torch.ones(B, 1, dtype=torch.bool)
             one_attn, no_adapter = torch.ones(B, 1, 1, dtype=torch.bool), torch.zeros(B, 1, dtype=torch.bool)
             out = torch.empty(B, max_new, dtype=torch.int64)
@@ -161,8 +162,9 @@ class HandLoopContender:
                 if i + 1 == max_new:
                     break
                 pos = torch.full((B, 1), P + i, dtype=torch.int64)
-                logits = bb.forward(ForwardBatch(rows, out[:, i:i + 1].clone(), pos, one_attn, "causal", one,
-                                                 no_adapter, one))  # [B, 1, V]
+                logits = bb.forward(ForwardBatch(rows=rows, tokens=out[:, i:i + 1].clone(), positions=pos,
+                                                 attention=one_attn, kind="causal", kv_write=one,
+                                                 adapter=no_adapter, valid=one))  # [B, 1, V]
         finally:
             bb.free_rows(rows)
             timer.unwrap()
@@ -309,13 +311,8 @@ class ReferenceLoopContender:
         b, mask_id, eos = self.block, self.mask_id, self.eos_id
         block = [seed] + [mask_id] * (b - 1)
 
-        def unresolved() -> bool:  # a mask left, and no EOS committed before it
-            for tok in block:
-                if tok == eos:
-                    return False
-                if tok == mask_id:
-                    return True
-            return False
+        def unresolved() -> bool:  # a mask left before the first committed EOS
+            return mask_id in (block[:block.index(eos)] if eos in block else block)
 
         while unresolved():
             logits = self._call(cache, block, start, True)  # [b, V]

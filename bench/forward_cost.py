@@ -34,9 +34,11 @@ def time_widths(model: graphrt.Model, prefix: int = 100, widths: tuple[int, ...]
 
         def call(start: int, width: int, write: bool) -> None:
             flag = torch.full((1, width), write)
-            bb.forward(ForwardBatch([row], ids[:, start:start + width], torch.arange(start, start + width)[None],
-                                    torch.ones(width, width, dtype=torch.bool).tril()[None], "causal", flag,
-                                    torch.zeros(1, width, dtype=torch.bool), torch.ones(1, width, dtype=torch.bool)))
+            bb.forward(ForwardBatch(rows=[row], tokens=ids[:, start:start + width],
+                                    positions=torch.arange(start, start + width)[None],
+                                    attention=torch.ones(width, width, dtype=torch.bool).tril()[None], kind="causal",
+                                    kv_write=flag, adapter=torch.zeros(1, width, dtype=torch.bool),
+                                    valid=torch.ones(1, width, dtype=torch.bool)))
 
         call(0, prefix, True)  # the prefix, written once
         times: dict[int, list[float]] = {w: [] for w in widths}

@@ -99,12 +99,14 @@ def projection_table(proj: dict[str, Any]) -> str:
     """Markdown: projected tokens/s per (source, mode) for batch 1 / 8 on each GPU."""
     a = proj["assumptions"]
     m = a["model"]
+    eff = a["efficiency"]
     lines = [f"PROJECTION (roofline, not measured; no GPU was used): released 8B on one GPU. Assumed: "
-             f"{a['params'] / 1e9:.1f} B parameters ({m['layers']} layers, hidden {m['hidden']}, MLP {m['intermediate']}, "
-             f"{m['heads']}/{m['kv_heads']} heads of {m['head_dim']}, vocab {m['vocab']}), bf16 weights and K/V, "
-             f"{m['context']} cached tokens per row, {int(100 * a['efficiency']['bandwidth'])}% of HBM bandwidth and "
-             f"{int(100 * a['efficiency']['flops'])}% of dense bf16 peak achieved, no per-forward overhead. Ridge point: "
-             + ", ".join(f"{g} {v:.0f} tokens per forward" for g, v in proj["ridge_tokens_per_forward"].items()) + ".",
+             f"{a['params'] / 1e9:.1f} B parameters ({m['layers']} layers, hidden {m['hidden']}, "
+             f"MLP {m['intermediate']}, {m['heads']}/{m['kv_heads']} heads of {m['head_dim']}, vocab {m['vocab']}), "
+             f"bf16 weights and K/V, {m['context']} cached tokens per row, {int(100 * eff['bandwidth'])}% of HBM "
+             f"bandwidth and {int(100 * eff['flops'])}% of dense bf16 peak achieved, no per-forward overhead. "
+             "Ridge point: " + ", ".join(f"{g} {v:.0f} tokens per forward"
+                                         for g, v in proj["ridge_tokens_per_forward"].items()) + ".",
              "", "| source | mode | TPF | " + " | ".join(f"{g} batch {b} tok/s" for g in GPUS for b in (1, 8))
              + " | bound (batch 1 / 8) |", "|---|---|---:|" + "---:|" * (2 * len(GPUS)) + "---|"]
     keys = list(dict.fromkeys((r["source"], r["mode"]) for r in proj["rows"]))

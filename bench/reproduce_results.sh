@@ -12,4 +12,5 @@ graphrt eval --prompts 200 --near-ties --json bench/results/eval.json --markdown
 graphrt eval --prompts 200 --dtype float64 --modes ar,self-spec,self-spec-quadratic --speed-prompts 2 \
     --json bench/results/eval_float64.json --markdown bench/results/eval_float64.md
 python bench/host_syncs.py --model frontends/model --out bench/results/host_syncs_shipped.md
-python bench/decode_speed.py --prompts 6 --compile --out bench/results/decode_speed.md
+graphrt bench --prompts 3 --json bench/results/bench.json --markdown bench/results/bench.md \
+    --plot docs/img/bench_side_by_side.png

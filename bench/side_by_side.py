@@ -204,7 +204,8 @@ def run_side_by_side(args: argparse.Namespace, log: Any = print
                      ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, graphrt.Model]]:
     """Run every contender interleaved; returns (records, token agreement, graphrt's models by backend)."""
     per_batch, models = build_contenders(args)
-    pool = heldout_prompts(graphrt.load(args.model, max_batch=1), 1 + args.prompts * max(args.batch_sizes), args.prompt_tokens)
+    n_prompts = 1 + args.prompts * max(args.batch_sizes)  # one warm-up prompt, then the timed ones
+    pool = heldout_prompts(graphrt.load(args.model, max_batch=1), n_prompts, args.prompt_tokens)
     warm, rest = pool[0], pool[1:]
     records: list[dict[str, Any]] = []
     tallies: dict[tuple[int, int], Tally] = {}
@@ -230,7 +231,7 @@ def run_side_by_side(args: argparse.Namespace, log: Any = print
 
 
 def token_agreement(tallies: dict[tuple[int, int], Tally]) -> dict[str, float]:
-    """Fraction of prompts on which each contender's tokens equal graphrt's (eager if run) in the same mode and batch."""
+    """Fraction of prompts where a contender's tokens equal graphrt's (eager if run), same mode and batch."""
     want: dict[tuple[int, str], Tally] = {}
     for t in sorted(tallies.values(), key=lambda t: t.contender.backend != "eager"):
         if isinstance(t.contender, GraphrtContender):
