@@ -327,6 +327,26 @@ def table(records: list[dict[str, Any]], agree: dict[str, Any], mach: dict[str, 
     return "\n".join(lines)
 
 
+def summary_table(records: list[dict[str, Any]]) -> str:
+    """Compact Markdown: one row per (contender, mode), tokens/s at each batch and the ratio to transformers."""
+    batches = sorted({r["batch"] for r in records})
+    base = {r["batch"]: r["tokens_per_s"] for r in records if r["contender"] == "transformers generate"}
+    keys = list(dict.fromkeys((r["contender"], r["mode"]) for r in sorted(
+        records, key=lambda r: (r["contender"].split()[0] != "transformers", r["contender"], MODES.index(r["mode"])))))
+    lines = ["| contender | mode | TPF (batch 1) | " + " | ".join(f"batch {b} tok/s (vs transformers)" for b in batches)
+             + " |", "|---|---|---:|" + "---:|" * len(batches)]
+    for contender, mode in keys:
+        cells = []
+        for b in batches:
+            r = find(records, contender, mode, b)
+            cells.append("-" if r is None else f"{r['tokens_per_s']:.0f} ({r['tokens_per_s'] / base[b]:.2f}x)"
+                         if b in base else f"{r['tokens_per_s']:.0f}")
+        r1 = find(records, contender, mode, batches[0])
+        lines.append(f"| {contender} | {mode} | {r1['tpf']:.2f} | " + " | ".join(cells) + " |" if r1 else
+                     f"| {contender} | {mode} | - | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ratio_lines(rs: list[dict[str, Any]]) -> str:
     """Markdown bullet list of the target ratios."""
     def fmt(v: Any) -> str:
@@ -389,6 +409,7 @@ def run(args: argparse.Namespace) -> int:
     proj = project(records)
     rs = ratios(records, fc, sweep)
     text = "\n\n".join(x for x in [
+        summary_table(records),
         table(records, agree, mach),
         "Forward cost by width (ms, median):\n" + "\n".join(
             f"- {f['backend']} backbone, {f['prefix']}-token prefix: " +
