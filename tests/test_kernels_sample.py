@@ -3,6 +3,8 @@ NUMBA_ENABLE_CUDASIM=0), plus the device noise hash and statistical tests of the
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -172,9 +174,44 @@ CASES = [
 ]
 
 
+def _softmax(scores: dict[int, float]) -> dict[int, float]:
+    top = max(scores.values())
+    weights = {i: math.exp(s - top) if s > float("-inf") else 0.0 for i, s in scores.items()}
+    total = sum(weights.values())
+    return {i: w / total for i, w in weights.items()}
+
+
 def _expected(case: dict) -> torch.Tensor:
-    return torch.softmax(sampling.filter_logits(ROW, case["temperature"], case.get("top_k", 0),
-                                                case.get("top_p", 1.0)), dim=-1)
+    """The filtered distribution of ``ROW``, computed in plain Python (not with the filter under test).
+
+    NaN reads as -inf; divide by the temperature; keep the ``top_k`` largest scores
+    (ties: lowest index); then, over the softmax of those, keep the most probable
+    tokens (ties: lowest index) while the mass before a token is below ``top_p``.
+    """
+    top_k, top_p = case.get("top_k", 0), case.get("top_p", 1.0)
+    scores = [float("-inf") if math.isnan(x) else x / case["temperature"] for x in ROW.tolist()]
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    kept = order[:top_k] if 0 < top_k < len(order) else order
+    probs = _softmax({i: scores[i] for i in kept})
+    if top_p < 1.0:
+        nucleus, mass = [], 0.0
+        for i in kept:
+            if nucleus and mass >= top_p:
+                break
+            nucleus.append(i)
+            mass += probs[i]
+        probs = _softmax({i: scores[i] for i in nucleus})
+    return torch.tensor([probs.get(i, 0.0) for i in range(len(scores))], dtype=torch.float64)
+
+
+def test_expected_distribution_by_hand() -> None:
+    """The plain-Python expectation on a row small enough to check on paper."""
+    row_probs = _expected(dict(temperature=0.8, top_k=4, top_p=0.8))
+    # ROW / 0.8: 2.0 -> 2.5 (index 5), 1.0 -> 1.25 (0), 0.5 -> 0.625 (1, 2); top-4 keeps 5, 0, 1, 2;
+    # their softmax masses are 0.6277, 0.1798, 0.0963, 0.0963: 5 and 0 reach 0.8 (0.8075), so top-p keeps two.
+    want = torch.zeros(ROW.numel(), dtype=torch.float64)
+    want[5], want[0] = 1 / (1 + math.exp(1.25 - 2.5)), 1 / (1 + math.exp(2.5 - 1.25))
+    assert torch.allclose(row_probs, want)
 
 
 def _reference_tokens(n: int, seed: int, case: dict) -> torch.Tensor:
