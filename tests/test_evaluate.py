@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from graphrt.frontends.cli import main
 from graphrt.frontends.training.evaluate import baseline_record, first_line, make_prompts
 from graphrt.frontends.tokenizer import Tokenizer
@@ -37,6 +39,8 @@ def test_eval_writes_json_markdown_and_plot(model_dir, tmp_path) -> None:  # noq
         assert r["n_prompts"] == 3 and r["tpf"] > 0
     ss = next(r for r in records if r["mode"] == "self-spec")
     assert ss["identical_to_ar"] == 1.0 or all(m["top2_gap"] < 1e-4 for m in ss["mismatches"])
-    assert sum(ss["accepted_histogram"]) > 0
+    hist = ss["accepted_histogram"]
+    assert sum(hist) >= ss["n_prompts"]  # one cycle at least per prompt: 4 new tokens, the prefill gives 1
+    assert ss["mean_accepted"] == pytest.approx(sum(k * c for k, c in enumerate(hist)) / sum(hist))
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "| ar |" in (tmp_path / "eval.md").read_text()

@@ -37,3 +37,18 @@ def test_declared_policy_equals_builtin_ar(namespace) -> None:
     mine = graphrt.generate(ns["model"], "x = ", mode=graphrt.Policy("my-ar", ns["build_ar"]), max_new_tokens=12)
     builtin = graphrt.generate(ns["model"], "x = ", mode="ar", max_new_tokens=12)
     assert mine.tokens == builtin.tokens
+
+
+def test_claims_of_equality_with_ar_hold(namespace) -> None:
+    """Every README line marked ``# == AR`` gives the AR output when run again with ``mode="ar"``."""
+    import graphrt
+
+    claims = [line.split("#")[0].strip() for b in BLOCKS for line in b.splitlines() if "# == AR" in line]
+    assert claims, "README: expected at least one example marked '# == AR', found none"
+    for call in claims:
+        assert re.search(r'mode="[^"]+"', call), f"README: expected a mode=\"...\" argument in {call!r}"
+        ns = dict(namespace, graphrt=graphrt)
+        got = eval(call, ns)
+        want = eval(re.sub(r'mode="[^"]+"', 'mode="ar"', call), ns)
+        assert got.tokens == want.tokens, f"README claims {call!r} equals AR; it does not"
+        assert got.mode != want.mode
