@@ -3,8 +3,8 @@
 The simulator runs kernels as Python, so it cannot catch what only Numba's
 CUDA compiler rejects (types, unsupported calls). This module compiles each
 kernel for a compute capability with ``numba.cuda.compile_ptx``; it needs
-NVVM (``pip install nvidia-nvvm nvidia-cuda-nvrtc``, or a CUDA toolkit) but no
-GPU and no driver. Run it in a process without ``NUMBA_ENABLE_CUDASIM``::
+NVVM (the CUDA 13 wheels ``nvidia-nvvm`` and ``nvidia-cuda-nvrtc``, which the
+``test`` extra installs, or a CUDA toolkit) but no GPU and no driver. Run it in a process without ``NUMBA_ENABLE_CUDASIM``::
 
     python -m graphrt.cuda_kernels.ptx_check        # exits non-zero on a failure
 """
