@@ -60,7 +60,11 @@ class _Merger(Rewriter):
         if not is_pure(node):
             return True
         key = node_key(node)
-        hit = next((t[key] for t in reversed(self.scopes) if key in t), None)
+        hit = None
+        for table in reversed(self.scopes):
+            hit = table.get(key)
+            if hit is not None:
+                break
         if hit is None:
             self.scopes[-1][key] = node
             return True
