@@ -481,9 +481,7 @@ def _confidence_infer(ts: list[Type], attrs: dict) -> list[Type]:
     return [TensorType("float", tok.shape)]
 
 
-_prim("confidence", ("logits", "tokens"), _confidence_infer,
-      lambda logits, tokens: torch.softmax(sampling.clean_logits(logits), -1).nan_to_num(0.0)
-      .gather(-1, tokens.unsqueeze(-1)).squeeze(-1), tier="fused",
+_prim("confidence", ("logits", "tokens"), _confidence_infer, sampling.confidence, tier="fused",
       doc="Softmax probability (temperature 1, no noise) of tokens = gather(softmax(clean(logits)), tokens).")
 
 

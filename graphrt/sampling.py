@@ -1,7 +1,7 @@
 """Reference semantics of sampling and of the fused decode ops.
 
-These torch functions *define* what the fused ops ``sample``, ``denoise_select``
-and ``verify_accept`` mean; the op registry, the fusion passes and the CUDA
+These torch functions *define* what the fused ops ``sample``, ``confidence``,
+``denoise_select`` and ``verify_accept`` mean; the op registry, the fusion passes and the CUDA
 kernels are all checked against them. Shapes are per request (no batch
 dimension) unless a leading ``...`` is shown.
 
@@ -111,11 +111,6 @@ def confidence(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Softmax probability (temperature 1, no noise) of ``tokens [...]`` under ``logits [..., V]``."""
     probs = torch.softmax(clean_logits(logits), dim=-1)
     return probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).nan_to_num(0.0)
-
-
-def log_prob(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Log-probability (temperature 1) of ``tokens [...]`` under ``logits [..., V]``, float64."""
-    return torch.log_softmax(clean_logits(logits), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def denoise_select(
