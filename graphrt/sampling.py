@@ -1,9 +1,9 @@
 """Reference semantics of sampling and of the fused decode ops.
 
 These torch functions *define* what the fused ops ``sample``, ``confidence``,
-``denoise_select`` and ``verify_accept`` mean; the op registry, the fusion passes and the CUDA
-kernels are all checked against them. Shapes are per request (no batch
-dimension) unless a leading ``...`` is shown.
+``denoise_select`` and ``verify_accept`` mean; the op registry, the fusion
+passes and the CUDA kernels are all checked against them. Shapes are per
+request (no batch dimension) unless a leading ``...`` is shown.
 
 Conventions (DESIGN.md):
 
