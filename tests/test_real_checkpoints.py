@@ -178,3 +178,14 @@ def test_shipped_model_chat_template() -> None:
     assert a.tokens == b.tokens
     with pytest.raises(ValueError, match=r"messages\[0\]: expected"):
         graphrt.chat(model, [{"role": "user"}])
+
+
+def test_readme_chat_example_runs(release) -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "graphrt.chat(" in b]
+    ns: dict = {"graphrt": graphrt}
+    exec(block.replace("path/to/checkpoint", str(release)), ns)
+    assert ns["out"].tokens and ns["out"].mode == "self-spec"
