@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import transformers
 
 from graphrt.frontends.cli import main
 from graphrt.testing import write_release_checkpoint, write_transformers_checkpoint
@@ -92,7 +93,8 @@ def test_logprobs_stop_id_thinking_budget(release, chat_file, capsys) -> None:
     cut = run_json(capsys, *base, "--stop-id", str(stop))
     assert cut["tokens"] == rec["tokens"][:rec["tokens"].index(stop) + 1] and cut["finish_reason"] == "stop"
     think = run_json(capsys, *base, "--thinking-budget", "3")  # end-of-thinking id from the tokenizer's </think>
-    assert think["tokens"][3] == 7 and think["tokens"][:3] == rec["tokens"][:3]
+    end_think = transformers.AutoTokenizer.from_pretrained(release).convert_tokens_to_ids("</think>")
+    assert think["tokens"][3] == end_think and think["tokens"][:3] == rec["tokens"][:3]
 
 
 @pytest.mark.parametrize("args,match", [
