@@ -16,8 +16,8 @@ from graphrt.frontends.checkpoint import load_checkpoint
 from graphrt.frontends.config import default_test_config
 from graphrt.frontends.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
 from graphrt.frontends.training.train import (
-    CSV_FIELDS, add_parser, block_training_mask, build_batch, draft_mask, lr_at, measure_drafts,
-    parse_args, train,
+    CSV_FIELDS, add_parser, block_schedule, block_training_mask, build_batch, compute_losses, draft_mask,
+    load_init_weights_, lr_at, measure_drafts, model_config, parse_args, self_generated_pool, train,
 )
 from graphrt.frontends.transformer import Transformer
 
@@ -201,3 +201,68 @@ def test_train_subcommand_is_registered() -> None:
     args = parser.parse_args(["train", "--out", "x", "--steps", "7", "--block-size", "4"])
     assert (args.out, args.steps, args.block_size) == ("x", 7, 4)
     assert callable(args.func)
+
+
+# ----------------------------------------------------------------------------- continued training
+def test_self_generated_rows_start_blocks_late_and_skip_the_ar_loss() -> None:
+    torch.manual_seed(0)
+    cfg = default_test_config()
+    model = Transformer(cfg).double()
+    gen = torch.Generator().manual_seed(3)
+    L, b = 16, 4
+    clean = torch.randint(4, 90, (3, L), generator=gen)
+    min_start = torch.tensor([1, 1, 9])
+    ar_rows = torch.tensor([True, True, False])
+    batch = build_batch(clean, b, 5, cfg.mask_token_id, gen, 0.5, 0.0, min_start=min_start, ar_rows=ar_rows)
+    assert (batch.starts[2] >= 9).all() and (batch.starts <= L - b).all() and (batch.starts >= 1).all()
+    assert torch.equal(batch.mask, block_training_mask(L, batch.starts, b))
+    mixed = compute_losses(model, batch, autocast=False)
+    real = build_batch(clean[:2], b, 5, cfg.mask_token_id, torch.Generator().manual_seed(0))
+    alone = compute_losses(model, real, autocast=False)
+    torch.testing.assert_close(mixed["ar"], alone["ar"])  # the generated row adds nothing to the AR loss
+
+
+def test_block_schedule_cycles_lengths_at_a_constant_token_count() -> None:
+    args = parse_args(["--block-size", "8", "--blocks-per-seq", "4", "--block-sizes", "4,8"])
+    assert [block_schedule(args, s) for s in range(3)] == [(4, 8), (8, 4), (4, 8)]
+    assert block_schedule(parse_args(["--block-size", "8"]), 5) == (8, 8)
+
+
+def test_self_generated_pool_is_the_greedy_continuation(data: tuple) -> None:
+    tok, tr, _, _ = data
+    args = _args(Path("unused"), "--self-gen-pool", "3", "--self-gen-len", "5")
+    torch.manual_seed(0)
+    cfg = default_test_config(vocab_size=tok.vocab_size, max_position_embeddings=48)
+    model = Transformer(cfg)
+    pool = self_generated_pool(model, tr, args, step=0)
+    toks = pool["tokens"]
+    assert toks.shape == (3, 48) and pool["start"] == 43
+    with torch.no_grad():
+        causal = torch.ones(47, 47, dtype=torch.bool).tril().expand(3, 47, 47)
+        logits = model.forward_dense(toks[:, :47], torch.arange(47).expand(3, 47), causal)
+    assert torch.equal(logits[:, 42:].argmax(-1), toks[:, 43:])  # each generated token is the AR argmax
+
+
+def test_continued_run_starts_from_the_checkpoint_and_resumes_exactly(data: tuple, tmp_path: Path) -> None:
+    tok, tr, ho, info = data
+    base = train(_args(tmp_path / "base", "--steps", "2"), tok, tr, ho, info)
+    extra = ["--steps", "6", "--block-sizes", "2,4", "--seedless-prob", "0.25", "--self-gen-rows", "2",
+             "--self-gen-pool", "3", "--self-gen-len", "6", "--self-gen-every", "3", "--init-from", base["model"],
+             "--export-every", "3"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(_args(straight, *extra), tok, tr, ho, info)
+    train(_args(split, *extra, "--stop-after", "4"), tok, tr, ho, info)
+    running = json.loads((split / "model" / "training_record.json").read_text())
+    assert running["stop_reason"] == "running" and running["steps"] == 3 and running["resume"]["step"] == 3
+    train(_args(split, *extra, "--resume"), tok, tr, ho, info)
+    a, b = _rows(straight / "train_log.csv"), _rows(split / "train_log.csv")
+    for ra, rb in zip(a, b):
+        ra.pop("elapsed_s"), rb.pop("elapsed_s")
+    assert a == b and len(a) == 6
+    record = json.loads((straight / "model" / "training_record.json").read_text())
+    assert record["init_from_record"]["steps"] == 2 and set(record["final"]["drafts_by_block"]) == {"2", "4"}
+    model = Transformer(load_checkpoint(straight / "model")[0])
+    load_init_weights_(model, base["model"])  # same architecture: accepted
+    small = _args(tmp_path, "--hidden", "48")
+    with pytest.raises(ValueError, match="another architecture than the arguments: hidden_size=32"):
+        load_init_weights_(Transformer(model_config(small, tok)), base["model"])

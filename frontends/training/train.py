@@ -29,6 +29,19 @@ Row layout (one ``forward_dense`` call, ``T = L + n_blocks * b`` tokens)::
   accepts drafts equal to the AR argmax, so this trains drafts toward what
   gets accepted.
 
+Continued training (``--init-from DIR``) starts from a checkpoint's weights,
+architecture and tokenizer and keeps its record as ``init_from_record``; it
+trains what each mode drafts under:
+
+* ``--block-sizes 4,8`` cycles the block length step by step (same packed
+  token count), so one checkpoint drafts at more than one length;
+* ``--seedless-prob`` (above) for the quadratic mode's mask rows;
+* ``--self-gen-rows R`` appends ``R`` rows per batch drawn from a pool of
+  sequences the model generated itself (a training prefix plus its greedy
+  continuation, regenerated every ``--self-gen-every`` steps): their blocks
+  lie in the generated part and carry only the diffusion loss, whose targets
+  are then exactly the greedy tokens verification accepts.
+
 The AR loss is the mean over the ``L - 1`` clean targets, the diffusion loss
 the mean over masked slots. Weights train in float32 under bfloat16 autocast
 (CPU); randomness is a pure function of ``(seed, step)``, so a run resumed from
@@ -38,7 +51,9 @@ Outputs under ``--out``: ``ckpt.pt`` (resume state), ``train_log.csv`` and
 ``loss_curves.png``, ``tokenizer/`` and ``data/`` (cached token streams), and
 ``model/``: the checkpoint in DESIGN.md's format with the tokenizer and
 ``training_record.json`` (corpus hash, Python version, arguments, final
-held-out losses and draft quality).
+held-out losses and draft quality, resume information); with
+``--export-every`` it is also written during the run (``stop_reason``
+``running``).
 """
 
 from __future__ import annotations
@@ -218,6 +233,9 @@ class TrainBatch:
         ``[B, nb * b]`` bool, which block slots hold the mask token.
     block_targets : torch.Tensor
         ``[B, nb * b]`` the clean token at each block slot.
+    ar_rows : torch.Tensor or None
+        ``[B]`` bool, rows whose clean sequence carries the AR loss (None: all;
+        rows the model generated itself carry only the diffusion loss).
     """
 
     tokens: torch.Tensor
@@ -227,6 +245,7 @@ class TrainBatch:
     starts: torch.Tensor
     masked: torch.Tensor
     block_targets: torch.Tensor
+    ar_rows: torch.Tensor | None = None
 
 
 def block_training_mask(seq_len: int, starts: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -261,7 +280,8 @@ def block_training_mask(seq_len: int, starts: torch.Tensor, block_size: int) -> 
 
 
 def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_token_id: int,
-                gen: torch.Generator, full_mask_prob: float = 0.5, seedless_prob: float = 0.0) -> TrainBatch:
+                gen: torch.Generator, full_mask_prob: float = 0.5, seedless_prob: float = 0.0,
+                min_start: torch.Tensor | None = None, ar_rows: torch.Tensor | None = None) -> TrainBatch:
     """Pack clean sequences and randomly placed, partly masked blocks into one batch.
 
     Parameters
@@ -283,6 +303,11 @@ def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_
         Probability that a block has every slot masked, the seed too (what
         quadratic self-speculation's mask rows see: ``b`` masks right after
         the causal chain). 0 (the default) draws no extra random numbers.
+    min_start : torch.Tensor, optional
+        ``[B]`` int64, the earliest block start per row (blocks of a row the
+        model generated itself start inside its generated part); default 1.
+    ar_rows : torch.Tensor, optional
+        ``[B]`` bool, stored on the batch (see :class:`TrainBatch`).
 
     Returns
     -------
@@ -298,7 +323,11 @@ def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_
     if b < 2 or L < b + 1:
         raise ValueError(f"build_batch: expected block_size >= 2 and seq_len >= block_size + 1, "
                          f"found block_size={b}, seq_len={L}")
-    starts = torch.randint(1, L - b + 1, (B, nb), generator=gen)  # [B, nb]
+    if min_start is None:
+        starts = torch.randint(1, L - b + 1, (B, nb), generator=gen)  # [B, nb]
+    else:
+        lo = min_start.clamp(1, L - b)[:, None]  # [B, 1]
+        starts = lo + (torch.rand(B, nb, generator=gen) * (L - b + 1 - lo)).long()  # [B, nb]
     pos = starts[..., None] + torch.arange(b)  # [B, nb, b]
     blk_clean = torch.gather(clean, 1, pos.view(B, -1)).view(B, nb, b)  # [B, nb, b]
     full = torch.rand(B, nb, generator=gen) < full_mask_prob  # [B, nb]
@@ -314,7 +343,7 @@ def build_batch(clean: torch.Tensor, block_size: int, blocks_per_seq: int, mask_
     positions = torch.cat((torch.arange(L).expand(B, L), pos.view(B, -1)), dim=1)  # [B, T]
     return TrainBatch(tokens=tokens, positions=positions, mask=block_training_mask(L, starts, b),
                       clean=clean, starts=starts, masked=masked.view(B, -1),
-                      block_targets=blk_clean.view(B, -1))
+                      block_targets=blk_clean.view(B, -1), ar_rows=ar_rows)
 
 
 def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
@@ -337,12 +366,14 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
     dict[str, torch.Tensor]
         ``loss`` (``ar + 0.3 * diff``), ``ar``, ``diff`` (the mixed-target
         diffusion loss), ``diff_true`` (diffusion loss on the true tokens).
+        The AR loss is over ``batch.ar_rows`` only.
     """
     B, L = batch.clean.shape
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         logits = model.forward_dense(batch.tokens, batch.positions, batch.mask)  # [B, T, V]
     ar_logits = logits[:, :L - 1].float()  # [B, L-1, V]
-    ar = F.cross_entropy(ar_logits.reshape(-1, ar_logits.shape[-1]), batch.clean[:, 1:].reshape(-1))
+    ar_rows = batch.ar_rows if batch.ar_rows is not None else torch.ones(B, dtype=torch.bool)
+    ar = F.cross_entropy(ar_logits[ar_rows].reshape(-1, ar_logits.shape[-1]), batch.clean[ar_rows, 1:].reshape(-1))
     sel = batch.masked  # [B, nb*b]
     d_logits = logits[:, L:][sel].float()  # [M, V]
     diff_true = F.cross_entropy(d_logits, batch.block_targets[sel])
@@ -358,6 +389,36 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
 
 
 # ============================================================================ measurement
+@torch.no_grad()
+def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, autocast: bool = False) -> torch.Tensor:
+    """The model's greedy AR continuation of each prefix (dense causal forwards, no cache).
+
+    Parameters
+    ----------
+    model : Transformer
+    prefixes : torch.Tensor
+        ``[N, P]`` int64.
+    n : int
+        Tokens to generate.
+    autocast : bool
+        Run under bfloat16 autocast.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, P + n]``: the prefixes followed by their greedy continuations.
+    """
+    N = prefixes.shape[0]
+    seq = prefixes
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for _ in range(n):
+            m = seq.shape[1]
+            causal = torch.ones(m, m, dtype=torch.bool).tril().expand(N, m, m)
+            nxt = model.forward_dense(seq, torch.arange(m).expand(N, m), causal)[:, -1].float().argmax(-1)  # [N]
+            seq = torch.cat((seq, nxt[:, None]), dim=1)
+    return seq
+
+
 def draft_mask(prefix_len: int, block_size: int, batch: int) -> torch.Tensor:
     """Mask of a draft forward: causal prefix, then a block over prefix + block.
 
@@ -427,15 +488,8 @@ def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, 
     """
     N, P = prefixes.shape
     b = block_size
-    seq = prefixes
+    greedy = greedy_continuation(model, prefixes, b + 1, autocast)[:, P:]  # [N, b+1]: g_0 .. g_b
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        for _ in range(b + 1):
-            n = seq.shape[1]
-            pos = torch.arange(n).expand(N, n)
-            causal = torch.ones(n, n, dtype=torch.bool).tril().expand(N, n, n)
-            nxt = model.forward_dense(seq, pos, causal)[:, -1].float().argmax(-1)  # [N]
-            seq = torch.cat((seq, nxt[:, None]), dim=1)
-        greedy = seq[:, P:]  # [N, b+1]: g_0 .. g_b
         masks = torch.full((N, b), mask_token_id)
         block = torch.cat((greedy[:, :1], masks[:, 1:]), dim=1)  # [N, b]: [g_0, MASK x (b-1)]
         lin = model.forward_dense(torch.cat((prefixes, block), dim=1), torch.arange(P + b).expand(N, P + b),
@@ -631,7 +685,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def save_train_state(path: Path, model: Transformer, opt: torch.optim.Optimizer, step: int,
                      sched: dict[str, int], rows: list[dict[str, Any]], elapsed: float,
-                     args: argparse.Namespace) -> None:
+                     args: argparse.Namespace, pool: dict[str, Any] | None = None) -> None:
     """Write the resume checkpoint atomically.
 
     Parameters
@@ -650,8 +704,11 @@ def save_train_state(path: Path, model: Transformer, opt: torch.optim.Optimizer,
         Training seconds so far.
     args : argparse.Namespace
         The run's arguments.
+    pool : dict, optional
+        The self-generated sequences (see :func:`self_generated_pool`).
     """
     state = {
+        "pool": pool,
         "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "sched": dict(sched),
         "rows": rows, "elapsed": elapsed, "rng": _rng_state(), "args": _args_dict(args),
         "config": model.config.to_dict(),
@@ -663,6 +720,112 @@ def save_train_state(path: Path, model: Transformer, opt: torch.optim.Optimizer,
 
 def _args_dict(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+# ============================================================================ continued training
+def block_schedule(args: argparse.Namespace, step: int) -> tuple[int, int]:
+    """Block length and blocks per row at ``step`` (``--block-sizes`` cycle step by step).
+
+    The packed extra tokens stay about ``blocks_per_seq * block_size`` whatever
+    the length, so every step costs about the same.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``train`` arguments.
+    step : int
+
+    Returns
+    -------
+    tuple[int, int]
+        ``(b, nb)``.
+    """
+    sizes = args.block_sizes or [args.block_size]
+    b = sizes[step % len(sizes)]
+    return b, max(1, round(args.blocks_per_seq * args.block_size / b))
+
+
+def self_generated_pool(model: Transformer, stream: np.ndarray, args: argparse.Namespace, step: int,
+                        ) -> dict[str, Any]:
+    """Sequences the model wrote itself: a training prefix plus its greedy continuation.
+
+    Acceptance is measured against greedy AR, so the diffusion loss on the
+    generated part trains drafts toward exactly what verification accepts,
+    under prefixes that look like decoding output (repetitions included).
+    Float32 forwards, as inference.
+
+    Parameters
+    ----------
+    model : Transformer
+    stream : np.ndarray
+        The training stream (prefixes are drawn from it).
+    args : argparse.Namespace
+        ``self_gen_pool`` sequences of ``seq_len`` tokens, the last
+        ``self_gen_len`` generated.
+    step : int
+        The step (with ``args.seed``, the prefixes' offsets).
+
+    Returns
+    -------
+    dict
+        ``tokens`` (``[pool, seq_len]`` int64), ``start`` (first generated
+        position) and ``step``.
+    """
+    gen = torch.Generator().manual_seed(args.seed * 7_000_003 + step + 1)
+    start = args.seq_len - args.self_gen_len
+    prefixes = sample_windows(stream, args.self_gen_pool, start, gen)
+    was_training = model.training
+    model.eval()
+    tokens = greedy_continuation(model, prefixes, args.self_gen_len)
+    model.train(was_training)
+    return {"tokens": tokens, "start": start, "step": step}
+
+
+def read_init_checkpoint(args: argparse.Namespace) -> None:
+    """Take the architecture (and tokenizer) of ``--init-from`` into ``args``, in place.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed ``train`` arguments (unchanged without ``args.init_from``).
+    """
+    if not args.init_from:
+        return
+    from ..checkpoint import read_config
+
+    cfg, _ = read_config(args.init_from)
+    args.vocab_size, args.hidden, args.layers = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
+    args.heads, args.kv_heads, args.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    args.intermediate, args.seq_len, args.block_size = (cfg.intermediate_size, cfg.max_position_embeddings,
+                                                        cfg.block_size)
+    if args.tokenizer is None:
+        args.tokenizer = args.init_from
+
+
+def load_init_weights_(model: Transformer, path: str | Path) -> None:
+    """Copy the weights of checkpoint ``path`` into ``model``.
+
+    Parameters
+    ----------
+    model : Transformer
+    path : str or Path
+        A checkpoint directory of the same architecture.
+
+    Raises
+    ------
+    ValueError
+        If its architecture differs from the model's.
+    """
+    from ..checkpoint import load_checkpoint
+
+    cfg, src = load_checkpoint(path, dtype=torch.float32)
+    mine = {k: v for k, v in model.config.to_dict().items() if k not in ("block_size", "torch_dtype")}
+    theirs = {k: v for k, v in cfg.to_dict().items() if k not in ("block_size", "torch_dtype")}
+    diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if diff:
+        raise ValueError(f"train --init-from: {path} has another architecture than the arguments: "
+                         + ", ".join(f"{k}={theirs.get(k)} (arguments: {mine[k]})" for k in diff))
+    model.load_state_dict(src.state_dict())
 
 
 # ============================================================================ run
@@ -686,11 +849,15 @@ def run(args: argparse.Namespace) -> int:
         different architecture.
     """
     torch.set_num_threads(args.threads)
-    if args.block_size < 2 or args.seq_len < args.block_size + 2:
-        raise ValueError(f"train: expected 2 <= --block-size < --seq-len - 1, found block_size={args.block_size}, "
-                         f"seq_len={args.seq_len}")
+    for b in [args.block_size, *(args.block_sizes or [])]:
+        if b < 2 or args.seq_len < b + 2:
+            raise ValueError(f"train: expected 2 <= block size < --seq-len - 1, found block size {b}, "
+                             f"seq_len={args.seq_len}")
+    if args.self_gen_rows and not 0 < args.self_gen_len <= args.seq_len - 2:
+        raise ValueError(f"train: expected 0 < --self-gen-len <= --seq-len - 2, found {args.self_gen_len}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    read_init_checkpoint(args)
     tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer)
     result = train(args, tok, train_stream, heldout_stream, info)
     if getattr(args, "json", None) is None:
@@ -736,6 +903,11 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     torch.manual_seed(args.seed)
     model = Transformer(config)
     init_weights_(model, args.seed)
+    init_record = None
+    if args.init_from:
+        load_init_weights_(model, args.init_from)
+        rec = Path(args.init_from) / "training_record.json"
+        init_record = json.loads(rec.read_text()) if rec.is_file() else {}
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
@@ -744,6 +916,8 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
     sched = {"decay_start": int(args.steps * (1 - args.decay_frac)), "total": args.steps}
     step, rows, elapsed = 0, [], 0.0
+    pool: dict[str, Any] | None = None
+    last_eval: tuple[int, dict[str, Any]] = (-1, {})
     ckpt_path = out / "ckpt.pt"
     if args.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=False)
@@ -755,6 +929,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, rows, elapsed, sched = state["step"], state["rows"], state["elapsed"], state["sched"]
+        pool = state.get("pool")
         _set_rng_state(state["rng"])
         print(f"train: resumed from {ckpt_path} at step {step}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
@@ -790,10 +965,19 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         lr = lr_at(step, args.lr, args.warmup, sched["decay_start"], sched["total"])
         for g in opt.param_groups:
             g["lr"] = lr
+        if args.self_gen_rows and (pool is None or step - pool["step"] >= args.self_gen_every):
+            pool = self_generated_pool(model, train_stream, args, step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         clean = sample_windows(train_stream, args.batch_size, args.seq_len, gen)
-        batch = build_batch(clean, args.block_size, args.blocks_per_seq, tok.mask_id, gen, args.full_mask_prob,
-                            args.seedless_prob)
+        b, nb = block_schedule(args, step)
+        extra: dict[str, torch.Tensor] = {}
+        if args.self_gen_rows:
+            own = pool["tokens"][torch.randint(0, pool["tokens"].shape[0], (args.self_gen_rows,), generator=gen)]
+            clean = torch.cat((clean, own))  # [B + R, L]
+            B, R = args.batch_size, args.self_gen_rows
+            extra = {"min_start": torch.cat((torch.ones(B, dtype=torch.long), torch.full((R,), pool["start"]))),
+                     "ar_rows": torch.arange(B + R) < B}
+        batch = build_batch(clean, b, nb, tok.mask_id, gen, args.full_mask_prob, args.seedless_prob, **extra)
         distill = args.distill if step >= args.distill_after else 0.0
         losses = compute_losses(model, batch, distill, not args.no_autocast)
         opt.zero_grad(set_to_none=True)
@@ -819,6 +1003,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             n_acc = 0
             if step % args.eval_every == 0 or step == sched["total"]:
                 ev = evaluate()
+                last_eval = (step, dict(ev))
                 ev.pop("drafts")
                 row.update(ev)
                 t_last = time.monotonic()  # evaluation time is not training time
@@ -826,13 +1011,17 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             bar.set_postfix(ar=row["ar_loss"], diff=row["diff_true_loss"], lr=row["lr"])
             write_csv(rows, out / "train_log.csv")
         if step % args.ckpt_every == 0:
-            save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args)
+            save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args, pool)
+            t_last = time.monotonic()
+        if args.export_every and step % args.export_every == 0 and step < sched["total"]:
+            export_model(model, config, tok, out, args, info, step, "running", sched, elapsed, n_params,
+                         last_eval[1] if last_eval[0] == step else evaluate(), init_record)
             t_last = time.monotonic()
         if args.stop_after is not None and step >= args.stop_after:
             stop_reason = "stop-after"
             break
     bar.close()
-    save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args)
+    save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args, pool)
     write_csv(rows, out / "train_log.csv")
     if rows:
         plot_curves(rows, out / "loss_curves.png")
@@ -840,6 +1029,48 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         print(f"train: stopped after step {step} (--stop-after); resume with --resume", file=sys.stderr)
         return {"steps": step, "stop_reason": stop_reason, "model": None, "final": None}
     final = evaluate()
+    for b in sorted(set(args.block_sizes or [])):
+        final.setdefault("drafts_by_block", {})[str(b)] = measure_drafts(model, draft_prefixes, b, tok.mask_id)
+    model_dir = export_model(model, config, tok, out, args, info, step, stop_reason, sched, elapsed, n_params,
+                             final, init_record)
+    return {"steps": step, "stop_reason": stop_reason, "model": str(model_dir), "final": final}
+
+
+def export_model(model: Transformer, config: ModelConfig, tok: Tokenizer, out: Path, args: argparse.Namespace,
+                 info: dict[str, Any], step: int, stop_reason: str, sched: dict[str, int], elapsed: float,
+                 n_params: int, final: dict[str, Any], init_record: dict[str, Any] | None) -> Path:
+    """Write ``out/model``: the checkpoint, its tokenizer and ``training_record.json``.
+
+    Parameters
+    ----------
+    model, config, tok :
+        What is exported.
+    out : Path
+        The run directory.
+    args : argparse.Namespace
+        The run's arguments (recorded).
+    info : dict
+        Corpus record.
+    step : int
+        Steps done.
+    stop_reason : str
+        ``steps``, ``time``, or ``running`` for an export during the run
+        (resume it with ``--resume`` and the same arguments).
+    sched : dict
+        The LR schedule.
+    elapsed : float
+        Training seconds.
+    n_params : int
+    final : dict
+        The held-out evaluation recorded as ``final``.
+    init_record : dict or None
+        The ``--init-from`` checkpoint's record (kept as ``init_from_record``).
+
+    Returns
+    -------
+    Path
+        ``out/model``.
+    """
     export_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.export_dtype]
     model_dir = out / "model"
     save_checkpoint(model, config, model_dir, dtype=export_dtype)
@@ -847,13 +1078,17 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     record = {
         "corpus": info, "python_version": info["python_version"], "corpus_sha256": info["sha256"],
         "args": _args_dict(args), "steps": step, "stop_reason": stop_reason, "schedule": sched,
-        "train_seconds": round(elapsed, 1), "tokens_seen": step * tokens_per_step, "n_params": n_params,
-        "objective": f"L_AR + {DIFFUSION_WEIGHT} * L_diffusion",
+        "train_seconds": round(elapsed, 1), "tokens_seen": step * args.batch_size * args.seq_len,
+        "n_params": n_params, "objective": f"L_AR + {DIFFUSION_WEIGHT} * L_diffusion",
         "final": {k: v for k, v in final.items()},
+        "resume": {"checkpoint": str(out / "ckpt.pt"), "step": step,
+                   "command": "graphrt train --resume with the arguments above"},
         "torch_version": torch.__version__,
     }
+    if init_record is not None:
+        record["init_from_record"] = init_record
     (model_dir / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    return {"steps": step, "stop_reason": stop_reason, "model": str(model_dir), "final": final}
+    return model_dir
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -879,6 +1114,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--distill", type=float, default=0.5,
       help="weight of the model's own AR argmax as the diffusion target (self-distillation)")
     a("--distill-after", type=int, default=200, help="steps before self-distillation starts")
+    a("--block-sizes", type=_int_list, default=None,
+      help="comma-separated block lengths cycled step by step (default: --block-size only)")
+    a("--self-gen-rows", type=int, default=0,
+      help="rows per batch drawn from sequences the model generated itself (diffusion loss only)")
+    a("--self-gen-pool", type=int, default=64, help="self-generated sequences kept")
+    a("--self-gen-len", type=int, default=128, help="generated tokens at the end of each self-generated sequence")
+    a("--self-gen-every", type=int, default=500, help="steps between regenerations of the pool")
+    a("--init-from", default=None,
+      help="continue from this checkpoint directory (its architecture, tokenizer and weights)")
+    a("--export-every", type=int, default=0, help="also export model/ at every multiple of this step (0: end only)")
     a("--lr", type=float, default=2e-3)
     a("--warmup", type=int, default=100)
     a("--decay-frac", type=float, default=0.2, help="fraction of the run spent in linear LR decay")
@@ -906,6 +1151,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--draft-prefix-len", type=int, default=128)
     a("--no-progress", action="store_true", help="no progress bar")
     a("--json", default=None, metavar="FILE", help="write the training record as JSON ('-' for standard output)")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
