@@ -233,7 +233,7 @@ def test_self_generated_pool_is_the_greedy_continuation(data: tuple) -> None:
     args = _args(Path("unused"), "--self-gen-pool", "3", "--self-gen-len", "5")
     torch.manual_seed(0)
     cfg = default_test_config(vocab_size=tok.vocab_size, max_position_embeddings=48)
-    model = Transformer(cfg)
+    model = Transformer(cfg).double()
     pool = self_generated_pool(model, tr, args, step=0)
     toks = pool["tokens"]
     assert toks.shape == (3, 48) and pool["start"] == 43

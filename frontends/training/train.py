@@ -391,7 +391,7 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
 # ============================================================================ measurement
 @torch.no_grad()
 def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, autocast: bool = False) -> torch.Tensor:
-    """The model's greedy AR continuation of each prefix (dense causal forwards, no cache).
+    """The model's greedy AR continuation of each prefix (causal prefill, then one cached token per forward).
 
     Parameters
     ----------
@@ -408,15 +408,23 @@ def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, auto
     torch.Tensor
         ``[N, P + n]``: the prefixes followed by their greedy continuations.
     """
-    N = prefixes.shape[0]
-    seq = prefixes
+    N, P = prefixes.shape
+    out = [prefixes]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        for _ in range(n):
-            m = seq.shape[1]
-            causal = torch.ones(m, m, dtype=torch.bool).tril().expand(N, m, m)
-            nxt = model.forward_dense(seq, torch.arange(m).expand(N, m), causal)[:, -1].float().argmax(-1)  # [N]
-            seq = torch.cat((seq, nxt[:, None]), dim=1)
-    return seq
+        causal = torch.ones(P, P, dtype=torch.bool).tril().expand(N, P, P)
+        logits, k, v = model.run_layers(prefixes, torch.arange(P).expand(N, P), causal, return_kv=True)
+        past_k, past_v = k.permute(0, 2, 3, 1, 4), v.permute(0, 2, 3, 1, 4)  # [N, layers, KV, P, d]
+        for i in range(n):
+            nxt = logits[:, -1].float().argmax(-1, keepdim=True)  # [N, 1]
+            out.append(nxt)
+            if i == n - 1:
+                break
+            pos = torch.full((N, 1), P + i)
+            mask = torch.ones(N, 1, P + i + 1, dtype=torch.bool)
+            logits, k, v = model.run_layers(nxt, pos, mask, past_k=past_k, past_v=past_v, return_kv=True)
+            past_k = torch.cat((past_k, k.permute(0, 2, 3, 1, 4)), dim=3)
+            past_v = torch.cat((past_v, v.permute(0, 2, 3, 1, 4)), dim=3)
+    return torch.cat(out, dim=1)
 
 
 def draft_mask(prefix_len: int, block_size: int, batch: int) -> torch.Tensor:
