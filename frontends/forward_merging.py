@@ -104,6 +104,7 @@ def match_linear(graph: Graph) -> LinearShape:
         raise NotApplicable(f"the cycle needs exactly one verify forward, found {len(verifies)}")
     draft, verify_fwd = drafts[0], verifies[0]
     _check_draft(draft)
+    _check_draft_start(draft)
     if verify_fwd.attrs.get("attention", "causal") != "causal" or verify_fwd.attrs.get("write", "all") != "all":
         raise NotApplicable(f"verify forward '{verify_fwd.name}' must be causal and write the cache, found "
                             f"attention={verify_fwd.attrs.get('attention', 'causal')}, "
@@ -134,6 +135,21 @@ def _check_draft(draft: Node) -> None:
     if any(t != 0.0 for t in thresholds):
         raise NotApplicable(f"draft loop '{draft.name}' has threshold {thresholds[0]}; forward merging requires "
                             "draft threshold 0 (one forward fills every mask)")
+
+
+def _check_draft_start(draft: Node) -> None:
+    """The draft loop must start from ``[seed, MASK x (b-1)]``: the merged scheme drafts every slot itself."""
+    block = draft.inputs[1]
+    node = block.producer
+    if node is None:
+        return
+    if node.op == "unsqueeze" or (node.op == "concat" and len(node.inputs) == 2 and node.inputs[1].producer is not None
+                                  and node.inputs[1].producer.op == "fill"):
+        return
+    raise NotApplicable(f"draft loop '{draft.name}' starts from a block made by '{node.op}' node '{node.name}', "
+                        "not [seed, MASK x (b-1)]: slots decided before the draft forward (for example looked up "
+                        "in the context) would be dropped, since the merged scheme drafts every slot from the "
+                        "previous cycle's mask rows")
 
 
 def _find_seed(body: Graph, verify_fwd: Node) -> tuple[int, Node]:

@@ -15,7 +15,7 @@ from graphrt.library import (DecodeInputs, accept_length, ban_mask, confidence, 
                              force_end_of_thinking, next_tokens, sample_tokens, token_logprobs)
 from graphrt.policy import Policy
 
-MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
+MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic", "prompt-lookup", "self-spec-lookup")
 
 
 def _prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, Var, Var]:
@@ -137,16 +137,85 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
         block = _block_start(b, seed, config.mask_token_id, blen)
         block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, None, threshold, blen,
                                adapter=True)
-        logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
-        logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
-        ar = next_tokens(b, logits, positions + 1, io)                # [b] AR token after each slot
-        k = accept_length(b, block, ar)
-        n = k + 1
-        done = b.emit(ar, n, token_logprobs(b, logits, ar))
-        cache = b.commit(cache, start + n)
-        return ~done, cache, b.gather(ar, k), start + n
+        going, cache, seed, start, _ = _verify(b, io, config, cache, block, positions, start)
+        return going, cache, seed, start
 
     b.loop(~done, [cache, seed, start], cycle, name="cycle")
+    return b.build()
+
+
+def _verify(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, cache: Var, block: Var, positions: Var,
+            start: Var) -> tuple[Var, Var, Var, Var, Var]:
+    """Causal verify forward (writes KV), accept the longest matching prefix plus the bonus, emit, commit.
+
+    Returns ``(not done, cache, next seed, next start, ar)`` where ``ar [b]`` are the AR tokens after each slot.
+    """
+    logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
+    logits = ban_mask(b, logits, config.mask_token_id)            # [b, V]
+    ar = next_tokens(b, logits, positions + 1, io)                # [b] AR token after each slot
+    k = accept_length(b, block, ar)
+    n = k + 1
+    done = b.emit(ar, n, token_logprobs(b, logits, ar))
+    cache = b.commit(cache, start + n)
+    return ~done, cache, b.gather(ar, k), start + n, ar
+
+
+def _context(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, blen: int, seed: Var, start: Var) -> Var:
+    """The request's context ``[prompt, seed, 0...]`` in a buffer every position a request can reach fits in."""
+    ctx = b.concat(io.prompt, b.fill(length=config.max_positions + blen + 1, value=0, dtype="i64"))
+    return b.scatter(ctx, start, seed)
+
+
+def build_prompt_lookup(config: BackboneConfig, block_length: int | None = None, max_ngram: int = 3,
+                        min_ngram: int = 1) -> Graph:
+    """Prompt-lookup decoding: drafts copied from the context's own n-grams, one causal verify forward per cycle."""
+    blen = block_length or config.block_size
+    b = GraphBuilder("prompt_lookup")
+    io = decode_inputs(b)
+    cache, seed, lp, start = _prefill(b, io, config.mask_token_id)
+    done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
+    ctx = _context(b, io, config, blen, seed, start)               # prompt + output so far
+
+    def cycle(cache: Var, ctx: Var, seed: Var, start: Var) -> tuple[Var, ...]:
+        draft, _ = b.ngram_lookup(ctx, start + 1, k=blen - 1, max_ngram=max_ngram, min_ngram=min_ngram)
+        block = b.concat(seed.unsqueeze(), draft)                  # [b] seed + looked-up drafts (0s: no match)
+        positions = b.arange(start, length=blen)
+        going, cache, nxt, nstart, ar = _verify(b, io, config, cache, block, positions, start)
+        ctx = b.dynamic_update_slice(ctx, start + 1, ar)           # AR tokens join the context (past the
+        return going, cache, ctx, nxt, nstart                      # accepted ones they are overwritten later)
+
+    b.loop(~done, [cache, ctx, seed, start], cycle, name="cycle")
+    return b.build()
+
+
+def build_self_spec_lookup(config: BackboneConfig, block_length: int | None = None, max_ngram: int = 3,
+                           min_ngram: int = 2) -> Graph:
+    """Context-augmented linear self-speculation.
+
+    The rule: where the context has an n-gram match (``min_ngram`` .. ``max_ngram``
+    tokens), its continuation is the draft and no draft forward is spent (the
+    denoise loop finds no mask); otherwise the diffusion forward drafts the block
+    as in ``self-spec``. Either way one causal verify forward decides, so the
+    output is AR's.
+    """
+    blen = block_length or config.block_size
+    mask_id = config.mask_token_id
+    b = GraphBuilder("self_spec_lookup")
+    io = decode_inputs(b)
+    cache, seed, lp, start = _prefill(b, io, mask_id)
+    done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
+    ctx = _context(b, io, config, blen, seed, start)
+
+    def cycle(cache: Var, ctx: Var, seed: Var, start: Var) -> tuple[Var, ...]:
+        draft, count = b.ngram_lookup(ctx, start + 1, k=blen - 1, max_ngram=max_ngram, min_ngram=min_ngram)
+        looked_up = b.arange(b.const(0), length=blen - 1) < count  # all slots on a match, none otherwise
+        block = b.concat(seed.unsqueeze(), b.where(looked_up, draft, b.const(mask_id)))
+        positions = b.arange(start, length=blen)
+        block = _denoise_block(b, io, cache, block, positions, mask_id, None, 0.0, blen, adapter=True)
+        going, cache, nxt, nstart, ar = _verify(b, io, config, cache, block, positions, start)
+        return going, cache, b.dynamic_update_slice(ctx, start + 1, ar), nxt, nstart
+
+    b.loop(~done, [cache, ctx, seed, start], cycle, name="cycle")
     return b.build()
 
 
@@ -189,6 +258,43 @@ def self_spec(block_length: int | None = None, threshold: float = 0.0) -> Policy
                   overshoot=lambda c: (block_length or c.block_size) + 1)
 
 
+def _check_lookup(block_length: int | None, max_ngram: int, min_ngram: int, what: str) -> None:
+    _check_block(block_length, None, what)
+    if block_length is not None and block_length < 2:
+        raise ValueError(f"{what}: block_length must be >= 2 (a seed and at least one draft), found {block_length}")
+    if not (isinstance(max_ngram, int) and isinstance(min_ngram, int) and 1 <= min_ngram <= max_ngram):
+        raise ValueError(f"{what}: expected ints with 1 <= min_ngram <= max_ngram, found min_ngram={min_ngram!r}, "
+                         f"max_ngram={max_ngram!r}")
+
+
+def prompt_lookup(block_length: int | None = None, max_ngram: int = 3, min_ngram: int = 1) -> Policy:
+    """Prompt-lookup (n-gram) speculative decoding (``prompt-lookup``): lossless, needs no drafter.
+
+    Parameters
+    ----------
+    block_length:
+        Verified block: the seed plus ``block_length - 1`` looked-up drafts (default: ``block_size``).
+    max_ngram, min_ngram:
+        The n-gram sizes searched in the context, longest first.
+    """
+    _check_lookup(block_length, max_ngram, min_ngram, "prompt_lookup")
+    return Policy("prompt-lookup", lambda c: build_prompt_lookup(c, block_length, max_ngram, min_ngram),
+                  {"block_length": block_length, "max_ngram": max_ngram, "min_ngram": min_ngram},
+                  overshoot=lambda c: (block_length or c.block_size) + 1)
+
+
+def self_spec_lookup(block_length: int | None = None, max_ngram: int = 3, min_ngram: int = 2) -> Policy:
+    """Context-augmented linear self-speculation (``self-spec-lookup``): lossless, output equals AR's.
+
+    Drafts come from the context's n-grams where it has a match, else from the diffusion forward
+    (see :func:`build_self_spec_lookup`).
+    """
+    _check_lookup(block_length, max_ngram, min_ngram, "self_spec_lookup")
+    return Policy("self-spec-lookup", lambda c: build_self_spec_lookup(c, block_length, max_ngram, min_ngram),
+                  {"block_length": block_length, "max_ngram": max_ngram, "min_ngram": min_ngram},
+                  overshoot=lambda c: (block_length or c.block_size) + 1)
+
+
 def policy_for_mode(mode: str, block_length: int | None = None, threshold: float | None = None) -> Policy:
     """The built-in policy for a mode name of the API/CLI (defaults per DESIGN.md)."""
     if mode == "ar":
@@ -201,4 +307,8 @@ def policy_for_mode(mode: str, block_length: int | None = None, threshold: float
         from graphrt.frontends.forward_merging import merge_forwards
 
         return merge_forwards(self_spec(block_length, 0.0 if threshold is None else threshold))
+    if mode == "prompt-lookup":
+        return prompt_lookup(block_length)
+    if mode == "self-spec-lookup":
+        return self_spec_lookup(block_length)
     raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")

@@ -335,6 +335,26 @@ _prim("dynamic_slice", ("x", "start"), _dynamic_slice_infer, _dynamic_slice_ref,
       doc="x[start:start+length] along the first dim with a run-time start.")
 
 
+def _dynamic_update_slice_infer(ts: list[Type], attrs: dict) -> list[Type]:
+    x = _rank_at_least(_tensor(ts[0], "x"), 1, "x")
+    _scalar(ts[1], ("i64",), "start")
+    u = _rank_at_least(_tensor(ts[2], "update"), 1, "update")
+    if u.dtype != x.dtype or not shapes_compatible(u.shape[1:], x.shape[1:]):
+        raise ValueError(f"update: expected {x.dtype} with trailing shape {x.shape[1:]}, found {u}")
+    return [x]
+
+
+def _dynamic_update_slice_ref(x: torch.Tensor, start: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    out = x.clone()
+    out[start + torch.arange(update.shape[0], device=x.device)] = update  # indexes on the device: no host read
+    return out
+
+
+_prim("dynamic_update_slice", ("x", "start", "update"), _dynamic_update_slice_infer, _dynamic_update_slice_ref,
+      doc="Copy of x with x[start:start+len(update)] = update along the first dim (run-time start; "
+          "a window outside x is an indexing error).")
+
+
 def _concat_infer(ts: list[Type], attrs: dict) -> list[Type]:
     xs = [_rank_at_least(_tensor(t, f"input {i}"), 1, f"input {i}") for i, t in enumerate(ts)]
     dtype = xs[0].dtype
@@ -615,3 +635,6 @@ def _loop_infer(ts: list[Type], attrs: dict) -> list[Type]:
 register_op(OpDef("loop", ("cond", "*carried"), {}, _loop_infer, None, frozenset(), "control",
                   "while cond: (cond, *carried) = body(*carried); outputs the final carried values. The body "
                   "region takes the carried values and returns (cond, *next carried).", num_regions=1))
+
+
+import graphrt.ngram  # noqa: E402,F401  (registers the context n-gram lookup)

@@ -1,0 +1,89 @@
+"""The context n-gram lookup: draft tokens copied from the request's own context.
+
+``ngram_lookup(context, length) {k, max_ngram, min_ngram} -> (draft [k], count)``
+looks at ``ctx = context[:length]`` (the prompt and the output so far). For
+``n`` from ``max_ngram`` down to ``min_ngram`` it searches earlier occurrences
+of the last ``n`` tokens ``ctx[length-n:]``; the first ``n`` with a match wins
+and, among its matches, the most recent one (start ``j < length - n``). The
+draft continues the context from there: ``draft[i] = ext[j + n + i]`` where
+``ext`` is ``ctx`` followed by the draft itself, so a match close to the end
+repeats its period (``a b a b`` drafts ``a b a b ...``). ``count`` is ``k``
+when there is a match and 0 otherwise (the draft is then all zeros).
+
+>>> import torch
+>>> d, c = ngram_lookup_ref(torch.tensor([5, 6, 7, 9, 5, 6, 0, 0]), torch.tensor(6), k=3, max_ngram=2, min_ngram=1)
+>>> d.tolist(), int(c)
+([7, 9, 5], 3)
+
+The reference is tensor code throughout (no host read of ``length``), so it
+runs where the context lives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphrt.registry import REQUIRED, OpDef, register_op
+from graphrt.types import TensorType, Type
+
+
+def _infer(ts: list[Type], attrs: dict) -> list[Type]:
+    ctx, length = ts
+    if not isinstance(ctx, TensorType) or ctx.dtype != "i64" or ctx.rank != 1:
+        raise ValueError(f"context: expected i64[N], found {ctx}")
+    if not isinstance(length, TensorType) or length.dtype != "i64" or length.shape:
+        raise ValueError(f"length: expected a scalar i64, found {length}")
+    k, hi, lo = attrs["k"], attrs["max_ngram"], attrs["min_ngram"]
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"attribute k: expected an int >= 1, found {k!r}")
+    if not (isinstance(hi, int) and isinstance(lo, int) and 1 <= lo <= hi):
+        raise ValueError(f"attributes min_ngram, max_ngram: expected ints with 1 <= min_ngram <= max_ngram, "
+                         f"found {lo!r}, {hi!r}")
+    return [TensorType("i64", (k,)), TensorType("i64", ())]
+
+
+def ngram_lookup_ref(context: torch.Tensor, length: torch.Tensor, *, k: int, max_ngram: int = 3,
+                     min_ngram: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """The meaning of ``ngram_lookup`` (see the module docstring).
+
+    Parameters
+    ----------
+    context : torch.Tensor
+        ``[N]`` int64 buffer; only ``context[:length]`` is read.
+    length : torch.Tensor
+        Scalar int64, the context's length (at most ``N``).
+    k : int
+        Draft length.
+    max_ngram, min_ngram : int
+        The n-gram sizes tried, longest first.
+
+    Returns
+    -------
+    tuple[torch.Tensor, torch.Tensor]
+        ``draft [k]`` int64 and ``count`` (scalar int64: ``k`` or 0).
+    """
+    N = context.shape[0]
+    dev = context.device
+    found = torch.zeros((), dtype=torch.bool, device=dev)
+    src = torch.zeros((), dtype=torch.int64, device=dev)  # where the continuation starts
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if N < n + 1:
+            continue
+        suffix = context[(length - n + torch.arange(n, device=dev)).clamp(0, N - 1)]  # [n]
+        starts = torch.arange(N - n + 1, device=dev)  # [W]
+        hits = (context.unfold(0, n, 1) == suffix).all(-1) & (starts < length - n) & (length > n)  # [W]
+        last = torch.where(hits, starts, -1).max()
+        take = ~found & (last >= 0)
+        src = torch.where(take, last + n, src)
+        found = found | take
+    period = (length - src).clamp(min=1)
+    idx = (src + torch.arange(k, device=dev) % period).clamp(0, N - 1)  # [k]
+    draft = torch.where(found, context[idx], 0)
+    return draft, torch.where(found, k, 0)
+
+
+register_op(OpDef(
+    "ngram_lookup", ("context", "length"), {"k": REQUIRED, "max_ngram": 3, "min_ngram": 1}, _infer, ngram_lookup_ref,
+    doc="Draft k tokens from the context's own n-grams: the most recent earlier occurrence of the longest matching "
+        "suffix (max_ngram down to min_ngram) and what followed it; count is k on a match, else 0.",
+))
