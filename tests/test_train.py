@@ -101,14 +101,18 @@ def test_build_batch_seeds_masks_and_positions() -> None:
     assert torch.equal(seedless.mask, block_training_mask(L, seedless.starts, b))
 
 
-def test_packed_block_logits_equal_an_inference_draft_forward() -> None:
-    """A block's logits in the packed row equal a draft forward over [prefix, block] alone."""
+def _f64_model_and_windows(rows: int, length: int, seed: int) -> tuple:
+    """A float64 test model (torch seed 0), a generator seeded ``seed`` and random windows drawn from it."""
     torch.manual_seed(0)
     cfg = default_test_config()
-    model = Transformer(cfg).double()
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
+    return cfg, Transformer(cfg).double(), gen, torch.randint(4, 90, (rows, length), generator=gen)
+
+
+def test_packed_block_logits_equal_an_inference_draft_forward() -> None:
+    """A block's logits in the packed row equal a draft forward over [prefix, block] alone."""
+    cfg, model, gen, clean = _f64_model_and_windows(rows=2, length=16, seed=1)
     L, b = 16, 4
-    clean = torch.randint(4, 90, (2, L), generator=gen)
     batch = build_batch(clean, b, 3, cfg.mask_token_id, gen, 0.5)
     with torch.no_grad():
         packed = model.forward_dense(batch.tokens, batch.positions, batch.mask)  # [2, T, V]
@@ -205,12 +209,8 @@ def test_train_subcommand_is_registered() -> None:
 
 # ----------------------------------------------------------------------------- continued training
 def test_self_generated_rows_start_blocks_late_and_skip_the_ar_loss() -> None:
-    torch.manual_seed(0)
-    cfg = default_test_config()
-    model = Transformer(cfg).double()
-    gen = torch.Generator().manual_seed(3)
+    cfg, model, gen, clean = _f64_model_and_windows(rows=3, length=16, seed=3)
     L, b = 16, 4
-    clean = torch.randint(4, 90, (3, L), generator=gen)
     min_start = torch.tensor([1, 1, 9])
     ar_rows = torch.tensor([True, True, False])
     batch = build_batch(clean, b, 5, cfg.mask_token_id, gen, 0.5, 0.0, min_start=min_start, ar_rows=ar_rows)
