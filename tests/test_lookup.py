@@ -13,7 +13,7 @@ from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
 from graphrt.ir import GraphError
 from graphrt.ngram import ngram_lookup_ref
-from graphrt.passes.forward_merging import NotApplicable, merge_forwards
+from graphrt.frontends.forward_merging import NotApplicable, merge_forwards
 from graphrt.types import tensor
 from decode_oracles import run, tiny_model
 
