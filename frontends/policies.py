@@ -18,8 +18,22 @@ from graphrt.policy import Policy
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic", "prompt-lookup", "self-spec-lookup")
 
 
-def _prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, Var, Var]:
-    """Causal prefill writing the prompt's KV; returns (cache, seed, seed_logprob, prompt_len)."""
+def prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, Var, Var]:
+    """Causal prefill writing the prompt's KV, and the first AR token.
+
+    Parameters
+    ----------
+    b : GraphBuilder
+    io : DecodeInputs
+        From :func:`graphrt.library.decode_inputs`.
+    mask_id : int
+        The mask token (never sampled).
+
+    Returns
+    -------
+    tuple of Var
+        ``(cache, seed, seed_logprob, prompt_len)``; ``seed`` is the token at position ``prompt_len``.
+    """
     n = b.size(io.prompt)
     logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all")
     last = ban_mask(b, logits[-1], mask_id)                        # [V]
@@ -31,7 +45,7 @@ def build_ar(config: BackboneConfig) -> Graph:
     """Autoregressive decoding: one causal token per forward after the prefill."""
     b = GraphBuilder("ar")
     io = decode_inputs(b)
-    cache, tok, lp, pos = _prefill(b, io, config.mask_token_id)
+    cache, tok, lp, pos = prefill(b, io, config.mask_token_id)
     done = b.emit(tok.unsqueeze(), 1, lp.unsqueeze())
 
     def step(cache: Var, tok: Var, pos: Var) -> tuple[Var, ...]:
@@ -105,7 +119,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
     steps = steps or blen
     b = GraphBuilder("diffusion")
     io = decode_inputs(b)
-    cache, seed, seed_lp, start = _prefill(b, io, config.mask_token_id)
+    cache, seed, seed_lp, start = prefill(b, io, config.mask_token_id)
 
     def block_step(cache: Var, seed: Var, seed_lp: Var, start: Var) -> tuple[Var, ...]:
         positions = b.arange(start, length=blen)
@@ -129,7 +143,7 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
     blen = block_length or config.block_size
     b = GraphBuilder("self_spec")
     io = decode_inputs(b)
-    cache, seed, lp, start = _prefill(b, io, config.mask_token_id)
+    cache, seed, lp, start = prefill(b, io, config.mask_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
 
     def cycle(cache: Var, seed: Var, start: Var) -> tuple[Var, ...]:
@@ -137,18 +151,35 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
         block = _block_start(b, seed, config.mask_token_id, blen)
         block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, None, threshold, blen,
                                adapter=True)
-        going, cache, seed, start, _ = _verify(b, io, config, cache, block, positions, start)
+        going, cache, seed, start, _ = verify_block(b, io, config, cache, block, positions, start)
         return going, cache, seed, start
 
     b.loop(~done, [cache, seed, start], cycle, name="cycle")
     return b.build()
 
 
-def _verify(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, cache: Var, block: Var, positions: Var,
+def verify_block(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, cache: Var, block: Var, positions: Var,
             start: Var) -> tuple[Var, Var, Var, Var, Var]:
     """Causal verify forward (writes KV), accept the longest matching prefix plus the bonus, emit, commit.
 
-    Returns ``(not done, cache, next seed, next start, ar)`` where ``ar [b]`` are the AR tokens after each slot.
+    Parameters
+    ----------
+    b : GraphBuilder
+    io : DecodeInputs
+    config : BackboneConfig
+    cache : Var
+        The cache handle.
+    block : Var
+        ``[b]`` the seed and the drafts.
+    positions : Var
+        ``[b]`` their absolute positions (``start ..``).
+    start : Var
+        The seed's position.
+
+    Returns
+    -------
+    tuple of Var
+        ``(not done, cache, next seed, next start, ar)`` where ``ar [b]`` are the AR tokens after each slot.
     """
     logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
     logits = ban_mask(b, logits, config.mask_token_id)            # [b, V]
@@ -160,8 +191,25 @@ def _verify(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, cache: Va
     return ~done, cache, b.gather(ar, k), start + n, ar
 
 
-def _context(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, blen: int, seed: Var, start: Var) -> Var:
-    """The request's context ``[prompt, seed, 0...]`` in a buffer every position a request can reach fits in."""
+def context_buffer(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, blen: int, seed: Var, start: Var) -> Var:
+    """The request's context ``[prompt, seed, 0...]`` in a buffer every position a request can reach fits in.
+
+    Parameters
+    ----------
+    b : GraphBuilder
+    io : DecodeInputs
+    config : BackboneConfig
+        ``max_positions`` sizes the buffer.
+    blen : int
+        The block length (a last block may reach past the positions by that much).
+    seed, start : Var
+        The first AR token and its position (the prompt's length).
+
+    Returns
+    -------
+    Var
+        ``i64[P + max_positions + blen + 1]``.
+    """
     ctx = b.concat(io.prompt, b.fill(length=config.max_positions + blen + 1, value=0, dtype="i64"))
     return b.scatter(ctx, start, seed)
 
@@ -172,15 +220,15 @@ def build_prompt_lookup(config: BackboneConfig, block_length: int | None = None,
     blen = block_length or config.block_size
     b = GraphBuilder("prompt_lookup")
     io = decode_inputs(b)
-    cache, seed, lp, start = _prefill(b, io, config.mask_token_id)
+    cache, seed, lp, start = prefill(b, io, config.mask_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
-    ctx = _context(b, io, config, blen, seed, start)               # prompt + output so far
+    ctx = context_buffer(b, io, config, blen, seed, start)               # prompt + output so far
 
     def cycle(cache: Var, ctx: Var, seed: Var, start: Var) -> tuple[Var, ...]:
         draft, _ = b.ngram_lookup(ctx, start + 1, k=blen - 1, max_ngram=max_ngram, min_ngram=min_ngram)
         block = b.concat(seed.unsqueeze(), draft)                  # [b] seed + looked-up drafts (0s: no match)
         positions = b.arange(start, length=blen)
-        going, cache, nxt, nstart, ar = _verify(b, io, config, cache, block, positions, start)
+        going, cache, nxt, nstart, ar = verify_block(b, io, config, cache, block, positions, start)
         ctx = b.dynamic_update_slice(ctx, start + 1, ar)           # AR tokens join the context (past the
         return going, cache, ctx, nxt, nstart                      # accepted ones they are overwritten later)
 
@@ -202,9 +250,9 @@ def build_self_spec_lookup(config: BackboneConfig, block_length: int | None = No
     mask_id = config.mask_token_id
     b = GraphBuilder("self_spec_lookup")
     io = decode_inputs(b)
-    cache, seed, lp, start = _prefill(b, io, mask_id)
+    cache, seed, lp, start = prefill(b, io, mask_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
-    ctx = _context(b, io, config, blen, seed, start)
+    ctx = context_buffer(b, io, config, blen, seed, start)
 
     def cycle(cache: Var, ctx: Var, seed: Var, start: Var) -> tuple[Var, ...]:
         draft, count = b.ngram_lookup(ctx, start + 1, k=blen - 1, max_ngram=max_ngram, min_ngram=min_ngram)
@@ -212,7 +260,7 @@ def build_self_spec_lookup(config: BackboneConfig, block_length: int | None = No
         block = b.concat(seed.unsqueeze(), b.where(looked_up, draft, b.const(mask_id)))
         positions = b.arange(start, length=blen)
         block = _denoise_block(b, io, cache, block, positions, mask_id, None, 0.0, blen, adapter=True)
-        going, cache, nxt, nstart, ar = _verify(b, io, config, cache, block, positions, start)
+        going, cache, nxt, nstart, ar = verify_block(b, io, config, cache, block, positions, start)
         return going, cache, b.dynamic_update_slice(ctx, start + 1, ar), nxt, nstart
 
     b.loop(~done, [cache, ctx, seed, start], cycle, name="cycle")

@@ -52,3 +52,17 @@ def test_claims_of_equality_with_ar_hold(namespace) -> None:
         want = eval(re.sub(r'mode="[^"]+"', 'mode="ar"', call), ns)
         assert got.tokens == want.tokens, f"README claims {call!r} equals AR; it does not"
         assert got.mode != want.mode
+
+
+def test_the_policy_guide_builds_prompt_lookup_as_written() -> None:
+    import graphrt
+
+    guide = Path(__file__).resolve().parents[1] / "docs" / "writing_a_policy.md"
+    blocks = re.findall(r"```python\n(.*?)```", guide.read_text(), flags=re.S)
+    policy_block = next(b for b in blocks if "def build_prompt_lookup" in b)
+    run_block = next(b for b in blocks if "graphrt.generate(" in b)
+    ns: dict = {}
+    exec(policy_block, ns)
+    exec(run_block, ns)  # asserts the built-in mode's output equals AR's
+    mine = graphrt.generate(ns["model"], "import os\nimport sys\n", mode=ns["policy"], max_new_tokens=64)
+    assert mine.tokens == ns["ar"].tokens and mine.forwards == ns["out"].forwards < ns["ar"].forwards
