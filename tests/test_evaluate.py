@@ -7,7 +7,8 @@ import json
 import pytest
 
 from graphrt.frontends.cli import main
-from graphrt.frontends.training.evaluate import baseline_record, first_line, make_prompts
+from graphrt.frontends.training.evaluate import (baseline_record, first_line, make_prompts, prefix_match,
+                                                 repetition)
 from graphrt.frontends.tokenizer import Tokenizer
 from test_cli import model_dir  # noqa: F401  (fixture)
 
@@ -22,6 +23,17 @@ def test_prompts_are_cut_at_line_boundaries(model_dir) -> None:  # noqa: F811
         assert "\n" not in p.next_line
     assert 0.0 <= baseline_record(prompts)["exact_match"] <= 1.0
     assert first_line("abc\ndef") == "abc"
+    for p in prompts:  # the true continuation follows the prompt token for token
+        text = tok.decode(p.continuation)
+        n = min(len(text), len(p.next_line))
+        assert len(p.continuation) == 64 and text[:n] == p.next_line[:n]
+
+
+def test_quality_measures() -> None:
+    assert prefix_match([1, 2, 3, 9], [1, 2, 3, 4, 5]) == 3 and prefix_match([], [1]) == 0
+    assert repetition([1, 2, 3, 4, 5, 6]) == 0.0
+    assert repetition([1, 2, 3, 4] * 3) == 5 / 9  # 9 4-grams, 4 distinct
+    assert repetition([1, 2]) == 0.0
 
 
 def test_eval_writes_json_markdown_and_plot(model_dir, tmp_path) -> None:  # noqa: F811
@@ -32,11 +44,22 @@ def test_eval_writes_json_markdown_and_plot(model_dir, tmp_path) -> None:  # noq
     assert rc == 0
     records = json.loads(out.read_text())
     modes = [(r["mode"], r["threshold"]) for r in records]
-    assert modes == [("copy-previous-line", None), ("ar", None), ("diffusion", 0.5), ("self-spec", None),
-                     ("self-spec-quadratic", None)]
-    for r in records[1:]:
-        assert {"exact_match", "tpf", "tokens_per_s", "identical_to_ar", "n_prompts"} <= set(r)
-        assert r["n_prompts"] == 3 and r["tpf"] > 0
+    assert modes == [("copy-previous-line", None), ("true-continuation", None), ("ar", None), ("diffusion", 0.5),
+                     ("self-spec", None), ("self-spec-quadratic", None), ("prompt-lookup", None),
+                     ("self-spec-lookup", None)]
+    for r in records[2:]:
+        assert {"exact_match", "tpf", "tokens_per_s", "identical_to_ar", "n_prompts", "prefix_match", "ar_loglik",
+                "repetition"} <= set(r)
+        assert r["n_prompts"] == 3 and r["tpf"] > 0 and 0 <= r["prefix_match"] <= 4 and r["ar_loglik"] < 0
+    ar = next(r for r in records if r["mode"] == "ar")
+    for r in records:
+        if r["mode"] in ("self-spec", "self-spec-quadratic", "prompt-lookup", "self-spec-lookup"):
+            assert r["identical_to_ar"] == 1.0 or r["mode"] == "self-spec"
+            assert sum(r["accepted_histogram"]) > 0
+            if r["identical_to_ar"] == 1.0:
+                assert (r["prefix_match"], r["ar_loglik"], r["repetition"]) == \
+                    (ar["prefix_match"], ar["ar_loglik"], ar["repetition"])
+    assert records[1]["prefix_match"] == 4 and records[1]["ar_loglik"] < 0
     ss = next(r for r in records if r["mode"] == "self-spec")
     assert ss["identical_to_ar"] == 1.0 or all(m["top2_gap"] < 1e-4 for m in ss["mismatches"])
     hist = ss["accepted_histogram"]

@@ -7,8 +7,21 @@ match, over all prompts and over those whose next line is not blank), next to
 the trivial baseline that copies the previous line. TPF is tokens / forwards
 summed over prompts; tokens/s comes from a separate one-request-at-a-time pass
 over the first ``--speed-prompts`` prompts; ``identical_to_ar`` is the share of
-prompts whose whole output equals AR's. Self-speculation also reports its
-histogram of accepted drafts per cycle.
+prompts whose whole output equals AR's. The speculative modes (self-speculation,
+prompt lookup) also report their histogram of accepted drafts per cycle.
+
+Quality measures that tell the modes apart (the next-line exact match is
+dominated by blank lines):
+
+* ``prefix_match``: mean number of leading output tokens equal to the true
+  continuation's (at most ``--max-new-tokens``);
+* ``ar_loglik``: the AR model's mean log-likelihood per token of the output
+  given the prompt (one causal forward; AR's own greedy output scores
+  highest among likely texts, a diffusion output that drifts scores lower);
+* ``repetition``: the share of the output's 4-grams that repeat an earlier
+  4-gram of the same output, next to the same share in the true
+  continuation (the ``true-continuation`` record, which also carries the AR
+  model's log-likelihood of the true text).
 
 Writes ``--json`` (a list of records), ``--markdown`` (a table) and ``--plot``
 (accuracy against TPF).
@@ -21,7 +34,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +44,27 @@ DIFFUSION_THRESHOLDS = (0.5, 0.7, 0.9, 0.95)
 EXCLUDED_PREFIXES = ("encodings/cp", "encodings/mac_", "encodings/iso")  # character tables: trivially predictable
 
 
+CONTINUATION_LINES = 40  # lines of true continuation tokenized per prompt (enough for 64+ tokens)
+
+
 @dataclass
 class EvalPrompt:
-    """One evaluation prompt: its ids, the true next line, and the line before it."""
+    """One evaluation prompt: its ids, the true next line, the line before it, and the true continuation's ids."""
 
     ids: list[int]
     next_line: str
     previous_line: str
     source: str
+    continuation: list[int] = field(default_factory=list)
 
 
-def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int) -> list[EvalPrompt]:
+def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int, continuation_tokens: int = 64) -> list[EvalPrompt]:
     """``n`` prompts cut at line boundaries, spread evenly over the held-out files (fixed rule).
 
     Each file contributes cuts at evenly spaced lines (after its first 5); a prompt
     keeps its last ``max_prompt_tokens`` tokens (the tokenizer ends every line with a
-    newline token, so a cut at a line boundary is a token boundary).
+    newline token, so a cut at a line boundary is a token boundary). ``continuation``
+    holds the first ``continuation_tokens`` tokens of the text after the cut.
     """
     from graphrt.frontends.training.corpus import load_corpus, split_texts
 
@@ -62,9 +80,10 @@ def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int) -> list[EvalPro
             continue
         step = max(1, (len(lines) - 6) // per_file)
         for cut in range(6, len(lines), step)[:per_file]:
-            ids = tokenizer.encode("".join(lines[:cut]))[-max_prompt_tokens:]
-            prompts.append(EvalPrompt(ids, lines[cut].rstrip("\n"), lines[cut - 1].rstrip("\n"),
-                                      f"{f.path}:{cut + 1}"))
+            head = tokenizer.encode("".join(lines[:cut]))
+            whole = tokenizer.encode("".join(lines[:cut + CONTINUATION_LINES]))
+            prompts.append(EvalPrompt(head[-max_prompt_tokens:], lines[cut].rstrip("\n"), lines[cut - 1].rstrip("\n"),
+                                      f"{f.path}:{cut + 1}", whole[len(head):len(head) + continuation_tokens]))
     if len(prompts) < n:
         raise ValueError(f"eval: expected {n} prompts from the held-out files, found only {len(prompts)}")
     stride = len(prompts) / n
@@ -74,6 +93,87 @@ def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int) -> list[EvalPro
 def first_line(text: str) -> str:
     """The first line of generated text (without its newline)."""
     return text.split("\n", 1)[0]
+
+
+def prefix_match(output: list[int], truth: list[int]) -> int:
+    """Number of leading tokens of ``output`` equal to ``truth``'s.
+
+    Parameters
+    ----------
+    output, truth : list[int]
+
+    Returns
+    -------
+    int
+    """
+    n = 0
+    for a, b in zip(output, truth):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def repetition(tokens: list[int], n: int = 4) -> float:
+    """Share of the ``n``-grams of ``tokens`` that repeat an earlier ``n``-gram of the same sequence.
+
+    Parameters
+    ----------
+    tokens : list[int]
+    n : int
+
+    Returns
+    -------
+    float
+        In ``[0, 1)``; 0 for a sequence shorter than ``n + 1`` tokens.
+    """
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if len(grams) < 2:
+        return 0.0
+    return (len(grams) - len(set(grams))) / len(grams)
+
+
+@torch.no_grad()
+def ar_loglik(model: Any, prompts: list[EvalPrompt], outputs: list[list[int]], batch: int = 16) -> list[float]:
+    """The AR model's mean log-likelihood per token of each output given its prompt.
+
+    One causal forward per prompt (batched, right-padded); the mask token's
+    logit is excluded as in decoding. An empty output scores ``nan``.
+
+    Parameters
+    ----------
+    model : graphrt.Model
+        A model whose backbone holds a :class:`~graphrt.frontends.transformer.Transformer`.
+    prompts : list[EvalPrompt]
+    outputs : list[list[int]]
+        Token ids per prompt.
+    batch : int
+        Sequences per forward.
+
+    Returns
+    -------
+    list[float]
+    """
+    net = model.backbone.model
+    mask_id = model.config.mask_token_id
+    scores: list[float] = []
+    for i in range(0, len(prompts), batch):
+        seqs = [(p.ids, o) for p, o in zip(prompts[i:i + batch], outputs[i:i + batch])]
+        L = max(len(a) + len(o) for a, o in seqs)
+        tokens = torch.zeros(len(seqs), L, dtype=torch.long)
+        for r, (a, o) in enumerate(seqs):
+            tokens[r, :len(a) + len(o)] = torch.tensor(a + o, dtype=torch.long)
+        causal = torch.ones(L, L, dtype=torch.bool).tril().expand(len(seqs), L, L)
+        logits = net.forward_dense(tokens, torch.arange(L).expand(len(seqs), L), causal).to(torch.float64)
+        logits[..., mask_id] = float("-inf")
+        logp = torch.log_softmax(logits, -1)  # [B, L, V]
+        for r, (a, o) in enumerate(seqs):
+            if not o:
+                scores.append(float("nan"))
+                continue
+            pos = torch.arange(len(a) - 1, len(a) + len(o) - 1)
+            scores.append(float(logp[r, pos, torch.tensor(o)].mean()))
+    return scores
 
 
 def run_config(model: Any, mode: str, threshold: float | None, prompts: list[EvalPrompt], max_new: int,
@@ -108,8 +208,9 @@ def time_config(model: Any, mode: str, threshold: float | None, prompts: list[Ev
 
 
 def summarize(mode: str, threshold: float | None, results: list[Any], prompts: list[EvalPrompt],
-              ar_tokens: list[list[int]] | None, tokens_per_s: float) -> dict[str, Any]:
-    """One JSON record for a mode."""
+              ar_tokens: list[list[int]] | None, tokens_per_s: float,
+              logliks: list[float] | None = None) -> dict[str, Any]:
+    """One JSON record for a mode (``logliks``: :func:`ar_loglik` of its outputs, when measured)."""
     hits = [first_line(r.text or "") == p.next_line for r, p in zip(results, prompts)]
     nonblank = [h for h, p in zip(hits, prompts) if p.next_line.strip()]
     record: dict[str, Any] = {
@@ -120,8 +221,11 @@ def summarize(mode: str, threshold: float | None, results: list[Any], prompts: l
         "tokens_per_s": tokens_per_s,
         "identical_to_ar": (sum(r.tokens == a for r, a in zip(results, ar_tokens)) / len(results)
                             if ar_tokens is not None else None),
+        "prefix_match": statistics.fmean(prefix_match(r.tokens, p.continuation) for r, p in zip(results, prompts)),
+        "repetition": statistics.fmean(repetition(r.tokens) for r in results),
+        "ar_loglik": _mean_finite(logliks),
     }
-    if mode.startswith("self-spec"):
+    if mode.startswith("self-spec") or mode == "prompt-lookup":
         accepted = [k - 1 for r in results for k in r.emit_sizes[1:]]
         hist = [0] * (max(accepted, default=0) + 1)
         for k in accepted:
@@ -129,6 +233,22 @@ def summarize(mode: str, threshold: float | None, results: list[Any], prompts: l
         record["accepted_histogram"] = hist
         record["mean_accepted"] = sum(accepted) / max(1, len(accepted))
     return record
+
+
+def _mean_finite(xs: list[float] | None) -> float | None:
+    if xs is None:
+        return None
+    kept = [x for x in xs if x == x]
+    return statistics.fmean(kept) if kept else None
+
+
+def truth_record(prompts: list[EvalPrompt], logliks: list[float] | None) -> dict[str, Any]:
+    """The true continuation's repetition and AR log-likelihood (what the modes' figures compare with)."""
+    return {"mode": "true-continuation", "threshold": None, "n_prompts": len(prompts), "exact_match": 1.0,
+            "exact_match_nonblank": 1.0, "tpf": None, "tokens_per_s": None, "identical_to_ar": None,
+            "prefix_match": statistics.fmean(len(p.continuation) for p in prompts),
+            "repetition": statistics.fmean(repetition(p.continuation) for p in prompts),
+            "ar_loglik": _mean_finite(logliks)}
 
 
 def baseline_record(prompts: list[EvalPrompt]) -> dict[str, Any]:
@@ -168,11 +288,14 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     def num(x: Any, fmt: str) -> str:
         return "-" if x is None else format(x, fmt)
 
-    lines = ["| mode | threshold | exact match | exact match (non-blank) | TPF | tokens/s | identical to AR |"
-             " mean accepted |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| mode | threshold | exact match | exact match (non-blank) | prefix match (tokens) | AR log-lik. "
+             "| repetition | TPF | tokens/s | identical to AR | mean accepted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['mode']} | {num(r['threshold'], '')} | {pct(r['exact_match'])} "
-                     f"| {pct(r['exact_match_nonblank'])} | {num(r['tpf'], '.2f')} | {num(r['tokens_per_s'], '.1f')} "
+                     f"| {pct(r['exact_match_nonblank'])} | {num(r.get('prefix_match'), '.2f')} "
+                     f"| {num(r.get('ar_loglik'), '.3f')} | {pct(r.get('repetition'))} "
+                     f"| {num(r['tpf'], '.2f')} | {num(r['tokens_per_s'], '.1f')} "
                      f"| {pct(r['identical_to_ar'])} | {num(r.get('mean_accepted'), '.2f')} |")
     return "\n".join(lines)
 
@@ -216,7 +339,7 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="keep the last N prompt tokens (default: positions - new tokens - 2 blocks)")
-    p.add_argument("--modes", default="ar,diffusion,self-spec,self-spec-quadratic")
+    p.add_argument("--modes", default="ar,diffusion,self-spec,self-spec-quadratic,prompt-lookup,self-spec-lookup")
     p.add_argument("--thresholds", default=",".join(map(str, DIFFUSION_THRESHOLDS)))
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch", type=int, default=16, help="requests per session round")
@@ -241,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"eval: the model at {model.path} has no tokenizer.json")
     blen = model.config.block_size
     max_prompt = args.max_prompt_tokens or model.config.max_positions - args.max_new_tokens - 2 * blen - 1
-    prompts = make_prompts(model.tokenizer, args.prompts, max_prompt)
+    prompts = make_prompts(model.tokenizer, args.prompts, max_prompt, args.max_new_tokens)
     configs: list[tuple[str, float | None]] = []
     for mode in args.modes.split(","):
         if mode == "diffusion":
@@ -250,7 +373,9 @@ def run(args: argparse.Namespace) -> int:
             configs.append((mode, None))
     if configs[0][0] != "ar":
         configs.insert(0, ("ar", None))
-    records: list[dict[str, Any]] = [baseline_record(prompts)]
+    records: list[dict[str, Any]] = [baseline_record(prompts),
+                                     truth_record(prompts, ar_loglik(model, prompts, [p.continuation for p in prompts],
+                                                                     args.batch))]
     outputs: dict[tuple[str, float | None], list[Any]] = {}
     with tqdm(total=len(configs) * len(prompts), desc="eval", unit="prompt", file=sys.stderr) as bar:
         for mode, thr in configs:
@@ -259,7 +384,8 @@ def run(args: argparse.Namespace) -> int:
     ar_tokens = [r.tokens for r in outputs[("ar", None)]]
     for mode, thr in tqdm(configs, desc="speed", file=sys.stderr):
         rate = time_config(model, mode, thr, prompts[:args.speed_prompts], args.max_new_tokens)
-        records.append(summarize(mode, thr, outputs[(mode, thr)], prompts, ar_tokens, rate))
+        logliks = ar_loglik(model, prompts, [r.tokens for r in outputs[(mode, thr)]], args.batch)
+        records.append(summarize(mode, thr, outputs[(mode, thr)], prompts, ar_tokens, rate, logliks))
     if args.near_ties:
         for mode, thr in configs:
             if mode.startswith("self-spec"):
