@@ -7,7 +7,13 @@ Usage::
 Checks before copying: the run finished (``RUN_DIR/model/training_record.json``
 exists), the checkpoint loads, the tokenizer round-trips the held-out split,
 and the weights fit the 25 MB package-data budget (re-saved in ``--dtype``
-when given). Also copies the run's loss curves to
+when given). Replacing a shipped model also needs the new one to be no worse
+on held-out AR loss (``final.heldout_ar_loss`` of both records, the same fixed
+windows) and, with ``--eval BEFORE.json AFTER.json`` (``graphrt eval`` of the
+shipped and the new model on the same prompts), a higher TPF in both
+self-speculation modes (whose drafts the model makes); ``--force`` skips these two checks. When the
+tokenizer is unchanged the shipped tokenizer files (chat template included)
+are kept. Also copies the run's loss curves to
 ``bench/shipped_model_loss_curves.png`` / ``bench/shipped_model_train_log.csv``
 and writes ``bench/shipped_model_drafts.json`` (held-out loss and draft quality
 on 256 prefixes, see ``bench/measure_drafts.py``).
@@ -34,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir")
     p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None)
+    p.add_argument("--eval", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
+                   help="graphrt eval JSON of the shipped and the new model (TPF must improve)")
+    p.add_argument("--force", action="store_true", help="ship even if held-out AR loss or TPF got worse")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT / "bench"))
     from measure_drafts import main as measure_main
@@ -58,8 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     if size > BUDGET_BYTES:
         raise ValueError(f"ship_model: expected weights <= {BUDGET_BYTES} bytes, found {size} in {src} "
                          f"(pass --dtype float16)")
+    if not args.force:
+        check_improves(src, args.eval)
     SHIPPED.mkdir(parents=True, exist_ok=True)
+    same_tokenizer = (SHIPPED / "tokenizer.json").is_file() and \
+        (SHIPPED / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
     for name in FILES:
+        if same_tokenizer and name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            continue
         shutil.copy2(src / name, SHIPPED / name)
     run = Path(args.run_dir)
     for name, dest in (("loss_curves.png", "shipped_model_loss_curves.png"),
@@ -76,6 +91,46 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(json.loads(buf.getvalue()), indent=1) + "\n")
     print(f"shipped {src} -> {SHIPPED} ({size / 1e6:.1f} MB); drafts: {out}")
     return 0
+
+
+SPECULATIVE = ("self-spec", "self-spec-quadratic")  # the modes whose drafts the model makes
+
+
+def check_improves(src: Path, evals: list[str] | None) -> None:
+    """Refuse a model with a worse held-out AR loss than the shipped one, or (given evals) a lower TPF.
+
+    Parameters
+    ----------
+    src : Path
+        The new model directory (with ``training_record.json``).
+    evals : list[str] or None
+        ``[before.json, after.json]`` from ``graphrt eval``.
+
+    Raises
+    ------
+    ValueError
+        Naming the figure that got worse.
+    """
+    shipped = SHIPPED / "training_record.json"
+    if shipped.is_file():
+        old = json.loads(shipped.read_text())["final"]["heldout_ar_loss"]
+        new = json.loads((src / "training_record.json").read_text())["final"]["heldout_ar_loss"]
+        if new > old:
+            raise ValueError(f"ship_model: expected held-out AR loss <= the shipped {old}, found {new} in {src}")
+    if evals is None:
+        return
+    before, after = ({r["mode"]: r for r in json.loads(Path(f).read_text()) if r["threshold"] is None}
+                     for f in evals)
+    modes = [m for m in SPECULATIVE if m in before and m in after]
+    if not modes:
+        raise ValueError(f"ship_model: expected speculative modes in both {evals[0]} and {evals[1]}, found none")
+    for m in modes:
+        if after[m]["tpf"] <= before[m]["tpf"]:
+            raise ValueError(f"ship_model: expected a higher {m} TPF than the shipped {before[m]['tpf']:.3f}, "
+                             f"found {after[m]['tpf']:.3f} ({evals[1]})")
+        if after[m]["identical_to_ar"] < before[m]["identical_to_ar"]:
+            raise ValueError(f"ship_model: expected {m} identical to AR on at least {before[m]['identical_to_ar']}, "
+                             f"found {after[m]['identical_to_ar']} ({evals[1]})")
 
 
 if __name__ == "__main__":
