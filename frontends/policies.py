@@ -237,7 +237,7 @@ def build_prompt_lookup(config: BackboneConfig, block_length: int | None = None,
 
 
 def build_self_spec_lookup(config: BackboneConfig, block_length: int | None = None, max_ngram: int = 3,
-                           min_ngram: int = 2) -> Graph:
+                           min_ngram: int = 1) -> Graph:
     """Context-augmented linear self-speculation.
 
     The rule: where the context has an n-gram match (``min_ngram`` .. ``max_ngram``
@@ -331,7 +331,7 @@ def prompt_lookup(block_length: int | None = None, max_ngram: int = 3, min_ngram
                   overshoot=lambda c: (block_length or c.block_size) + 1)
 
 
-def self_spec_lookup(block_length: int | None = None, max_ngram: int = 3, min_ngram: int = 2) -> Policy:
+def self_spec_lookup(block_length: int | None = None, max_ngram: int = 3, min_ngram: int = 1) -> Policy:
     """Context-augmented linear self-speculation (``self-spec-lookup``): lossless, output equals AR's.
 
     Drafts come from the context's n-grams where it has a match, else from the diffusion forward

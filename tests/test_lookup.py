@@ -120,16 +120,18 @@ def test_lookup_modes_equal_ar_with_the_same_seed_at_t_positive(seed: int, b: in
 
 
 @SETTINGS
-@given(seed=st.integers(0, 40), prompt=st.lists(st.integers(3, 12), min_size=1, max_size=9),
-       b=st.integers(2, 5), n=st.integers(1, 16))
+@given(seed=st.integers(0, 40), prompt=st.lists(st.integers(3, 40), min_size=1, max_size=9),
+       b=st.integers(2, 5), n=st.integers(1, 16), min_ngram=st.integers(1, 2))
 def test_self_spec_lookup_equals_ar_and_skips_the_draft_forward_on_a_match(seed: int, prompt: list[int], b: int,
-                                                                           n: int) -> None:
+                                                                           n: int, min_ngram: int) -> None:
     m = tiny_model(seed=seed, max_batch=1)
     ar = run(m, prompt, "ar", max_new_tokens=n, ignore_eos=True)
-    got = run(m, prompt, "self-spec-lookup", block_length=b, max_new_tokens=n, ignore_eos=True)
+    policy = graphrt.compile(policies.self_spec_lookup(b, min_ngram=min_ngram), m)
+    got = graphrt.generate(m, prompt, mode=policy, max_new_tokens=n, ignore_eos=True)
     assert got.tokens == ar.tokens
-    # Per cycle: one verify forward, plus one draft forward unless the context had a 2..3-gram match.
-    drafted = sum(lookup_oracle(prompt + ar.tokens[:s], b - 1, 3, 2) is None for s in _cycles(got.emit_sizes))
+    # Per cycle: one verify forward, plus one draft forward unless the context had a match.
+    drafted = sum(lookup_oracle(prompt + ar.tokens[:s], b - 1, 3, min_ngram) is None
+                  for s in _cycles(got.emit_sizes))
     assert got.forwards == 1 + len(got.emit_sizes) - 1 + drafted
 
 
