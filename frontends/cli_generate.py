@@ -133,16 +133,18 @@ def decode_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def prepare_request(model: Any, args: argparse.Namespace, **source: Any) -> tuple[Any, list[int], Any]:
     """Compile the mode or policy file and tokenize ``source`` (``prompt=`` or ``messages=``)."""
+    import graphrt
     from graphrt.api import prepare
-    from graphrt.ir import GraphError
 
     opts = decode_options(args)
-    try:
-        return prepare(model, **source, **opts)
-    except GraphError as e:
-        if args.policy is None:
-            raise
-        raise ValueError(f"{args.policy}: {e}") from None
+    if args.policy is not None:  # build it here, so that any error names the file
+        try:
+            opts["mode"] = graphrt.compile(opts["mode"], model, opts.pop("opt_level"))
+        except graphrt.GraphError as e:
+            raise ValueError(f"{args.policy}: {e}") from None
+        except Exception as e:  # the user's build function may raise anything
+            raise ValueError(f"{args.policy}: building the policy raised {type(e).__name__}: {e}") from e
+    return prepare(model, **source, **opts)
 
 
 def read_messages(path: str) -> list[dict[str, str]]:
@@ -163,10 +165,17 @@ def read_messages(path: str) -> list[dict[str, str]]:
 
 
 class TextStream:
-    """Prints a request's text as its tokens arrive (holding back an incomplete UTF-8 character)."""
+    """Prints a request's text as its tokens arrive.
 
-    def __init__(self, tokenizer: Any, out: Any = None) -> None:
+    It holds back an incomplete UTF-8 character, and with stop strings the last
+    ``len(longest stop) - 1`` characters, so what it prints is always a prefix of
+    the result's text (which is cut before the first stop string).
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...] = (), out: Any = None) -> None:
         self.tokenizer, self.out = tokenizer, out or sys.stdout
+        self.stops = stops
+        self.holdback = max((len(s) for s in stops), default=1) - 1
         self.tokens: list[int] = []
         self.printed = 0
 
@@ -177,9 +186,13 @@ class TextStream:
             " ".join(map(str, self.tokens)) + " "
         if text.endswith("\ufffd"):
             return
-        self.out.write(text[self.printed:])
-        self.out.flush()
-        self.printed = len(text)
+        end = len(text) - self.holdback
+        hits = [text.find(s) for s in self.stops if s in text]
+        end = min([end] + hits)
+        if end > self.printed:
+            self.out.write(text[self.printed:end])
+            self.out.flush()
+            self.printed = end
 
 
 def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: list[int], params: Any,
@@ -189,7 +202,7 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
     from graphrt.frontends.streaming import stream_generate
 
     quiet = args.json == "-"
-    stream = None if quiet or getattr(args, "no_stream", False) else TextStream(model.tokenizer)
+    stream = None if quiet or getattr(args, "no_stream", False) else TextStream(model.tokenizer, params.stop_strings)
     if stream is not None and header:
         sys.stdout.write(header)
     trace_path = getattr(args, "trace", None)

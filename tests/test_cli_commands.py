@@ -51,7 +51,8 @@ def test_release_checkpoint_every_mode(release, chat_file, capsys) -> None:
 def test_transformers_checkpoints_generate_and_chat(tmp_path, chat_file, capsys, kind: str) -> None:
     path = write_transformers_checkpoint(kind, tmp_path / kind, seed=1)
     recs = [run_json(capsys, cmd, "--model", str(path), "--mode", m, "--messages", str(chat_file), "--max-new-tokens",
-                     "5", "--ignore-eos") for cmd in ("generate", "chat") for m in ("ar", "self-spec")]
+                     "5", "--ignore-eos") for cmd in ("generate", "chat")
+            for m in ("ar", "self-spec", "self-spec-quadratic")]
     assert all(r["tokens"] == recs[0]["tokens"] and len(r["tokens"]) == 5 for r in recs)
     rec = run_json(capsys, "generate", "--model", str(path), "--prompt", "Hello", "--max-new-tokens", "3")
     assert isinstance(rec["text"], str) and rec["prompt"] == "Hello"
@@ -64,6 +65,13 @@ def test_generate_streams_tokens_as_committed(capsys) -> None:
                  "--json", "-"]) == 0
     rec = json.loads(capsys.readouterr().out)
     assert streamed == "def parse_args(" + rec["text"] + "\n"
+    stop = rec["text"][5:8]
+    args = ["generate", "--prompt", "def parse_args(", "--max-new-tokens", "12", "--stop", stop]
+    assert main(args) == 0
+    streamed = capsys.readouterr().out
+    assert main(args + ["--json", "-"]) == 0
+    cut = json.loads(capsys.readouterr().out)["text"]
+    assert streamed == "def parse_args(" + cut + "\n" and cut == rec["text"][:rec["text"].index(stop)]
 
 
 def test_interactive_chat(release, monkeypatch, capsys, tmp_path) -> None:
@@ -153,6 +161,11 @@ def test_policy_file_errors_name_file_and_node(tmp_path, capsys) -> None:
     bad_py.write_text("x = 1\n")
     assert main(["generate", "--policy", str(bad_py), "--prompt", "x"]) == 2
     assert str(bad_py) in capsys.readouterr().err
+    raising = tmp_path / "raising.py"
+    raising.write_text("from graphrt import Policy\npolicy = Policy('bad', lambda config: 1 / 0)\n")
+    assert main(["generate", "--policy", str(raising), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err
+    assert str(raising) in err and "ZeroDivisionError" in err
 
 
 @pytest.mark.parametrize("suffix,min_bytes,marker", [
