@@ -148,6 +148,9 @@ class LoweredGraph:
         self.instrs: list[_Instr] = []
         self.regions: dict[int, LoweredGraph] = {}
         plans = _plans if _plans is not None else (getattr(graph, "annotations", None) or {})
+        self.plans = plans
+        # CUDA graphs of the capture plan's static segments (generated code on CUDA; NOT YET RUN ON A GPU).
+        self.capture = device.type == "cuda" and "capture" in plans and os.environ.get("GRAPHRT_CUDA_GRAPHS", "1") != "0"
         plan = plans.get("memory")
         self.num_slots = plan.num_slots if plan is not None else 0
         for node in graph.nodes:
@@ -373,6 +376,16 @@ class Arena:
         self.bound: dict[int, torch.Tensor] = {}
         self.misses = 0
         self.events: dict[tuple[int, int], Any] = {}
+        self.segments: dict[Any, Any] = {}
+
+    def segment(self, key: Any) -> Any:
+        """This program's :class:`graphrt.lowering.SegmentGraph` of the captured run ``key``."""
+        seg = self.segments.get(key)
+        if seg is None:
+            from graphrt.lowering import SegmentGraph
+
+            seg = self.segments[key] = SegmentGraph()
+        return seg
 
     def run(self, ins: _Instr, args: list[Any]) -> torch.Tensor:
         """Execute a planned instruction into its buffer; returns the buffer."""

@@ -89,6 +89,7 @@ class _Writer:
         self.names: dict[int, str] = {}
         self.taken: set[str] = set()
         self.count = 0
+        self.capture = False
 
     def line(self, text: str, node: Any = None, graph: str = "", comment: str = "") -> None:
         pad = "    " * self.indent
@@ -139,6 +140,7 @@ def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
         Its code, the compiled generator function and the line map.
     """
     w = _Writer()
+    w.capture = lowered.capture
     w.taken.update({"_arena", "_outbox"})
     params = [w.var(v) for v in lowered.graph.inputs]
     fname = re.sub(r"\W", "_", lowered.graph.name) or "step"
@@ -160,11 +162,19 @@ def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
 def _region(w: _Writer, lowered: "LoweredGraph") -> None:
     """Lines of one region (its inputs already bound to names)."""
     gname = lowered.graph.name
-    streams = lowered.streams
+    streams = None if w.capture else lowered.streams  # captured code runs on one stream
     runner = w.const("streams", streams) if streams is not None else None
     if runner is not None:
         w.line(f"{runner}.fork()")
+    runs = {r.start: r for r in captured_runs(lowered)} if w.capture else {}
+    skip_to = 0
     for index, ins in enumerate(lowered.instrs):
+        if index < skip_to:
+            continue
+        if index in runs:
+            skip_to = runs[index].stop
+            _captured_run(w, lowered, runs[index])
+            continue
         node = ins.node
         args = [w.use(i, lowered) for i in ins.ins]
         outs = [w.var(v) for v in node.outputs]
@@ -180,6 +190,154 @@ def _region(w: _Writer, lowered: "LoweredGraph") -> None:
             w.line(f"{runner}.record({index}, {w.const('i', ins)}, _arena)")
     if runner is not None:
         w.line(f"{runner}.join()")
+
+
+@dataclass(frozen=True)
+class CapturedRun:
+    """A run of a region's instructions the executor captures as one CUDA graph.
+
+    Attributes
+    ----------
+    region:
+        The region key (as in the capture plan: ``""`` top level, else the loop node's name).
+    start, stop:
+        Instruction indices ``[start, stop)`` of the region.
+    nodes:
+        Their node names, in program order.
+    """
+
+    region: str
+    start: int
+    stop: int
+    nodes: tuple[str, ...]
+
+
+def captured_runs(lowered: "LoweredGraph") -> list[CapturedRun]:
+    """The runs of ``lowered``'s own instructions (not its sub-regions') that the executor captures.
+
+    The executor cuts a region's instructions at every control instruction (the program
+    yields or loops there) and at every boundary of the graph's capture plan
+    (``annotations["capture"]``), and captures a run when it is exactly one segment
+    the plan marks capturable. A test checks these are exactly the plan's segments.
+    """
+    plan = (lowered.plans or {}).get("capture")
+    if plan is None:
+        return []
+    segment_of = {name: seg for seg in plan.segments if seg.region == lowered.key for name in seg.nodes}
+    instrs = lowered.instrs
+    runs: list[CapturedRun] = []
+    current: list[int] = []
+
+    def close() -> None:
+        if current:
+            names = tuple(instrs[j].node.name for j in current)
+            seg = segment_of.get(names[0])
+            if seg is not None and seg.capturable and names == seg.nodes:
+                runs.append(CapturedRun(lowered.key, current[0], current[-1] + 1, names))
+            current.clear()
+
+    for i, ins in enumerate(instrs):
+        if ins.impl is None:  # a control instruction: the program yields or loops here
+            close()
+            continue
+        if current and segment_of.get(ins.node.name) is not segment_of.get(instrs[current[0]].node.name):
+            close()
+        current.append(i)
+    close()
+    return runs
+
+
+class SegmentGraph:
+    """One program's CUDA graph of one captured run (NOT YET RUN ON A GPU).
+
+    The first call runs the segment eagerly (warm-up: kernels compile, the arena binds
+    its buffers); the second copies the segment's inputs into static buffers and
+    captures the segment on them through :func:`graphrt.cuda_kernels.graphs.capture`;
+    every later call copies the inputs into those buffers and replays the graph on
+    torch's current stream. Outputs are the arena buffers (and views of them) the
+    capture wrote, so they keep their addresses. A call whose inputs change shape or
+    dtype, or a capture that fails, falls back to eager runs for good (``reason`` says why).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.graph: Any = None
+        self.static: list[Any] = []
+        self.outputs: tuple[Any, ...] = ()
+        self.reason = ""
+
+    def run(self, fn: Any, arena: Any, args: list[Any]) -> tuple[Any, ...]:
+        """Run the segment ``fn(arena, *args)``: eagerly, by capturing it, or by replaying it."""
+        self.calls += 1
+        if self.reason or self.calls == 1:
+            return fn(arena, *args)
+        if self.graph is None:
+            return self._capture(fn, arena, args)
+        for buf, a in zip(self.static, args):
+            if isinstance(buf, torch.Tensor):
+                if buf.shape != a.shape or buf.dtype != a.dtype:
+                    self.reason = f"input changed from {list(buf.shape)} {buf.dtype} to {list(a.shape)} {a.dtype}"
+                    return fn(arena, *args)
+                buf.copy_(a)
+        from graphrt.cuda_kernels.streams import current_stream
+
+        self.graph.replay(current_stream())
+        return self.outputs
+
+    def _capture(self, fn: Any, arena: Any, args: list[Any]) -> tuple[Any, ...]:
+        from graphrt.cuda_kernels.graphs import capture
+        from graphrt.cuda_kernels.streams import Stream, current_stream
+
+        self.static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        held: dict[str, Any] = {}
+
+        def body() -> None:
+            held["out"] = fn(arena, *self.static)
+
+        try:
+            main = current_stream()
+            side = Stream.create()
+            side.wait_stream(main)  # the capture stream sees everything issued so far
+            self.graph = capture(body, stream=side, warmup=1)
+        except Exception as exc:  # noqa: BLE001 - fall back to eager, say why
+            self.reason = f"capture failed: {type(exc).__name__}: {exc}"
+            return fn(arena, *args)
+        main.wait_stream(side)
+        self.outputs = held["out"]
+        for buf, a in zip(self.static, args):
+            if isinstance(buf, torch.Tensor):
+                buf.copy_(a)
+        self.graph.replay(main)
+        return self.outputs
+
+
+def _captured_run(w: _Writer, lowered: "LoweredGraph", run: CapturedRun) -> None:
+    """A captured run: its lines go into a function the program's :class:`SegmentGraph` captures and replays."""
+    instrs = lowered.instrs[run.start:run.stop]
+    defined = {vid for ins in instrs for vid in ins.outs}
+    external = list(dict.fromkeys(vid for ins in instrs for vid in ins.ins if vid not in defined))
+    inner = _Writer()
+    inner.ns, inner.taken, inner.count = w.ns, set(w.taken), w.count
+    inner.names = dict(w.names)
+    fname = w.const("segment_fn", None)
+    params = [inner.names[vid] for vid in external]
+    for index, ins in enumerate(instrs, start=run.start):
+        args = [inner.use(i, lowered) for i in ins.ins]
+        outs = [inner.var(v) for v in ins.node.outputs]
+        inner.line(f"{', '.join(outs) or '_'} = {_compute_call(inner, ins, index, args, None)}", ins.node,
+                   lowered.graph.name, ins.node.op)
+    results = [inner.names[vid] for vid in dict.fromkeys(v for ins in instrs for v in ins.outs)]
+    w.count = inner.count
+    src = "\n".join([f"def {fname}(_arena, {', '.join(params)}):"] + inner.lines +
+                     [f"    return ({', '.join(results)},)"])
+    exec(compile(src, f"{_FILENAME}:segment:{lowered.key}:{run.start}", "exec"), w.ns)  # noqa: S102
+    for vid, name in inner.names.items():  # the run's values, named as the segment function names them
+        if vid in defined:
+            w.names[vid] = name
+            w.taken.add(name)
+    key = w.const("segment_key", (lowered.key, run.start))
+    w.line(f"{', '.join(results)}, = _arena.segment({key}).run({fname}, _arena, [{', '.join(params)}])",
+           instrs[0].node, lowered.graph.name, f"captured segment {lowered.key or '<top>'}[{run.start}:{run.stop}]")
 
 
 def _compute_call(w: _Writer, ins: Any, index: int, args: list[str], runner: str | None) -> str:
@@ -313,4 +471,4 @@ def run_generated(step: GeneratedStep, inputs: list[Any], arena: Any, outbox: li
             raise
 
 
-__all__ = ["GeneratedStep", "generate_step", "run_generated"]
+__all__ = ["CapturedRun", "GeneratedStep", "SegmentGraph", "captured_runs", "generate_step", "run_generated"]
