@@ -13,7 +13,9 @@ per-row reference loops of the other modules), (3) reports the kernel's effectiv
 read and write, once, over its time) against the device-to-device copy
 bandwidth measured here, and finally (4) captures one decode step (sample ->
 verify_accept -> commit) in a CUDA graph through cuda-python, replays it and
-checks the replay against the eager step. Prints Markdown tables.
+checks the replay against the eager step, and (5) decodes each mode with the executor capturing the
+capture plan's segments as CUDA graphs against eager (tokens equal, ms per token; this section has
+not yet run on a GPU). Prints Markdown tables.
 
 Without a GPU it exits with status 2 and a clear message. ``--sim`` runs the
 same code with tiny shapes in Numba's CUDA simulator on CPU (wall-clock
@@ -245,6 +247,52 @@ def run_graph(args: argparse.Namespace, timer: Timer) -> list[list[str]]:
              f"{eager_ms:.3f}", f"{replay_ms:.3f}", "yes" if same else "NO"]]
 
 
+def run_captured_policies(repeats: int) -> list[list[str]]:
+    """Decode with the executor's CUDA graphs of the capture plan's segments vs eager (NOT YET RUN ON A GPU).
+
+    A random model of the shipped shape on the GPU; each mode decodes the same prompt with
+    ``GRAPHRT_CUDA_GRAPHS=0`` (eager) and ``=1`` (segments captured on their second run,
+    replayed after): tokens must be equal; reports ms per token and the segments replayed.
+    """
+    import torch
+
+    import graphrt
+    from graphrt.frontends.checkpoint import init_random_
+    from graphrt.frontends.config import default_test_config
+    from graphrt.frontends.transformer import Transformer, TransformerBackbone
+
+    cfg = default_test_config(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                              head_dim=48, block_size=8, mask_token_id=3)
+    net = init_random_(Transformer(cfg), 0).to("cuda").eval()
+    model = graphrt.Model(TransformerBackbone(net, max_rows=1))
+    prompt = list(range(10, 74))
+    rows = []
+    for mode in ("ar", "self-spec", "self-spec-quadratic"):
+        out = {}
+        for flag in ("0", "1"):
+            os.environ["GRAPHRT_CUDA_GRAPHS"] = flag
+            compiled = graphrt.compile(mode, model)  # lowered per flag: a fresh compile each
+            times, res, segs = [], None, []
+            for _ in range(max(2, repeats // 5)):
+                session = graphrt.Session(model.backbone)
+                rid = session.add(compiled, prompt, graphrt.GenerationParams(max_new_tokens=48, ignore_eos=True))
+                req = session._waiting[0]
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                res = session.run()[rid]
+                torch.cuda.synchronize()
+                times.append((time.perf_counter() - t) / len(res.tokens))
+                segs = list(req.program.arena.segments.values())
+            out[flag] = (res, statistics.median(times) * 1e3, segs)
+        (eager, e_ms, _), (graph, g_ms, segs) = out["0"], out["1"]
+        replayed = sum(s.graph is not None and not s.reason for s in segs)
+        why = "; ".join(sorted({s.reason for s in segs if s.reason}))[:80]
+        rows.append([mode, f"{e_ms:.3f}", f"{g_ms:.3f}", f"{replayed}/{len(segs)}" + (f" ({why})" if why else ""),
+                     "yes" if eager.tokens == graph.tokens else "NO"])
+    os.environ.pop("GRAPHRT_CUDA_GRAPHS", None)
+    return rows
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -291,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         print("\n" + table(["captured decode step", "shape", "graph nodes", "eager ms", "replay ms", "replay == eager"],
                            run_graph(args, timer)))
+        print("\n" + table(["mode (executor CUDA graphs)", "eager ms/token", "graphs ms/token", "segments replayed",
+                            "tokens equal"], run_captured_policies(repeats)))
     print(f"\nmedian of {repeats} runs each; total {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -1,7 +1,9 @@
 """A row-indexed KV cache allocated once, up front, and attended where it lies.
 
-Storage is one K and one V tensor ``[layers, rows + 1, kv_heads, slots, head_dim]``
-with ``slots = capacity + scratch``, and a host-side length per row. A row
+Storage is one K and one V tensor per layer, ``[rows + 1, kv_heads, slots, head_dim]``
+with ``slots = capacity + scratch`` (one tensor per layer, so a compiled forward
+updates each in place rather than through a view of a larger one), and a
+host-side length per row. A row
 belongs to one request; rows advance by different amounts each round. The extra
 storage row (index ``rows``) is where padding rows of a packed call put their
 K/V, so they never touch a real row.
@@ -78,8 +80,6 @@ class RowKVCache:
 
     Attributes
     ----------
-    k, v:
-        ``[rows, layers, kv_heads, capacity, head_dim]`` views of the storage.
     lengths:
         ``list[int]``, the valid cached length of every row (host side).
     """
@@ -92,16 +92,24 @@ class RowKVCache:
         self.rows, self.layers, self.kv_heads = rows, layers, kv_heads
         self.capacity, self.head_dim = capacity, head_dim
         self.slots = capacity + max(int(scratch), 1)
-        shape = (layers, rows + 1, kv_heads, self.slots, head_dim)  # row `rows`: padding rows' slots
-        self._k = torch.zeros(shape, dtype=dtype, device=device)
-        self._v = torch.zeros(shape, dtype=dtype, device=device)
-        self.device = self._k.device
-        self.k = self._k[:, :rows, :, :capacity].transpose(0, 1)  # [rows, layers, KV, C, d]
-        self.v = self._v[:, :rows, :, :capacity].transpose(0, 1)
+        shape = (rows + 1, kv_heads, self.slots, head_dim)  # row `rows`: padding rows' slots
+        self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.device = self._k[0].device
         self._kv_index = torch.arange(kv_heads, device=self.device)[None, None, :]  # [1, 1, KV]
         self.lengths: list[int] = [0] * rows
         self._free: list[int] = list(range(rows))
         self._allocated: set[int] = set()
+
+    @property
+    def k(self) -> torch.Tensor:
+        """``[rows, layers, kv_heads, capacity, head_dim]`` copy of the keys (inspection)."""
+        return torch.stack(self._k, 1)[:self.rows, :, :, :self.capacity]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """``[rows, layers, kv_heads, capacity, head_dim]`` copy of the values (inspection)."""
+        return torch.stack(self._v, 1)[:self.rows, :, :, :self.capacity]
 
     # ------------------------------------------------------------------ rows
     def alloc_rows(self, n: int) -> list[int]:
@@ -220,12 +228,13 @@ class RowKVCache:
 
     def store(self, layer: int, plan: SlotPlan, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write one layer's new ``k, v`` ``[B, L, KV, d]`` (any strides) into their slots."""
-        self._k[layer].index_put_(plan.index, k.to(self._k.dtype))
-        self._v[layer].index_put_(plan.index, v.to(self._v.dtype))
+        kl, vl = self._k[layer], self._v[layer]
+        kl.index_put_(plan.index, k.to(kl.dtype))
+        vl.index_put_(plan.index, v.to(vl.dtype))
 
     def keys(self, layer: int, plan: SlotPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """One layer's keys and values ``[B, KV, keys, d]`` of the plan's rows (views for a row range)."""
-        return self._k[layer, plan.row_sel, :, :plan.keys], self._v[layer, plan.row_sel, :, :plan.keys]
+        return self._k[layer][plan.row_sel, :, :plan.keys], self._v[layer][plan.row_sel, :, :plan.keys]
 
     def commit(self, plan: SlotPlan) -> None:
         """Advance each written row's length to the plan's end (``max(old, last written + 1)``)."""
@@ -245,9 +254,9 @@ class RowKVCache:
             length = max((self.lengths[r] for r in rows), default=0)
         idx = torch.tensor(rows, dtype=torch.long, device=self.device)  # [B]
         if layer is None:
-            return (self._k[:, idx, :, :length].transpose(0, 1),
-                    self._v[:, idx, :, :length].transpose(0, 1))  # [B, layers, KV, P, d]
-        return self._k[layer, idx, :, :length], self._v[layer, idx, :, :length]  # [B, KV, P, d]
+            return (torch.stack([k[idx, :, :length] for k in self._k], 1),
+                    torch.stack([v[idx, :, :length] for v in self._v], 1))  # [B, layers, KV, P, d]
+        return self._k[layer][idx, :, :length], self._v[layer][idx, :, :length]  # [B, KV, P, d]
 
     def prefix_mask(self, rows: list[int], length: int) -> torch.Tensor:
         """``[B, length]`` bool: slot ``j`` is inside row ``rows[b]``'s valid prefix."""
