@@ -98,20 +98,9 @@ def resolve_impl(op: str, device: torch.device, kernels: str = "auto") -> Impl:
     has a kernel for the op; ``"simulator"`` uses those kernels on CPU tensors in
     Numba's CUDA simulator (tests); ``"off"`` always runs the registry's torch reference.
     """
-    if kernels not in ("auto", "simulator", "off"):
-        raise ValueError(f"resolve_impl: kernels expected 'auto', 'simulator' or 'off', found {kernels!r}")
-    if kernels == "simulator" or (kernels == "auto" and device.type == "cuda"):
-        try:
-            from graphrt.cuda_kernels.op_adapters import op_impl
-        except ImportError:  # CUDA extra not installed: the references run on the GPU through torch
-            op_impl = None
-        if op_impl is not None:
-            impl = op_impl(op, device, simulator=kernels == "simulator")
-            if impl is not None:
-                return impl
-    ref = get_op(op).reference
-    assert ref is not None, f"op '{op}' has no reference"
-    return ref
+    impl = get_op(op).implementation(device, kernels)
+    assert impl is not None, f"op '{op}' has no reference"
+    return impl
 
 
 def causal_mask(n: int, device: torch.device | None = None) -> torch.Tensor:
@@ -203,9 +192,7 @@ def _bind_plan(ins: _Instr, plan: Any, reference: Impl | None) -> None:
         return
     ins.slot, ins.mode = slot, plan.mode.get(name, "copy")
     if ins.mode == "out" and ins.impl is reference:
-        from graphrt.out_variants import out_variant
-
-        ins.out_impl = out_variant(ins.node.op)
+        ins.out_impl = get_op(ins.node.op).out_variant
 
 
 def _bind_schedule(instrs: list[_Instr], schedule: Any, device: torch.device) -> "StreamRunner | None":

@@ -87,6 +87,7 @@ def _concat(*xs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.cat(xs, 0, out=out)
 
 
+# Registered on the ops' registry entries by :func:`register_builtin_impls`; look them up there.
 OUT_VARIANTS: dict[str, Callable[..., Any]] = {
     "add": _binary(torch.add), "sub": _binary(torch.sub), "mul": _binary(torch.mul), "div": _binary(torch.div),
     "maximum": _binary(torch.maximum), "minimum": _binary(torch.minimum),
@@ -114,8 +115,33 @@ OUT_VARIANTS: dict[str, Callable[..., Any]] = {
 """Op name -> ``variant(*inputs, out=buffer, **attrs)``."""
 
 
+KERNEL_OPS = ("sample", "confidence", "denoise_select", "verify_accept")
+"""Built-in ops with a CUDA kernel (:mod:`graphrt.cuda_kernels.op_adapters`, imported on first use)."""
+
+
+def _kernel(op: str) -> Callable[..., Any]:
+    def kernel(device: Any, simulator: bool) -> Callable[..., Any] | None:
+        try:
+            from graphrt.cuda_kernels.op_adapters import op_impl
+        except ImportError:  # the CUDA extra is not installed: the reference runs through torch
+            return None
+        return op_impl(op, device, simulator=simulator)
+
+    return kernel
+
+
+def register_builtin_impls() -> None:
+    """Put the built-in ops' out-variants and kernels on their registry entries (the one op table)."""
+    from graphrt.registry import register_impls
+
+    for op, variant in OUT_VARIANTS.items():
+        register_impls(op, out_variant=variant)
+    for op in KERNEL_OPS:
+        register_impls(op, kernel=_kernel(op))
+
+
 def out_variant(op: str) -> Callable[..., Any] | None:
-    """The out-variant of ``op``'s reference, or None (compute, then copy).
+    """The out-variant on ``op``'s registry entry, or None (compute, then copy).
 
     Parameters
     ----------
@@ -127,4 +153,6 @@ def out_variant(op: str) -> Callable[..., Any] | None:
     Callable or None
         ``variant(*inputs, out=buffer, **attrs) -> buffer``.
     """
-    return OUT_VARIANTS.get(op)
+    from graphrt.registry import get_op
+
+    return get_op(op).out_variant

@@ -18,7 +18,7 @@ reordered past each other by passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from graphrt.types import Type
@@ -62,6 +62,23 @@ class OpDef:
     doc: str = ""
     num_regions: int = 0
     optional_inputs: tuple[str, ...] = field(default=())
+    out_variant: Callable[..., Any] | None = None
+    kernel: Callable[..., Any] | None = None
+
+    def implementation(self, device: Any, kernels: str = "auto") -> Callable[..., Any] | None:
+        """The implementation to run for tensors on ``device`` (None for control ops).
+
+        ``kernels``: ``"auto"`` runs :attr:`kernel` (``kernel(device, simulator) -> impl``)
+        on CUDA devices, ``"simulator"`` runs it on CPU tensors in Numba's CUDA simulator,
+        ``"off"`` always runs the :attr:`reference`; an op without a kernel runs its reference.
+        """
+        if kernels not in ("auto", "simulator", "off"):
+            raise ValueError(f"op '{self.name}': kernels expected 'auto', 'simulator' or 'off', found {kernels!r}")
+        if self.kernel is not None and (kernels == "simulator" or (kernels == "auto" and device.type == "cuda")):
+            impl = self.kernel(device, kernels == "simulator")
+            if impl is not None:
+                return impl
+        return self.reference
 
     @property
     def variadic(self) -> bool:
@@ -119,6 +136,34 @@ def register_op(opdef: OpDef, *, replace: bool = False) -> OpDef:
     return opdef
 
 
+def register_impls(name: str, *, out_variant: Callable[..., Any] | None = None,
+                   kernel: Callable[..., Any] | None = None) -> OpDef:
+    """Attach an out-variant and/or a device kernel to the registered op ``name``.
+
+    Parameters
+    ----------
+    name:
+        A registered op.
+    out_variant:
+        ``variant(*inputs, out=buffer, **attrs) -> buffer``, bit for bit the reference.
+    kernel:
+        ``kernel(device, simulator: bool) -> impl or None``: the op's kernel-backed
+        implementation for a CUDA device (or for CPU tensors in Numba's simulator), with
+        the reference's calling convention.
+
+    Raises
+    ------
+    KeyError
+        ``name`` is not registered.
+    """
+    opdef = _OPS.get(name)
+    if opdef is None:
+        raise KeyError(f"register_impls: op '{name}' is not registered")
+    changes = {k: v for k, v in (("out_variant", out_variant), ("kernel", kernel)) if v is not None}
+    _OPS[name] = opdef = replace(opdef, **changes)
+    return opdef
+
+
 def get_op(name: str) -> OpDef:
     """The definition of ``name``; ``KeyError`` naming close matches when absent."""
     _ensure_builtins()
@@ -144,5 +189,14 @@ def all_ops() -> dict[str, OpDef]:
     return dict(_OPS)
 
 
+_BUILTINS_DONE: list[bool] = []
+
+
 def _ensure_builtins() -> None:
+    if _BUILTINS_DONE:
+        return
+    _BUILTINS_DONE.append(True)
     import graphrt.ops  # noqa: F401  (registers the built-in ops on import)
+    import graphrt.out_variants as out_variants
+
+    out_variants.register_builtin_impls()

@@ -85,3 +85,18 @@ def test_generated_code_prints_and_names_a_failing_node(model) -> None:
     prog = Program(LoweredGraph(g, CPU), {"x": torch.tensor([1, 2])}, interpret=False)
     with pytest.raises(ExecutionError, match=r"node '.*' \(gather\) in graph 'bad' failed"):
         prog.start()
+
+
+def test_one_op_table_holds_reference_out_variant_and_kernel() -> None:
+    from graphrt.executor import resolve_impl
+    from graphrt.registry import all_ops, get_op, register_impls
+
+    ops = all_ops()
+    assert ops["add"].out_variant is not None and ops["sample"].kernel is not None
+    assert ops["forward"].out_variant is None and ops["forward"].kernel is None
+    name = "double_test_op"
+    if name not in ops:
+        graphrt.register_op(graphrt.OpDef(name, ("x",), {}, lambda ts, a: [ts[0]], lambda x: x * 2))
+    register_impls(name, kernel=lambda device, simulator: (lambda x: x + x))
+    assert resolve_impl(name, CPU, "off") is get_op(name).reference
+    assert resolve_impl(name, CPU, "simulator")(torch.tensor([3])).item() == 6  # the entry's kernel, found in one lookup
