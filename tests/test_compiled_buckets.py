@@ -8,7 +8,6 @@ seconds per shape here, so the shapes are few (block 4: widths 1, 4, 8, 20; one 
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import graphrt
