@@ -66,9 +66,10 @@ class LoRARowwiseParallel(RowwiseParallel):
 
     The base weight and ``lora_A`` are split along their input features
     (``Shard(1)``, as the base layer's input is split by head); ``lora_B`` is
-    replicated, so ``B(A(x))`` is a partial sum like the base output and the one
-    redistribution to ``Replicate`` sums both. The per-token adapter selection
-    (second argument) is passed through as a replicated DTensor.
+    replicated, so ``B(A(x))`` is a partial sum like the base output. The per-token
+    adapter selection (second argument) is passed through as a replicated DTensor;
+    DTensor sums both partial outputs before ``LoRALinear``'s per-token ``where``
+    (two all-reduces per layer where the base layer alone needs one).
     """
 
     def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
