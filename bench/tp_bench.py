@@ -93,6 +93,7 @@ def measure(path: Path | None, tp: int, modes: list[str], prompts: int, max_new_
             res = graphrt.generate(model, p, mode=compiled, max_new_tokens=max_new_tokens, ignore_eos=True)
             tokens, forwards = tokens + len(res.tokens), forwards + res.forwards
         out["modes"][mode] = {"tokens_per_s": tokens / (time.perf_counter() - t), "tpf": tokens / forwards}
+        print(f"[tp={tp} {path or 'shipped'}] {mode}: {out['modes'][mode]}", file=sys.stderr, flush=True)
     if tp > 1:
         import torch.distributed as dist
 
