@@ -149,7 +149,9 @@ class Backbone(Protocol):
         Queries attend to their row's cached prefix ``[0, cache_length(row))``
         plus the new tokens allowed by ``batch.attention``. Tokens with
         ``kv_write`` store their K/V at slot ``positions[b, i]``; the row's
-        cache length then becomes ``max(old, max written position + 1)``.
+        cache length then becomes ``max(old, max written position + 1)``. The batch's
+        tensors are inputs only (they may be views of the requests' own tensors or shared
+        constants): a backbone must not modify them.
         """
         ...
 
