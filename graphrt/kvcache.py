@@ -191,27 +191,28 @@ class RowKVCache:
         pad = [not 0 <= r < self.rows for r in rows]
         srows = [self.rows if p else r for r, p in zip(rows, pad)]
         lengths = [0 if p else self.lengths[r] for r, p in zip(srows, pad)]
-        pos_h = positions.detach().to("cpu", torch.long)  # [B, L]
-        write_h = write.detach().to("cpu", torch.bool)
-        if any(pad):
-            write_h = write_h & torch.tensor([not p for p in pad])[:, None]
-        any_write = bool(write_h.any())
-        if any_write:
-            written = pos_h[write_h]
-            lo, hi = int(written.min()), int(written.max())
-            if lo < 0 or hi >= self.capacity:
-                raise ValueError(f"KV cache write: positions expected in [0, {self.capacity}) (row capacity), "
-                                 f"found [{lo}, {hi}] in rows {rows}")
-        lens_h = torch.tensor(lengths, dtype=torch.long)  # [B]
-        ends_h = torch.maximum(torch.where(write_h, pos_h + 1, 0).amax(dim=1), lens_h) if L else lens_h
-        rank = torch.cumsum(~write_h, dim=1) - 1  # [B, L] rank among the row's non-writing tokens
-        slot_h = torch.where(write_h, pos_h, ends_h[:, None] + rank)  # [B, L]
-        keys = max(int(slot_h.max()) + 1 if slot_h.numel() else 0, max(lengths, default=0))
+        pos_l = positions.detach().to("cpu", torch.long).tolist()  # [B][L], host lists: a few tokens per row
+        write_l = write.detach().to("cpu", torch.bool).tolist()
+        slots_l: list[list[int]] = []
+        ends: list[int] = []
+        written = [p for prow, wrow, pd in zip(pos_l, write_l, pad) if not pd for p, w in zip(prow, wrow) if w]
+        if written and (min(written) < 0 or max(written) >= self.capacity):
+            raise ValueError(f"KV cache write: positions expected in [0, {self.capacity}) (row capacity), "
+                             f"found [{min(written)}, {max(written)}] in rows {rows}")
+        for prow, wrow, pd, length in zip(pos_l, write_l, pad, lengths):
+            wrow = [False] * L if pd else wrow
+            end = max([length] + [p + 1 for p, w in zip(prow, wrow) if w])
+            rank, srow = 0, []
+            for p, w in zip(prow, wrow):  # non-writing tokens: their own slots after the row's end
+                srow.append(p if w else end + rank)
+                rank += not w
+            slots_l.append(srow)
+            ends.append(end)
+        keys = max([max(r) + 1 for r in slots_l if r] + lengths + [0])
         if keys > self.slots:
             raise ValueError(f"KV cache: a call of {L} tokens needs {keys} slots in rows {rows} (its non-writing "
                              f"tokens go after the row's end), but a row holds {self.slots} "
                              f"(capacity {self.capacity} + scratch {self.slots - self.capacity})")
-        ends = ends_h.tolist()
         first = srows[0] if srows else 0
         row_sel: slice | torch.Tensor
         if srows == list(range(first, first + B)):
@@ -220,9 +221,9 @@ class RowKVCache:
             row_sel = torch.tensor(srows, dtype=torch.long, device=self.device)
         dev = self.device
         row_idx = torch.tensor(srows, dtype=torch.long, device=dev)[:, None, None].expand(B, L, 1)
-        slot = slot_h.to(dev)
-        prefill = (max(lengths, default=0) == 0 and any_write and bool(write_h.all())
-                   and bool((pos_h == torch.arange(L)).all()))
+        slot = torch.tensor(slots_l, dtype=torch.long, device=dev).view(B, L)  # [B, L]
+        prefill = (max(lengths, default=0) == 0 and not any(pad) and L > 0
+                   and all(srow == list(range(L)) and all(wrow) for srow, wrow in zip(slots_l, write_l)))
         return SlotPlan(srows, lengths, ends, slot, keys, row_sel, (row_idx, self._kv_index, slot[:, :, None]),
                         prefill)
 
