@@ -1,4 +1,4 @@
-"""The ``graphrt`` command line: ``generate``, ``chat``, ``show``, ``bench``, ``train``, ``eval``.
+"""The ``graphrt`` command line: ``generate``, ``chat``, ``show``, ``bench``, ``serve``, ``train``, ``eval``.
 
 Each subcommand lives in its own module (listed in :data:`SUBCOMMANDS`), which
 exposes ``add_parser(subparsers) -> None`` registering its arguments and a
@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "graphrt.frontends.cli_chat",
     "graphrt.frontends.cli_show",
     "graphrt.frontends.cli_bench",
+    "graphrt.frontends.cli_serve",
     "graphrt.frontends.training.train",
     "graphrt.frontends.training.evaluate",
 ]

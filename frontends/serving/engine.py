@@ -1,0 +1,283 @@
+"""The engine loop: one thread drives one :class:`graphrt.Session` for the HTTP side.
+
+The HTTP side (an asyncio event loop) hands :class:`Job` s to
+:meth:`Engine.submit` and reads each job's events from an ``asyncio.Queue``;
+the engine thread owns the session and is the only one that touches it.
+Between two steps it applies cancellations and admits waiting jobs while cache
+rows are free; each step's emitted tokens are posted to their jobs at once; a
+finished job gets its :class:`~graphrt.GenerationResult` and frees its row.
+
+A job is added to the session only when a row is free for it, so every
+request the session holds is active in the next step: when a step raises, the
+requests of that step (all of them) are cancelled and answered with a 500,
+and the session goes on with the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from graphrt.api import Model, compile as compile_mode
+from graphrt.compiled import CompiledPolicy
+from graphrt.frontends.serving.metrics import Metrics
+from graphrt.frontends.serving.protocol import RequestError
+from graphrt.params import GenerationParams, GenerationResult
+from graphrt.session import Session
+
+log = logging.getLogger("graphrt.serve")
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Event: tokens one step emitted for a job."""
+
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Event: the job's result (the last event of a job that succeeded)."""
+
+    result: GenerationResult
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Event: the job failed (the last event of a job that did not succeed)."""
+
+    error: RequestError
+
+
+@dataclass(eq=False)
+class Job:
+    """One request on its way through the engine.
+
+    Parameters
+    ----------
+    policy, prompt, params:
+        What :meth:`graphrt.Session.add` gets.
+    loop:
+        The event loop of the HTTP handler waiting on :attr:`events`.
+    """
+
+    policy: CompiledPolicy
+    prompt: list[int]
+    params: GenerationParams
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    arrived: float = field(default_factory=time.perf_counter)
+    first_token: float | None = None
+    request_id: int | None = None
+
+    def post(self, event: Tokens | Finished | Failed) -> None:
+        """Hand ``event`` to the handler's event loop (thread-safe)."""
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the handler's loop is closed: nobody is listening any more
+            pass
+
+
+class Engine:
+    """One session, its engine thread, and the bounded waiting queue in front of it.
+
+    Parameters
+    ----------
+    model:
+        The loaded model (its backbone's rows bound the active requests).
+    max_active:
+        Requests active at once (default: every cache row of the backbone).
+    max_queue:
+        Requests that may wait for a row; one more is refused with a 429.
+    metrics:
+        Where to count (a fresh :class:`Metrics` by default).
+    """
+
+    def __init__(self, model: Model, max_active: int | None = None, max_queue: int = 64,
+                 metrics: Metrics | None = None) -> None:
+        rows = model.backbone.free_row_count()
+        if max_active is not None and not 0 < max_active <= rows:
+            raise ValueError(f"max_active: expected an int in [1, {rows}] (the backbone's free cache rows), "
+                             f"found {max_active!r}")
+        if not isinstance(max_queue, int) or max_queue < 0:
+            raise ValueError(f"max_queue: expected an int >= 0, found {max_queue!r}")
+        self.model = model
+        self.max_active = max_active or rows
+        self.max_queue = max_queue
+        self.metrics = metrics or Metrics()
+        self.session = Session(model.backbone, model.tokenizer)
+        self._cond = threading.Condition()
+        self._waiting: deque[Job] = deque()
+        self._cancels: list[Job] = []
+        self._active: dict[int, Job] = {}
+        self._policies: dict[tuple[str, int | None, float | None], CompiledPolicy] = {}
+        self._compile_lock = threading.Lock()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="graphrt-engine", daemon=True)
+
+    # ------------------------------------------------------------------ HTTP side
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the engine thread (jobs still running are failed with a 503)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread runs."""
+        return self._thread.is_alive()
+
+    def policy(self, mode: str, block_length: int | None, threshold: float | None) -> CompiledPolicy:
+        """The compiled policy for a mode and its knobs (compiled once, then cached).
+
+        Raises ``RequestError`` (400) naming the knob a policy rejects.
+        """
+        key = (mode, block_length, threshold)
+        with self._compile_lock:
+            if key not in self._policies:
+                try:
+                    self._policies[key] = compile_mode(mode, self.model, block_length=block_length,
+                                                       threshold=threshold)
+                except ValueError as exc:
+                    param = next((p for p in ("block_length", "threshold") if p in str(exc)), "mode")
+                    raise RequestError(400, str(exc), param) from exc
+            return self._policies[key]
+
+    def check_fits(self, policy: CompiledPolicy, prompt_len: int, max_tokens: int) -> None:
+        """Refuse (400) a request that can never be admitted: too long for the model or a cache row."""
+        positions = self.model.config.max_positions
+        if prompt_len >= positions:
+            raise RequestError(400, f"prompt: {prompt_len} tokens, but the model has {positions} positions",
+                               "prompt", code="context_length_exceeded")
+        capacity = getattr(self.model.backbone, "row_capacity", None) or positions
+        room = min(positions, capacity - policy.overshoot) - prompt_len
+        if max_tokens > room:
+            raise RequestError(400, f"max_tokens: the prompt's {prompt_len} tokens leave room for at most {room} "
+                                    f"new tokens in {policy.name} mode, found max_tokens={max_tokens}",
+                               "max_tokens", code="context_length_exceeded")
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; ``RequestError`` 429 when the waiting queue is full."""
+        with self._cond:
+            if self._stop:
+                raise RequestError(503, "the server is shutting down", kind="server_error")
+            free_rows = max(0, self.max_active - len(self._active))
+            if len(self._waiting) >= self.max_queue + free_rows:
+                raise RequestError(429, f"the waiting queue is full ({self.max_queue} requests); retry later",
+                                   kind="rate_limit_error", code="queue_full")
+            self._waiting.append(job)
+            self.metrics.queue_depth.set(len(self._waiting))
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Cancel a job (its client went away); its row is freed before the next step."""
+        with self._cond:
+            self._cancels.append(job)
+            self._cond.notify()
+
+    # ------------------------------------------------------------------ engine thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._stop or self._waiting or self._cancels or self._active):
+                    self._cond.wait()
+                if self._stop:
+                    break
+                cancels, self._cancels = self._cancels, []
+                admit = []
+                while self._waiting and len(self._active) + len(admit) < self.max_active:
+                    admit.append(self._waiting.popleft())
+                self.metrics.queue_depth.set(len(self._waiting))
+            for job in cancels:
+                self._cancel(job)
+            for job in admit:
+                self._add(job)
+            self.metrics.active.set(len(self._active))
+            if self._active:
+                self._step()
+                self.metrics.active.set(len(self._active))
+            if not self._active and not self.session.has_work:
+                # A session keeps every finished request's result: start afresh when idle to keep memory flat.
+                self.session = Session(self.model.backbone, self.model.tokenizer)
+        self._fail_all(RequestError(503, "the server is shutting down", kind="server_error"))
+
+    def _add(self, job: Job) -> None:
+        try:
+            job.request_id = self.session.add(job.policy, job.prompt, job.params)
+        except ValueError as exc:
+            self._fail(job, RequestError(400, str(exc), "prompt"))
+            return
+        self._active[job.request_id] = job
+
+    def _cancel(self, job: Job) -> None:
+        if job.request_id is None:
+            with self._cond:
+                if job in self._waiting:
+                    self._waiting.remove(job)
+                    self.metrics.requests.labels(job.policy.name, "cancelled").inc()
+            return
+        if self._active.pop(job.request_id, None) is not None:
+            self.session.cancel(job.request_id)
+            self._finish(job, self.session.result(job.request_id))
+
+    def _step(self) -> None:
+        calls = self.session.backbone_calls
+        start = time.perf_counter()
+        try:
+            emitted = self.session.step()
+        except Exception as exc:  # noqa: BLE001 - a failing step must not take the server down
+            log.exception("session step failed; failing its %d requests", len(self._active))
+            self.metrics.failed_steps.inc()
+            self._fail_all(RequestError(500, f"the engine step running this request failed: "
+                                             f"{type(exc).__name__}: {exc}", kind="server_error"))
+            return
+        finally:
+            self.metrics.steps.inc()
+            self.metrics.step_seconds.observe(time.perf_counter() - start)
+            self.metrics.backbone_calls.inc(self.session.backbone_calls - calls)
+        now = time.perf_counter()
+        for rid, ids in emitted.items():
+            job = self._active.get(rid)
+            if job is not None and ids:
+                if job.first_token is None:
+                    job.first_token = now
+                    self.metrics.ttft.labels(job.policy.name).observe(now - job.arrived)
+                job.post(Tokens(ids))
+        for rid in [rid for rid in self._active if self.session.done(rid)]:
+            self._finish(self._active.pop(rid), self.session.result(rid))
+
+    def _finish(self, job: Job, result: GenerationResult) -> None:
+        self.metrics.finished(result, time.perf_counter() - job.arrived)
+        job.post(Finished(result))
+
+    def _fail(self, job: Job, error: RequestError) -> None:
+        self.metrics.requests.labels(job.policy.name, "error").inc()
+        job.post(Failed(error))
+
+    def _fail_all(self, error: RequestError) -> None:
+        """Fail every active job (after a failing step, or at shutdown) and drop it from the session."""
+        for rid, job in list(self._active.items()):
+            try:
+                self.session.cancel(rid)
+            except Exception:  # noqa: BLE001 - the row is freed by a fresh session below if need be
+                log.exception("cancelling request %d after a failed step", rid)
+            self._fail(job, error)
+        self._active.clear()
+        if self.session.has_work:  # pragma: no cover - cancel left something behind
+            self.session = Session(self.model.backbone, self.model.tokenizer)
+        with self._cond:
+            waiting = list(self._waiting) if self._stop else []
+            if self._stop:
+                self._waiting.clear()
+        for job in waiting:
+            self._fail(job, error)
+

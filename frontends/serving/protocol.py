@@ -1,0 +1,307 @@
+"""OpenAI request bodies: their schema, and their translation into graphrt's parameters.
+
+The bodies are pydantic models in strict mode (``"3"`` is not an int, ``true``
+is not a number) that forbid unknown fields, so a misspelt knob is a 400 that
+names it rather than a silently ignored setting. graphrt's own knobs are extra
+body fields (the ``openai`` client's ``extra_body``): ``mode``,
+``block_length``, ``threshold``, ``thinking_budget``, ``end_think_token_id``,
+``top_k``, ``min_tokens``, ``ignore_eos``. OpenAI fields graphrt does not
+implement are accepted only at their neutral value (``n=1``, ``echo=false``,
+penalties 0, ...), otherwise the answer is a 400 that says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from graphrt.frontends.policies import MODES
+from graphrt.params import GenerationParams
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
+MAX_STOP_STRINGS = 4     # OpenAI's limit
+
+
+class RequestError(Exception):
+    """A request the server refuses, answered as an OpenAI-style JSON error.
+
+    Parameters
+    ----------
+    status:
+        HTTP status (400, 404, 429, 500, ...).
+    message:
+        What was expected, what was found, and where.
+    param:
+        The request field at fault, when there is one.
+    kind:
+        OpenAI's error ``type`` (``invalid_request_error``, ...).
+    """
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    """Fields shared by completions and chat completions."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: str
+    max_tokens: int | None = Field(default=None, gt=0)
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: Union[str, list[str], None] = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[str, float] | None = None
+    # graphrt's knobs (extra body fields)
+    mode: Literal[MODES] | None = None  # type: ignore[valid-type]
+    block_length: int | None = Field(default=None, gt=0)
+    threshold: float | None = Field(default=None, ge=0, le=1)
+    thinking_budget: int | None = Field(default=None, ge=0)
+    end_think_token_id: int | None = Field(default=None, ge=0)
+    top_k: int = Field(default=0, ge=0)
+    min_tokens: int = Field(default=0, ge=0)
+    ignore_eos: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: str | list[str] | None) -> str | list[str] | None:
+        items = [v] if isinstance(v, str) else (v or [])
+        if len(items) > MAX_STOP_STRINGS:
+            raise ValueError(f"expected at most {MAX_STOP_STRINGS} stop strings, found {len(items)}")
+        if any(s == "" for s in items):
+            raise ValueError("expected non-empty stop strings, found an empty string")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, v: int) -> int:
+        if v != 1:
+            raise ValueError(f"graphrt returns one choice per request: expected 1, found {v}")
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _penalty(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError(f"penalties are not implemented: expected 0, found {v}")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v:
+            raise ValueError("logit_bias is not implemented: expected null or {}, found a non-empty map")
+        return v
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``: one prompt (text, or token ids)."""
+
+    prompt: Union[str, list[int], list[str], list[list[int]]]
+    logprobs: int | None = None
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v: int | None) -> int | None:
+        if v not in (None, 0):
+            raise ValueError(f"graphrt returns the chosen token's log-probability only: expected 0 or null "
+                             f"(no alternatives), found {v}")
+        return v
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("echo is not implemented: expected false, found true")
+        return v
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v:
+            raise ValueError("suffix (insertion) is not implemented: expected null")
+        return v
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, v: int | None) -> int | None:
+        if v not in (None, 1):
+            raise ValueError(f"graphrt returns one choice per request: expected 1 or null, found {v}")
+        return v
+
+
+class ChatMessage(BaseModel):
+    """One chat message; ``content`` is text or a list of text parts."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[dict[str, Any]], None] = None
+
+    def text(self, where: str) -> str:
+        """The message's text (text parts joined); ``RequestError`` naming ``where`` otherwise."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for i, part in enumerate(self.content):
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise RequestError(400, f"{where}.content[{i}]: expected a text part {{'type': 'text', 'text': ...}}, "
+                                        f"found {str(part)[:80]}", f"{where}.content")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs(cls, v: int | None) -> int | None:
+        if v not in (None, 0):
+            raise ValueError(f"graphrt returns the chosen token's log-probability only: expected 0 or null, found {v}")
+        return v
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The server's defaults for what a request leaves out."""
+
+    model: str
+    mode: str = "ar"
+    block_length: int | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Decode:
+    """A request translated: which policy, which parameters, how to answer."""
+
+    mode: str
+    block_length: int | None
+    threshold: float | None
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+
+
+def completion_prompt(req: CompletionRequest, tokenizer: Any) -> list[int]:
+    """The token ids of a completion request's single prompt."""
+    p = req.prompt
+    if isinstance(p, list) and p and isinstance(p[0], (str, list)):
+        if len(p) != 1:
+            raise RequestError(400, f"prompt: graphrt takes one prompt per request, found a batch of {len(p)}",
+                               "prompt")
+        p = p[0]
+    if isinstance(p, str):
+        if tokenizer is None:
+            raise RequestError(400, "prompt: this model has no tokenizer; send token ids", "prompt")
+        p = tokenizer.encode(p)
+    if not p:
+        raise RequestError(400, "prompt: expected at least one token, found an empty prompt", "prompt")
+    return list(p)
+
+
+def chat_prompt(req: ChatRequest, tokenizer: Any) -> list[int]:
+    """The token ids of a chat request: the tokenizer's chat template over the messages."""
+    template = getattr(tokenizer, "apply_chat_template", None)
+    if template is None or not getattr(tokenizer, "chat_template", None):
+        raise RequestError(400, "messages: this model's tokenizer has no chat template; use /v1/completions",
+                           "messages")
+    messages = [{"role": m.role, "content": m.text(f"messages[{i}]")} for i, m in enumerate(req.messages)]
+    try:
+        text = template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # a template may raise anything (jinja's TemplateError, ...)
+        raise RequestError(400, f"messages: the chat template rejected them: {exc}", "messages") from exc
+    ids = list(tokenizer.encode(text))
+    if not ids:
+        raise RequestError(400, "messages: the chat template produced an empty prompt", "messages")
+    return ids
+
+
+def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults, tokenizer: Any) -> Decode:
+    """Translate a validated body into a :class:`Decode` (mode, knobs, :class:`GenerationParams`).
+
+    Raises
+    ------
+    RequestError
+        404 for an unknown model; 400 for a combination that ``GenerationParams``
+        rejects or that needs what the model lacks (``thinking_budget`` without an
+        end-of-thinking token).
+    """
+    if req.model != defaults.model:
+        raise RequestError(404, f"model: this server serves {defaults.model!r}, found {req.model!r}", "model",
+                           code="model_not_found")
+    if req.stream and isinstance(req, ChatRequest) and req.logprobs or \
+            req.stream and isinstance(req, CompletionRequest) and req.logprobs is not None:
+        raise RequestError(400, "logprobs: not available with stream=true; ask without streaming", "logprobs")
+    max_tokens = req.max_tokens
+    if isinstance(req, ChatRequest) and req.max_completion_tokens is not None:
+        max_tokens = req.max_completion_tokens
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if req.min_tokens > max_tokens:
+        raise RequestError(400, f"min_tokens: expected at most max_tokens ({max_tokens}), found {req.min_tokens}",
+                           "min_tokens")
+    end_think = req.end_think_token_id
+    if req.thinking_budget is not None and end_think is None:
+        end_think = _end_of_thinking_id(tokenizer)
+        if end_think is None:
+            raise RequestError(400, "thinking_budget: needs end_think_token_id (this model's tokenizer has no "
+                                    "'</think>' token)", "thinking_budget")
+    if end_think is not None and req.thinking_budget is None:
+        raise RequestError(400, "end_think_token_id: expected together with thinking_budget", "end_think_token_id")
+    stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    logprobs = req.logprobs is not None if isinstance(req, CompletionRequest) else req.logprobs
+    params = GenerationParams(
+        max_new_tokens=max_tokens, min_new_tokens=req.min_tokens, temperature=float(req.temperature),
+        top_k=req.top_k, top_p=float(req.top_p), seed=req.seed if req.seed is not None else _fresh_seed(),
+        stop_strings=stops, ignore_eos=req.ignore_eos, logprobs=bool(logprobs),
+        thinking_budget=req.thinking_budget, end_think_token_id=end_think)
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    if req.stream_options is not None and not req.stream:
+        raise RequestError(400, "stream_options: only allowed with stream=true", "stream_options")
+    return Decode(req.mode or defaults.mode,
+                  req.block_length if req.block_length is not None else defaults.block_length,
+                  req.threshold if req.threshold is not None else defaults.threshold,
+                  params, req.stream, include_usage)
+
+
+def _end_of_thinking_id(tokenizer: Any) -> int | None:
+    lookup = getattr(tokenizer, "token_to_id", None) or getattr(getattr(tokenizer, "hf", None), "token_to_id", None)
+    return lookup("</think>") if lookup is not None else None
+
+
+def _fresh_seed() -> int:
+    import secrets
+
+    return secrets.randbits(31)

@@ -1,0 +1,135 @@
+"""OpenAI response bodies and stream chunks, built from graphrt's results."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Sequence
+
+from graphrt.params import GenerationResult
+
+FINISH_REASONS = {"stop": "stop", "stop_string": "stop", "end": "stop", "length": "length"}
+
+
+def new_id(kind: str) -> str:
+    """A response id: ``cmpl-...`` or ``chatcmpl-...``."""
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(result: GenerationResult) -> dict[str, int]:
+    """OpenAI's ``usage`` of a result."""
+    n = len(result.tokens)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n}
+
+
+def stats(result: GenerationResult) -> dict[str, Any]:
+    """graphrt's statistics of a result (the ``graphrt`` field of a response)."""
+    return {"mode": result.mode, "forwards": result.forwards, "tpf": result.tpf, "emit_sizes": result.emit_sizes,
+            "seconds": result.seconds, "finish_reason": result.finish_reason}
+
+
+def _token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    return [tokenizer.decode([i]) if tokenizer is not None else str(i) for i in ids]
+
+
+def completion_logprobs(result: GenerationResult, tokenizer: Any) -> dict[str, Any] | None:
+    """Completions' ``logprobs`` object (chosen tokens only: ``top_logprobs`` is null)."""
+    if result.logprobs is None:
+        return None
+    texts = _token_texts(tokenizer, result.tokens)
+    offsets, at = [], 0
+    for t in texts:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": texts, "token_logprobs": list(result.logprobs), "top_logprobs": None, "text_offset": offsets}
+
+
+def chat_logprobs(result: GenerationResult, tokenizer: Any) -> dict[str, Any] | None:
+    """Chat's ``logprobs`` object (chosen tokens only: empty ``top_logprobs``)."""
+    if result.logprobs is None:
+        return None
+    return {"content": [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
+                        for t, lp in zip(_token_texts(tokenizer, result.tokens), result.logprobs)]}
+
+
+def completion_body(rid: str, model: str, result: GenerationResult, tokenizer: Any) -> dict[str, Any]:
+    """The body of a (non-streamed) completion."""
+    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "text": result.text or "", "finish_reason": FINISH_REASONS[result.finish_reason],
+                         "logprobs": completion_logprobs(result, tokenizer)}],
+            "usage": usage(result), "graphrt": stats(result)}
+
+
+def chat_body(rid: str, model: str, result: GenerationResult, tokenizer: Any) -> dict[str, Any]:
+    """The body of a (non-streamed) chat completion."""
+    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text or ""},
+                         "finish_reason": FINISH_REASONS[result.finish_reason],
+                         "logprobs": chat_logprobs(result, tokenizer)}],
+            "usage": usage(result), "graphrt": stats(result)}
+
+
+def chunk(kind: str, rid: str, model: str, text: str | None, finish: GenerationResult | None = None,
+          role: bool = False) -> dict[str, Any]:
+    """One stream chunk: a text delta, the first chat chunk (``role``), or the last one (``finish``)."""
+    reason = FINISH_REASONS[finish.finish_reason] if finish is not None else None
+    if kind == "chat":
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+        body = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                "choices": [choice]}
+    else:
+        body = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
+                "choices": [{"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}]}
+    if finish is not None:
+        body["graphrt"] = stats(finish)
+    return body
+
+
+def usage_chunk(kind: str, rid: str, model: str, result: GenerationResult) -> dict[str, Any]:
+    """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    return {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(result)}
+
+
+class TextStream:
+    """Incremental text of a token stream, never sending what a later token could change.
+
+    Held back: a trailing incomplete UTF-8 sequence (decoded as U+FFFD), and
+    while stop strings are set, the last ``len(longest stop) - 1`` characters
+    (they might begin a stop string), and everything from a stop string on.
+    The deltas concatenate to the final text (the result's, cut at the stop).
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.tokens: list[int] = []
+        self.sent = ""
+
+    def push(self, ids: Sequence[int]) -> str:
+        """Add a step's tokens; returns the text that is now safe to send."""
+        self.tokens.extend(ids)
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(self.tokens, skip_special=True)
+        hits = [text.find(s) for s in self.stops if s in text]
+        if hits:
+            text = text[:min(hits)]
+        elif self.stops:
+            text = text[:max(0, len(text) - max(len(s) for s in self.stops) + 1)]
+        text = text.rstrip("\ufffd")
+        return self._advance(text)
+
+    def finish(self, result: GenerationResult) -> str:
+        """The rest of the final text."""
+        return self._advance(result.text or "")
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.sent) or len(text) <= len(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta

@@ -1,0 +1,125 @@
+"""Real server processes for the server tests: started on a free port, waited for, stopped.
+
+Run as a script, this module serves the shipped model (float64) with two test
+fixtures around it: a tokenizer with a chat template (``transformers``' own
+``apply_chat_template``), and a backbone whose ``forward`` raises for any batch
+holding the token id :data:`POISON` (a failing step, injected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+
+POISON = 4095  # a batch holding this token id makes the harness backbone's forward raise
+CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
+MODEL_NAME = "model"  # the shipped model's directory name, which the server serves it under
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(args: list[str], harness: bool = False, timeout: float = 90.0) -> Iterator[str]:
+    """Run a server process; yields its base URL (``http://127.0.0.1:PORT``) once ``/health`` answers.
+
+    ``harness`` runs this module (chat template, failing backbone) instead of ``graphrt serve``.
+    """
+    port = free_port()
+    cmd = [sys.executable, __file__] if harness else [sys.executable, "-m", "graphrt.frontends.cli", "serve"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd + ["--port", str(port)] + args, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")  # type: ignore
+            try:
+                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not answer /health within {timeout} s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """The value of one Prometheus sample of the server at ``url`` (0 when absent)."""
+    want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if not line.startswith("#") and line.rsplit(" ", 1)[0] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+class FailingBackbone:
+    """A backbone proxy whose ``forward`` raises when the batch holds :data:`POISON`."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def forward(self, batch: Any) -> Any:
+        if bool((batch.tokens == POISON).any()):
+            raise RuntimeError("injected backbone failure")
+        return self._inner.forward(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def chat_tokenizer(tokenizer: Any) -> Any:
+    """``tokenizer`` with a chat template, rendered by ``transformers``' ``apply_chat_template``."""
+    from transformers import PreTrainedTokenizerFast
+
+    class ChatTokenizer(type(tokenizer)):  # type: ignore[misc]
+        chat_template = CHAT_TEMPLATE
+
+        def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+            return self._fast.apply_chat_template(messages, **kwargs)
+
+    chat = ChatTokenizer(tokenizer.hf)
+    chat._fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, chat_template=CHAT_TEMPLATE)
+    return chat
+
+
+def main() -> None:
+    """Serve the shipped model with the harness's tokenizer and backbone."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-batch", type=int, default=4)
+    args = p.parse_args()
+    import graphrt
+    from graphrt.frontends.serving import serve
+
+    model = graphrt.load(dtype="float64", max_batch=args.max_batch)
+    model = graphrt.Model(FailingBackbone(model.backbone), chat_tokenizer(model.tokenizer), model.path)
+    serve(model, port=args.port, name=Path(model.path).name)
+
+
+if __name__ == "__main__":
+    main()
