@@ -3,7 +3,7 @@
 Run as a script, this module serves the shipped model (float64) with two test
 fixtures around it: a tokenizer with a chat template (``transformers``' own
 ``apply_chat_template``), and a backbone whose ``forward`` raises for any batch
-holding the token id :data:`POISON` (a failing step, injected).
+holding the token id :data:`POISON` or reaching :data:`POISON_POSITION` (a failing step, injected).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import httpx
 
 POISON = 4095  # a batch holding this token id makes the harness backbone's forward raise
+POISON_POSITION = 150  # ... and so does one that reaches this position
 CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
 MODEL_NAME = "model"  # the shipped model's directory name, which the server serves it under
@@ -78,13 +79,13 @@ def metric(url: str, name: str, **labels: str) -> float:
 
 
 class FailingBackbone:
-    """A backbone proxy whose ``forward`` raises when the batch holds :data:`POISON`."""
+    """A backbone proxy whose ``forward`` raises for a batch holding :data:`POISON` or :data:`POISON_POSITION`."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
     def forward(self, batch: Any) -> Any:
-        if bool((batch.tokens == POISON).any()):
+        if bool((batch.tokens == POISON).any()) or bool((batch.positions == POISON_POSITION).any()):
             raise RuntimeError("injected backbone failure")
         return self._inner.forward(batch)
 
