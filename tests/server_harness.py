@@ -1,8 +1,7 @@
 """Real server processes for the server tests: started on a free port, waited for, stopped.
 
 Run as a script, this module serves the shipped model (float64) with two test
-fixtures around it: a tokenizer with a chat template (``transformers``' own
-``apply_chat_template``), and a backbone whose ``forward`` raises for any batch
+changes: its tokenizer has no chat template, and its backbone's ``forward`` raises for any batch
 holding the token id :data:`POISON` or reaching :data:`POISON_POSITION` (a failing step, injected).
 """
 
@@ -22,8 +21,6 @@ import httpx
 
 POISON = 4095  # a batch holding this token id makes the harness backbone's forward raise
 POISON_POSITION = 150  # ... and so does one that reaches this position
-CHAT_TEMPLATE = ("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|bos|>assistant\n{% endif %}")
 MODEL_NAME = "model"  # the shipped model's directory name, which the server serves it under
 
 
@@ -38,7 +35,7 @@ def free_port() -> int:
 def server(args: list[str], harness: bool = False, timeout: float = 90.0) -> Iterator[str]:
     """Run a server process; yields its base URL (``http://127.0.0.1:PORT``) once ``/health`` answers.
 
-    ``harness`` runs this module (chat template, failing backbone) instead of ``graphrt serve``.
+    ``harness`` runs this module (no chat template, failing backbone) instead of ``graphrt serve``.
     """
     port = free_port()
     cmd = [sys.executable, __file__] if harness else [sys.executable, "-m", "graphrt.frontends.cli", "serve"]
@@ -93,23 +90,8 @@ class FailingBackbone:
         return getattr(self._inner, name)
 
 
-def chat_tokenizer(tokenizer: Any) -> Any:
-    """``tokenizer`` with a chat template, rendered by ``transformers``' ``apply_chat_template``."""
-    from transformers import PreTrainedTokenizerFast
-
-    class ChatTokenizer(type(tokenizer)):  # type: ignore[misc]
-        chat_template = CHAT_TEMPLATE
-
-        def apply_chat_template(self, messages: list[dict[str, str]], **kwargs: Any) -> Any:
-            return self._fast.apply_chat_template(messages, **kwargs)
-
-    chat = ChatTokenizer(tokenizer.hf)
-    chat._fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf, chat_template=CHAT_TEMPLATE)
-    return chat
-
-
 def main() -> None:
-    """Serve the shipped model with the harness's tokenizer and backbone."""
+    """Serve the shipped model without its chat template, with the failing backbone."""
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=4)
@@ -118,7 +100,8 @@ def main() -> None:
     from graphrt.frontends.serving import serve
 
     model = graphrt.load(dtype="float64", max_batch=args.max_batch)
-    model = graphrt.Model(FailingBackbone(model.backbone), chat_tokenizer(model.tokenizer), model.path)
+    model.tokenizer.hf.chat_template = None
+    model.backbone = FailingBackbone(model.backbone)
     serve(model, port=args.port, name=Path(model.path).name)
 
 

@@ -1,7 +1,7 @@
 """``POST /v1/chat/completions`` through the ``openai`` client, on a model whose tokenizer has a chat template.
 
-The server is the test harness's (``server_harness.py``): the shipped model in
-float64 with a chat template rendered by ``transformers``' ``apply_chat_template``.
+The server is ``graphrt serve`` on the shipped model in float64; its tokenizer's
+chat template (read by ``transformers.AutoTokenizer``) renders the messages.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import openai
 import pytest
 
 import graphrt
-from server_harness import MODEL_NAME, chat_tokenizer, server
+from server_harness import MODEL_NAME, server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -19,20 +19,17 @@ MESSAGES = [{"role": "system", "content": "You write Python."}, {"role": "user",
 
 @pytest.fixture(scope="module")
 def client():
-    with server([], harness=True) as url:
+    with server(["--dtype", "float64", "--max-batch", "2"]) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def offline():
-    model = graphrt.load(dtype="float64", max_batch=1)
-    return graphrt.Model(model.backbone, chat_tokenizer(model.tokenizer), model.path)
+    return graphrt.load(dtype="float64", max_batch=1)
 
 
 def _prompt_ids(offline) -> list[int]:
-    text = offline.tokenizer.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
-    assert text.endswith("<|bos|>assistant\n") and "You write Python." in text
-    return offline.tokenizer.encode(text)
+    return offline.tokenizer.encode_chat(MESSAGES)
 
 
 @pytest.mark.parametrize("mode", ["ar", "self-spec-quadratic"])
@@ -40,7 +37,7 @@ def test_chat_equals_offline_generate_on_the_templated_prompt(client, offline, m
     resp = client.chat.completions.create(model=MODEL_NAME, messages=MESSAGES, max_tokens=16, temperature=0,
                                           extra_body={"mode": mode})
     ids = _prompt_ids(offline)
-    ref = graphrt.generate(offline, ids, mode=mode, max_new_tokens=16)
+    ref = graphrt.generate(offline, messages=MESSAGES, mode=mode, max_new_tokens=16)
     msg = resp.choices[0].message
     assert msg.role == "assistant" and msg.content == ref.text
     assert resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")

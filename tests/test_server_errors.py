@@ -1,7 +1,7 @@
 """Bad requests and failing steps against a real server process: OpenAI-style errors, and it goes on serving.
 
 The server is the test harness's (``server_harness.py``): the shipped model with
-a chat template and a backbone that raises for batches holding ``POISON`` or
+no chat template and a backbone that raises for batches holding ``POISON`` or
 reaching ``POISON_POSITION``.
 """
 
@@ -170,3 +170,9 @@ def test_a_step_failing_mid_stream_ends_the_stream_with_an_error_event(url) -> N
     assert len(events) > 10 and all("choices" in e for e in events[:-1])
     assert events[-1]["error"]["type"] == "server_error" and "injected" in events[-1]["error"]["message"]
     assert httpx.post(url + "/v1/completions", json={**body, "max_tokens": 4, "stream": False}).status_code == 200
+
+
+def test_chat_without_a_template_is_a_clear_400(client) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=[{"role": "user", "content": "hi"}])
+    assert "chat template" in info.value.message and info.value.body["param"] == "messages"

@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from graphrt.frontends.policies import MODES
 from graphrt.frontends.serving import responses
 from graphrt.frontends.serving.engine import Engine, Failed, Finished, Job, Tokens
+from graphrt.api import prepare
 from graphrt.frontends.serving.protocol import (ChatRequest, CompletionRequest, Decode, Defaults, RequestError,
-                                                chat_prompt, completion_prompt, decode_settings)
+                                                chat_messages, completion_prompt, decode_settings)
 
 log = logging.getLogger("graphrt.serve")
 BodyT = TypeVar("BodyT", bound=BaseModel)
@@ -80,19 +81,24 @@ def create_app(engine: Engine, defaults: Defaults) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = parse_body(CompletionRequest, await request.body())
-        return await _serve("completion", decode_settings(body, defaults, tokenizer),
-                            completion_prompt(body, tokenizer), request)
+        return await _serve("completion", decode_settings(body, defaults), {"prompt": completion_prompt(body)},
+                            request)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         body = parse_body(ChatRequest, await request.body())
-        settings = decode_settings(body, defaults, tokenizer)
-        return await _serve("chat", settings, chat_prompt(body, tokenizer), request)
+        return await _serve("chat", decode_settings(body, defaults), {"messages": chat_messages(body)}, request)
 
-    async def _serve(kind: str, settings: Decode, prompt: list[int], request: Request) -> Response:
+    async def _serve(kind: str, settings: Decode, prompt: dict[str, Any], request: Request) -> Response:
         policy = await asyncio.to_thread(engine.policy, settings.mode, settings.block_length, settings.threshold)
-        engine.check_fits(policy, len(prompt), settings.params.max_new_tokens)
-        job = Job(policy, prompt, settings.params, asyncio.get_running_loop())
+        try:
+            _, ids, params = prepare(engine.model, mode=policy, **prompt, **settings.params)
+        except ValueError as exc:
+            raise RequestError(400, str(exc), _field_of(str(exc), next(iter(prompt)))) from None
+        if not ids:
+            raise RequestError(400, "prompt: expected at least one token, found an empty prompt", "prompt")
+        engine.check_fits(policy, len(ids), params.max_new_tokens)
+        job = Job(policy, ids, params, asyncio.get_running_loop())
         engine.submit(job)
         rid = responses.new_id(kind)
         try:
@@ -139,6 +145,19 @@ def parse_body(schema: type[BodyT], raw: bytes) -> BodyT:
         raise RequestError(400, f"{where}: {message}", loc[0] if loc else None) from None
 
 
+# GenerationParams' fields by the request fields that set them
+_REQUEST_FIELDS = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens", "stop_strings": "stop",
+                   "stop_token_ids": "stop"}
+
+
+def _field_of(message: str, prompt_field: str) -> str:
+    """The request field a ``ValueError`` of :func:`graphrt.api.prepare` is about."""
+    head = message.split(":", 1)[0].removeprefix("GenerationParams.")
+    if head in ("chat", "generate", "prompt"):
+        return prompt_field
+    return _REQUEST_FIELDS.get(head, head)
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, bytes) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -180,7 +199,7 @@ async def _collect(engine: Engine, job: Job, request: Request) -> Any:
 async def _stream(engine: Engine, job: Job, request: Request, first: Tokens | Finished, kind: str, rid: str,
                   model: str, settings: Decode) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format; the job is cancelled if the client goes away."""
-    text = responses.TextStream(engine.model.tokenizer, settings.params.stop_strings)
+    text = responses.TextStream(engine.model.tokenizer, settings.params["stop_strings"])
     done = False
     try:
         if kind == "chat":

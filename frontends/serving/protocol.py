@@ -18,7 +18,6 @@ from typing import Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from graphrt.frontends.policies import MODES
-from graphrt.params import GenerationParams
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
 MAX_STOP_STRINGS = 4     # OpenAI's limit
@@ -205,59 +204,46 @@ class Defaults:
 
 @dataclass(frozen=True)
 class Decode:
-    """A request translated: which policy, which parameters, how to answer."""
+    """A request translated: which policy, which generation parameters, how to answer.
+
+    ``params`` are keyword arguments of :func:`graphrt.api.prepare` (the fields of
+    :class:`~graphrt.GenerationParams`), so a served request runs exactly what
+    offline ``graphrt.generate`` runs.
+    """
 
     mode: str
     block_length: int | None
     threshold: float | None
-    params: GenerationParams
+    params: dict[str, Any]
     stream: bool
     include_usage: bool
 
 
-def completion_prompt(req: CompletionRequest, tokenizer: Any) -> list[int]:
-    """The token ids of a completion request's single prompt."""
+def completion_prompt(req: CompletionRequest) -> str | list[int]:
+    """A completion request's single prompt (text or token ids)."""
     p = req.prompt
     if isinstance(p, list) and p and isinstance(p[0], (str, list)):
         if len(p) != 1:
             raise RequestError(400, f"prompt: graphrt takes one prompt per request, found a batch of {len(p)}",
                                "prompt")
         p = p[0]
-    if isinstance(p, str):
-        if tokenizer is None:
-            raise RequestError(400, "prompt: this model has no tokenizer; send token ids", "prompt")
-        p = tokenizer.encode(p)
     if not p:
         raise RequestError(400, "prompt: expected at least one token, found an empty prompt", "prompt")
-    return list(p)
+    return p  # type: ignore[return-value]
 
 
-def chat_prompt(req: ChatRequest, tokenizer: Any) -> list[int]:
-    """The token ids of a chat request: the tokenizer's chat template over the messages."""
-    template = getattr(tokenizer, "apply_chat_template", None)
-    if template is None or not getattr(tokenizer, "chat_template", None):
-        raise RequestError(400, "messages: this model's tokenizer has no chat template; use /v1/completions",
-                           "messages")
-    messages = [{"role": m.role, "content": m.text(f"messages[{i}]")} for i, m in enumerate(req.messages)]
-    try:
-        text = template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # a template may raise anything (jinja's TemplateError, ...)
-        raise RequestError(400, f"messages: the chat template rejected them: {exc}", "messages") from exc
-    ids = list(tokenizer.encode(text))
-    if not ids:
-        raise RequestError(400, "messages: the chat template produced an empty prompt", "messages")
-    return ids
+def chat_messages(req: ChatRequest) -> list[dict[str, str]]:
+    """A chat request's messages as ``{"role", "content"}`` dicts of text."""
+    return [{"role": m.role, "content": m.text(f"messages[{i}]")} for i, m in enumerate(req.messages)]
 
 
-def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults, tokenizer: Any) -> Decode:
-    """Translate a validated body into a :class:`Decode` (mode, knobs, :class:`GenerationParams`).
+def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults) -> Decode:
+    """Translate a validated body into a :class:`Decode` (mode, knobs, generation parameters).
 
     Raises
     ------
     RequestError
-        404 for an unknown model; 400 for a combination that ``GenerationParams``
-        rejects or that needs what the model lacks (``thinking_budget`` without an
-        end-of-thinking token).
+        404 for an unknown model; 400 for combinations of fields that do not go together.
     """
     if req.model != defaults.model:
         raise RequestError(404, f"model: this server serves {defaults.model!r}, found {req.model!r}", "model",
@@ -272,21 +258,15 @@ def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults, to
     if req.min_tokens > max_tokens:
         raise RequestError(400, f"min_tokens: expected at most max_tokens ({max_tokens}), found {req.min_tokens}",
                            "min_tokens")
-    end_think = req.end_think_token_id
-    if req.thinking_budget is not None and end_think is None:
-        end_think = _end_of_thinking_id(tokenizer)
-        if end_think is None:
-            raise RequestError(400, "thinking_budget: needs end_think_token_id (this model's tokenizer has no "
-                                    "'</think>' token)", "thinking_budget")
-    if end_think is not None and req.thinking_budget is None:
+    if req.end_think_token_id is not None and req.thinking_budget is None:
         raise RequestError(400, "end_think_token_id: expected together with thinking_budget", "end_think_token_id")
     stops = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     logprobs = req.logprobs is not None if isinstance(req, CompletionRequest) else req.logprobs
-    params = GenerationParams(
-        max_new_tokens=max_tokens, min_new_tokens=req.min_tokens, temperature=float(req.temperature),
-        top_k=req.top_k, top_p=float(req.top_p), seed=req.seed if req.seed is not None else _fresh_seed(),
-        stop_strings=stops, ignore_eos=req.ignore_eos, logprobs=bool(logprobs),
-        thinking_budget=req.thinking_budget, end_think_token_id=end_think)
+    params = {"max_new_tokens": max_tokens, "min_new_tokens": req.min_tokens, "temperature": float(req.temperature),
+              "top_k": req.top_k, "top_p": float(req.top_p),
+              "seed": req.seed if req.seed is not None else _fresh_seed(), "stop_strings": stops,
+              "ignore_eos": req.ignore_eos, "logprobs": bool(logprobs), "thinking_budget": req.thinking_budget,
+              "end_think_token_id": req.end_think_token_id}
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     if req.stream_options is not None and not req.stream:
         raise RequestError(400, "stream_options: only allowed with stream=true", "stream_options")
@@ -294,11 +274,6 @@ def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults, to
                   req.block_length if req.block_length is not None else defaults.block_length,
                   req.threshold if req.threshold is not None else defaults.threshold,
                   params, req.stream, include_usage)
-
-
-def _end_of_thinking_id(tokenizer: Any) -> int | None:
-    lookup = getattr(tokenizer, "token_to_id", None) or getattr(getattr(tokenizer, "hf", None), "token_to_id", None)
-    return lookup("</think>") if lookup is not None else None
 
 
 def _fresh_seed() -> int:
