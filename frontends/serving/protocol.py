@@ -23,7 +23,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
 MAX_STOP_STRINGS = 4     # OpenAI's limit
 
 
-class RequestError(Exception):
+class RequestError(ValueError):
     """A request the server refuses, answered as an OpenAI-style JSON error.
 
     Parameters
