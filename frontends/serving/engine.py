@@ -7,10 +7,15 @@ Between two steps it applies cancellations and admits waiting jobs while cache
 rows are free; each step's emitted tokens are posted to their jobs at once; a
 finished job gets its :class:`~graphrt.GenerationResult` and frees its row.
 
-A job is added to the session only when a row is free for it, so every
-request the session holds is active in the next step: when a step raises, the
+A job is added to a session only when a row is free for it, so every
+request a session holds is active in its next step: when a step raises, the
 requests of that step (all of them) are cancelled and answered with a 500,
-and the session goes on with the next ones.
+and the server goes on with the next ones (in a fresh session).
+
+A session keeps the result of every request it finished, so the engine hands
+new requests to a fresh session after :data:`RECYCLE_AFTER` of them and drops
+the old one once its last request is done (the two are stepped one after the
+other meanwhile): memory stays flat however long the server runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from graphrt.params import GenerationParams, GenerationResult
 from graphrt.session import Session
 
 log = logging.getLogger("graphrt.serve")
+RECYCLE_AFTER = 64  # requests one session takes; then a fresh one takes new requests and the old one drains
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     request_id: int | None = None
+    lane: "_Lane | None" = None
 
     def post(self, event: Tokens | Finished | Failed) -> None:
         """Hand ``event`` to the handler's event loop (thread-safe)."""
@@ -109,11 +116,11 @@ class Engine:
         self.max_active = max_active or rows
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
-        self.session = Session(model.backbone, model.tokenizer)
+        self._lanes = [_Lane(Session(model.backbone, model.tokenizer))]
+        self._active = 0  # jobs holding a row, over all lanes (written by the engine thread only)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancels: list[Job] = []
-        self._active: dict[int, Job] = {}
         self._policies: dict[tuple[str, int | None, float | None], CompiledPolicy] = {}
         self._compile_lock = threading.Lock()
         self._stop = False
@@ -170,7 +177,7 @@ class Engine:
         with self._cond:
             if self._stop:
                 raise RequestError(503, "the server is shutting down", kind="server_error")
-            free_rows = max(0, self.max_active - len(self._active))
+            free_rows = max(0, self.max_active - self._active)
             if len(self._waiting) >= self.max_queue + free_rows:
                 raise RequestError(429, f"the waiting queue is full ({self.max_queue} requests); retry later",
                                    kind="rate_limit_error", code="queue_full")
@@ -194,66 +201,85 @@ class Engine:
                     break
                 cancels, self._cancels = self._cancels, []
                 admit = []
-                while self._waiting and len(self._active) + len(admit) < self.max_active:
+                while self._waiting and self._active + len(admit) < self.max_active:
                     admit.append(self._waiting.popleft())
                 self.metrics.queue_depth.set(len(self._waiting))
             for job in cancels:
                 self._cancel(job)
             for job in admit:
                 self._add(job)
-            self.metrics.active.set(len(self._active))
-            if self._active:
-                self._step()
-                self.metrics.active.set(len(self._active))
-            if not self._active and not self.session.has_work:
-                # A session keeps every finished request's result: start afresh when idle to keep memory flat.
-                self.session = Session(self.model.backbone, self.model.tokenizer)
-        self._fail_all(RequestError(503, "the server is shutting down", kind="server_error"))
+            for lane in list(self._lanes):
+                if lane.jobs:
+                    self._step(lane)
+            self._retire_lanes()
+            self.metrics.active.set(self._active)
+        for lane in self._lanes:
+            self._fail_lane(lane, RequestError(503, "the server is shutting down", kind="server_error"))
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), deque()
+        for job in waiting:
+            self._fail(job, RequestError(503, "the server is shutting down", kind="server_error"))
+
+    def _retire_lanes(self) -> None:
+        """Drop drained sessions (with the results they keep); the newest takes admissions until it is full."""
+        current = self._lanes[-1]
+        if current.added >= RECYCLE_AFTER or (not current.jobs and current.added):
+            current = _Lane(Session(self.model.backbone, self.model.tokenizer))
+            self._lanes.append(current)
+        self._lanes = [lane for lane in self._lanes[:-1] if lane.jobs] + [current]
 
     def _add(self, job: Job) -> None:
+        lane = self._lanes[-1]
         try:
-            job.request_id = self.session.add(job.policy, job.prompt, job.params)
+            rid = lane.session.add(job.policy, job.prompt, job.params)
         except ValueError as exc:
             self._fail(job, RequestError(400, str(exc), "prompt"))
             return
-        self._active[job.request_id] = job
+        job.lane, job.request_id = lane, rid
+        lane.jobs[rid] = job
+        lane.added += 1
+        self._active += 1
 
     def _cancel(self, job: Job) -> None:
-        if job.request_id is None:
+        lane = job.lane
+        if lane is None:
             with self._cond:
                 if job in self._waiting:
                     self._waiting.remove(job)
                     self.metrics.requests.labels(job.policy.name, "cancelled").inc()
             return
-        if self._active.pop(job.request_id, None) is not None:
-            self.session.cancel(job.request_id)
-            self._finish(job, self.session.result(job.request_id))
+        if lane.jobs.pop(job.request_id, None) is not None:  # type: ignore[arg-type]
+            self._active -= 1
+            lane.session.cancel(job.request_id)  # type: ignore[arg-type]
+            self._finish(job, lane.session.result(job.request_id))  # type: ignore[arg-type]
 
-    def _step(self) -> None:
-        calls = self.session.backbone_calls
+    def _step(self, lane: "_Lane") -> None:
+        session = lane.session
+        calls = session.backbone_calls
         start = time.perf_counter()
         try:
-            emitted = self.session.step()
+            emitted = session.step()
         except Exception as exc:  # noqa: BLE001 - a failing step must not take the server down
-            log.exception("session step failed; failing its %d requests", len(self._active))
+            log.exception("session step failed; failing its %d requests", len(lane.jobs))
             self.metrics.failed_steps.inc()
-            self._fail_all(RequestError(500, f"the engine step running this request failed: "
-                                             f"{type(exc).__name__}: {exc}", kind="server_error"))
+            self._fail_lane(lane, RequestError(500, f"the engine step running this request failed: "
+                                                    f"{type(exc).__name__}: {exc}", kind="server_error"))
             return
         finally:
             self.metrics.steps.inc()
             self.metrics.step_seconds.observe(time.perf_counter() - start)
-            self.metrics.backbone_calls.inc(self.session.backbone_calls - calls)
+            self.metrics.backbone_calls.inc(session.backbone_calls - calls)
         now = time.perf_counter()
         for rid, ids in emitted.items():
-            job = self._active.get(rid)
+            job = lane.jobs.get(rid)
             if job is not None and ids:
                 if job.first_token is None:
                     job.first_token = now
                     self.metrics.ttft.labels(job.policy.name).observe(now - job.arrived)
                 job.post(Tokens(ids))
-        for rid in [rid for rid in self._active if self.session.done(rid)]:
-            self._finish(self._active.pop(rid), self.session.result(rid))
+        for rid in [rid for rid in lane.jobs if session.done(rid)]:
+            self._active -= 1
+            self._finish(lane.jobs.pop(rid), session.result(rid))
 
     def _finish(self, job: Job, result: GenerationResult) -> None:
         self.metrics.finished(result, time.perf_counter() - job.arrived)
@@ -263,21 +289,23 @@ class Engine:
         self.metrics.requests.labels(job.policy.name, "error").inc()
         job.post(Failed(error))
 
-    def _fail_all(self, error: RequestError) -> None:
-        """Fail every active job (after a failing step, or at shutdown) and drop it from the session."""
-        for rid, job in list(self._active.items()):
+    def _fail_lane(self, lane: "_Lane", error: RequestError) -> None:
+        """Fail every job of a session (after a failing step, or at shutdown) and cancel it there."""
+        for rid, job in list(lane.jobs.items()):
             try:
-                self.session.cancel(rid)
-            except Exception:  # noqa: BLE001 - the row is freed by a fresh session below if need be
+                lane.session.cancel(rid)
+            except Exception:  # noqa: BLE001 - the session is retired below either way
                 log.exception("cancelling request %d after a failed step", rid)
             self._fail(job, error)
-        self._active.clear()
-        if self.session.has_work:  # pragma: no cover - cancel left something behind
-            self.session = Session(self.model.backbone, self.model.tokenizer)
-        with self._cond:
-            waiting = list(self._waiting) if self._stop else []
-            if self._stop:
-                self._waiting.clear()
-        for job in waiting:
-            self._fail(job, error)
+        self._active -= len(lane.jobs)
+        lane.jobs.clear()
+        lane.added = RECYCLE_AFTER  # a session whose step raised takes no new requests
 
+
+@dataclass(eq=False)
+class _Lane:
+    """A session and the jobs it holds, by request id; ``added`` counts the requests it took."""
+
+    session: Session
+    jobs: dict[int, Job] = field(default_factory=dict)
+    added: int = 0
