@@ -28,7 +28,7 @@ import httpx
 import openai
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
-MAX_TOKENS = (8, 16, 32, 64, 128)
+MAX_TOKENS = (8, 16, 32, 48)
 
 
 def prompts(n: int, rng: random.Random) -> list[str]:

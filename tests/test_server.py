@@ -8,8 +8,10 @@ different modes share backbone calls.
 from __future__ import annotations
 
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -179,3 +181,11 @@ def test_metrics_count_requests_tokens_tpf_and_latency(client, url) -> None:
         assert name in text, name
     assert metric(url, "graphrt_tpf", mode="self-spec") == pytest.approx(
         metric(url, "graphrt_tokens_total", mode="self-spec") / metric(url, "graphrt_forwards_total", mode="self-spec"))
+
+
+def test_the_readme_serving_example_runs(url, capsys) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "openai.OpenAI(" in b)
+    exec(block.replace("http://127.0.0.1:8000", url), {})
+    out = capsys.readouterr().out
+    assert out.strip(), "the example prints the completion and the streamed chat reply"

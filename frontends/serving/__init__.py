@@ -10,11 +10,15 @@ steps the session), :mod:`.metrics` (Prometheus), :mod:`.app` (the routes).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graphrt.api import Model
 from graphrt.frontends.serving.app import create_app
 from graphrt.frontends.serving.engine import Engine
 from graphrt.frontends.serving.protocol import Defaults
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def model_name(model: Model) -> str:
@@ -23,7 +27,8 @@ def model_name(model: Model) -> str:
 
 
 def build_app(model: Model, name: str | None = None, max_active: int | None = None, max_queue: int = 64,
-              default_mode: str = "ar", block_length: int | None = None, threshold: float | None = None):
+              default_mode: str = "ar", block_length: int | None = None,
+              threshold: float | None = None) -> "FastAPI":
     """The FastAPI application serving ``model`` (the engine starts with the app).
 
     Parameters
