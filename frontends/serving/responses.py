@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from typing import Any, Sequence
@@ -96,40 +97,29 @@ def usage_chunk(kind: str, rid: str, model: str, result: GenerationResult) -> di
 
 
 class TextStream:
-    """Incremental text of a token stream, never sending what a later token could change.
+    """The text deltas of a streamed request: ``graphrt generate``'s text stream, written into a buffer.
 
-    Held back: a trailing incomplete UTF-8 sequence (decoded as U+FFFD), and
-    while stop strings are set, the last ``len(longest stop) - 1`` characters
-    (they might begin a stop string), and everything from a stop string on.
-    The deltas concatenate to the final text (the result's, cut at the stop).
+    What it sends is always a prefix of the result's text (an incomplete UTF-8
+    character, and with stop strings the last ``len(longest stop) - 1``
+    characters, wait for the next tokens); :meth:`finish` sends the rest.
     """
 
     def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
-        self.tokenizer = tokenizer
-        self.stops = tuple(stops)
-        self.tokens: list[int] = []
-        self.sent = ""
+        from graphrt.frontends.cli_generate import TextStream as Printer
+
+        self._buffer = io.StringIO()
+        self._printer = Printer(tokenizer, tuple(stops), out=self._buffer)
+        self.sent = 0
 
     def push(self, ids: Sequence[int]) -> str:
         """Add a step's tokens; returns the text that is now safe to send."""
-        self.tokens.extend(ids)
-        if self.tokenizer is None:
-            return ""
-        text = self.tokenizer.decode(self.tokens, skip_special=True)
-        hits = [text.find(s) for s in self.stops if s in text]
-        if hits:
-            text = text[:min(hits)]
-        elif self.stops:
-            text = text[:max(0, len(text) - max(len(s) for s in self.stops) + 1)]
-        text = text.rstrip("\ufffd")
-        return self._advance(text)
+        self._printer(list(ids))
+        text = self._buffer.getvalue()
+        delta, self.sent = text[self.sent:], len(text)
+        return delta
 
     def finish(self, result: GenerationResult) -> str:
         """The rest of the final text."""
-        return self._advance(result.text or "")
-
-    def _advance(self, text: str) -> str:
-        if not text.startswith(self.sent) or len(text) <= len(self.sent):
-            return ""
-        delta, self.sent = text[len(self.sent):], text
+        text = result.text or ""
+        delta, self.sent = text[self.sent:], max(self.sent, len(text))
         return delta
