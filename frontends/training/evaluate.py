@@ -375,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
         configs.insert(0, ("ar", None))
     records: list[dict[str, Any]] = [baseline_record(prompts),
                                      truth_record(prompts, ar_loglik(model, prompts, [p.continuation for p in prompts],
-                                                                     args.batch))]
+                                                                     16))]
     outputs: dict[tuple[str, float | None], list[Any]] = {}
     with tqdm(total=len(configs) * len(prompts), desc="eval", unit="prompt", file=sys.stderr) as bar:
         for mode, thr in configs:
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     ar_tokens = [r.tokens for r in outputs[("ar", None)]]
     for mode, thr in tqdm(configs, desc="speed", file=sys.stderr):
         rate = time_config(model, mode, thr, prompts[:args.speed_prompts], args.max_new_tokens)
-        logliks = ar_loglik(model, prompts, [r.tokens for r in outputs[(mode, thr)]], args.batch)
+        logliks = ar_loglik(model, prompts, [r.tokens for r in outputs[(mode, thr)]], 16)
         records.append(summarize(mode, thr, outputs[(mode, thr)], prompts, ar_tokens, rate, logliks))
     if args.near_ties:
         for mode, thr in configs:
