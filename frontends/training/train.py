@@ -393,6 +393,9 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
 def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, autocast: bool = False) -> torch.Tensor:
     """The model's greedy AR continuation of each prefix (causal prefill, then one cached token per forward).
 
+    Runs through the backbone protocol (:class:`~graphrt.frontends.transformer.TransformerBackbone`
+    and its KV cache), as decoding does.
+
     Parameters
     ----------
     model : Transformer
@@ -408,23 +411,27 @@ def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, auto
     torch.Tensor
         ``[N, P + n]``: the prefixes followed by their greedy continuations.
     """
+    from graphrt.backbone import ForwardBatch
+
+    from ..transformer import TransformerBackbone
+
     N, P = prefixes.shape
-    out = [prefixes]
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        causal = torch.ones(P, P, dtype=torch.bool).tril().expand(N, P, P)
-        logits, k, v = model.run_layers(prefixes, torch.arange(P).expand(N, P), causal, return_kv=True)
-        past_k, past_v = k.permute(0, 2, 3, 1, 4), v.permute(0, 2, 3, 1, 4)  # [N, layers, KV, P, d]
-        for i in range(n):
-            nxt = logits[:, -1].float().argmax(-1, keepdim=True)  # [N, 1]
-            out.append(nxt)
-            if i == n - 1:
-                break
-            pos = torch.full((N, 1), P + i)
-            mask = torch.ones(N, 1, P + i + 1, dtype=torch.bool)
-            logits, k, v = model.run_layers(nxt, pos, mask, past_k=past_k, past_v=past_v, return_kv=True)
-            past_k = torch.cat((past_k, k.permute(0, 2, 3, 1, 4)), dim=3)
-            past_v = torch.cat((past_v, v.permute(0, 2, 3, 1, 4)), dim=3)
-    return torch.cat(out, dim=1)
+    backbone = TransformerBackbone(model, max_rows=N, row_capacity=P + n)
+    rows = backbone.alloc_rows(N)
+
+    def call(tokens: torch.Tensor, start: int) -> torch.Tensor:
+        L = tokens.shape[1]
+        ones = torch.ones(N, L, dtype=torch.bool)
+        batch = ForwardBatch(rows, tokens, (start + torch.arange(L)).expand(N, L),
+                             torch.ones(L, L, dtype=torch.bool).tril().expand(N, L, L), "causal", ones,
+                             torch.zeros(N, L, dtype=torch.bool), ones)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return backbone.forward(batch)[:, -1].float().argmax(-1, keepdim=True)  # [N, 1]
+
+    out = [prefixes, call(prefixes, 0)]
+    for i in range(n - 1):
+        out.append(call(out[-1], P + i))
+    return torch.cat(out, dim=1)[:, :P + n]
 
 
 def draft_mask(prefix_len: int, block_size: int, batch: int) -> torch.Tensor:
