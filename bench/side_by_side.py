@@ -200,9 +200,12 @@ def build_contenders(args: argparse.Namespace) -> tuple[dict[int, list[Any]], di
     return per_batch, models
 
 
-def run_side_by_side(args: argparse.Namespace, log: Any = print
+def run_side_by_side(args: argparse.Namespace, log: Any = print, on_batch: Any = None
                      ) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, graphrt.Model]]:
-    """Run every contender interleaved; returns (records, token agreement, graphrt's models by backend)."""
+    """Run every contender interleaved; returns (records, token agreement, graphrt's models by backend).
+
+    ``on_batch(records)``, if given, receives the records of every batch size finished so far.
+    """
     per_batch, models = build_contenders(args)
     n_prompts = 1 + args.prompts * max(args.batch_sizes)  # one warm-up prompt, then the timed ones
     pool = heldout_prompts(graphrt.load(args.model, max_batch=1), n_prompts, args.prompt_tokens)
@@ -225,6 +228,8 @@ def run_side_by_side(args: argparse.Namespace, log: Any = print
                     out = contenders[k].run(group, args.max_new_tokens)
                 tallies[(batch, k)].add(out, mem.peak)
             log(f"  batch {batch}: prompt group {g + 1}/{len(groups)} done")
+        if on_batch is not None:
+            on_batch([t.record() for t in tallies.values()])
     for t in tallies.values():
         records.append(t.record())
     return records, token_agreement(tallies), models
@@ -393,7 +398,11 @@ def run(args: argparse.Namespace) -> int:
     mach = machine()
     command = "graphrt bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:])
     print(f"side by side: {args.contenders} / modes {args.modes} / batches {args.batches}", flush=True)
-    records, agree, models = run_side_by_side(args, log=lambda s: print(s, flush=True))
+    def partial(recs: list[dict[str, Any]]) -> None:  # a long run keeps what it measured if stopped later
+        write_json(args.json, {"command": command, "machine": mach, "partial": True, "records": recs})
+
+    records, agree, models = run_side_by_side(args, log=lambda s: print(s, flush=True),
+                                              on_batch=partial if args.json not in (None, "-") else None)
     fc = []
     if args.forward_cost_repeats:
         print("forward cost by width ...", flush=True)
