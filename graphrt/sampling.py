@@ -35,15 +35,11 @@ def clean_logits(logits: torch.Tensor) -> torch.Tensor:
 def argmax_lowest(x: torch.Tensor) -> torch.Tensor:
     """``argmax`` over the last dim that returns the lowest index among ties.
 
-    NaN counts as ``-inf``; an all ``-inf`` row gives 0.
+    NaN counts as ``-inf``; an all ``-inf`` row gives 0. ``torch.argmax`` returns
+    the first maximal index (documented), so this is one pass over the row in its
+    own dtype; no float64 copy is needed for a comparison.
     """
-    x = clean_logits(x)
-    best = x.max(dim=-1, keepdim=True).values
-    hit = x == best
-    index = torch.arange(x.shape[-1], device=x.device).expand_as(x)
-    sentinel = torch.full_like(index, x.shape[-1])
-    first = torch.where(hit, index, sentinel).min(dim=-1).values
-    return torch.where(first == x.shape[-1], torch.zeros_like(first), first)
+    return torch.nan_to_num(x, nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF).argmax(dim=-1)
 
 
 def top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
