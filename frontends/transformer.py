@@ -546,7 +546,7 @@ class TransformerBackbone:
         tokens = batch.tokens
         dev = self.device
         write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
-        plan = self.cache.plan(batch.rows, batch.positions, write)
+        plan = self.cache.plan(batch.rows, batch.positions, write, batch.valid)
         tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
         pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
         causal = plan.contiguous_prefill and batch.kind == "causal"
@@ -562,7 +562,7 @@ class TransformerBackbone:
         Lb = self.buckets.width(L)
         if Lb != L:
             batch = _pad_width(batch, Lb)
-        plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid)
+        plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid, batch.valid)
         plan.keys = self.buckets.keys(plan.keys)
         self.shapes_seen.add((B, Lb, plan.keys, isinstance(plan.row_sel, slice)))
         dev = self.device
@@ -604,6 +604,10 @@ class TransformerBackbone:
         lens_t = torch.tensor(lens, device=dev)  # [B]
         mask = (torch.arange(K, device=dev)[None, :] < lens_t[:, None])[:, None, :].repeat(1, L, 1)  # [B, L, K]
         mask.scatter_(2, plan.slot[:, None, :].expand(B, L, L), new)  # new tokens at their slots
+        pad = ~batch.valid.to(dev)  # [B, L]: padding queries see their row's shared padding slot (never NaN)
+        if bool(pad.any()):
+            own = plan.slot[:, :, None]  # [B, L, 1]
+            mask.scatter_(2, own, mask.gather(2, own) | pad[:, :, None])
         return group_mask(mask, self._groups)
 
     __call__ = forward

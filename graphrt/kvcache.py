@@ -14,7 +14,9 @@ must not persist (a denoise or draft token) goes to a *scratch* slot after the
 row's end (``end + rank`` among the row's non-writing tokens, ``end`` the row's
 length after this call's writes), which the row's length never counts. Every
 token therefore has its own slot, even when several share one absolute position
-(the quadratic self-speculation layout). Each layer then writes the new K/V into
+(the quadratic self-speculation layout). Padding tokens of a real row (``valid``
+False) all share the one slot after the row's last scratch slot, so padding a row to a
+wide call costs it one slot, not one per padding token. Each layer then writes the new K/V into
 the storage first (:meth:`RowKVCache.store`, one ``index_put_``) and attends over
 the rows' first ``keys`` slots directly (:meth:`RowKVCache.keys`: a view when the
 batch's rows are a contiguous range, batch 1 always), masked by the per-row
@@ -169,7 +171,8 @@ class RowKVCache:
             raise ValueError(f"KV cache: row expected in [0, {self.rows}), found {row}")
 
     # ------------------------------------------------------------------ one call
-    def plan(self, rows: list[int], positions: torch.Tensor, write: torch.Tensor) -> SlotPlan:
+    def plan(self, rows: list[int], positions: torch.Tensor, write: torch.Tensor,
+             valid: torch.Tensor | None = None) -> SlotPlan:
         """Place one call's tokens (see the module docstring); nothing is written yet.
 
         Parameters
@@ -180,6 +183,9 @@ class RowKVCache:
             ``[B, L]`` int64 absolute positions = the slots of writing tokens.
         write:
             ``[B, L]`` bool, which tokens persist their K/V.
+        valid:
+            ``[B, L]`` bool, ``False`` for padding tokens (default: all valid); they never
+            write and share one slot per row (see the module docstring).
 
         Raises
         ------
@@ -193,19 +199,21 @@ class RowKVCache:
         lengths = [0 if p else self.lengths[r] for r, p in zip(srows, pad)]
         pos_l = positions.detach().to("cpu", torch.long).tolist()  # [B][L], host lists: a few tokens per row
         write_l = write.detach().to("cpu", torch.bool).tolist()
+        valid_l = [[True] * L] * B if valid is None else valid.detach().to("cpu", torch.bool).tolist()
         slots_l: list[list[int]] = []
         ends: list[int] = []
         written = [p for prow, wrow, pd in zip(pos_l, write_l, pad) if not pd for p, w in zip(prow, wrow) if w]
         if written and (min(written) < 0 or max(written) >= self.capacity):
             raise ValueError(f"KV cache write: positions expected in [0, {self.capacity}) (row capacity), "
                              f"found [{min(written)}, {max(written)}] in rows {rows}")
-        for prow, wrow, pd, length in zip(pos_l, write_l, pad, lengths):
-            wrow = [False] * L if pd else wrow
+        for prow, wrow, vrow, pd, length in zip(pos_l, write_l, valid_l, pad, lengths):
+            wrow = [False] * L if pd else [w and v for w, v in zip(wrow, vrow)]
             end = max([length] + [p + 1 for p, w in zip(prow, wrow) if w])
+            scratch = end + sum(v and not w for v, w in zip(vrow, wrow))  # the padding tokens' shared slot
             rank, srow = 0, []
-            for p, w in zip(prow, wrow):  # non-writing tokens: their own slots after the row's end
-                srow.append(p if w else end + rank)
-                rank += not w
+            for p, w, v in zip(prow, wrow, vrow):  # non-writing tokens: their own slots after the row's end
+                srow.append(p if w else end + rank if v else scratch)
+                rank += v and not w
             slots_l.append(srow)
             ends.append(end)
         keys = max([max(r) + 1 for r in slots_l if r] + lengths + [0])

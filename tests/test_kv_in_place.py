@@ -55,3 +55,35 @@ def test_forward_bytes_do_not_grow_with_the_cached_prefix(L: int, kind: str, wri
     assert growth <= attention_rows + mask, (
         f"a {L}-token {kind} forward allocates {growth:.0f} bytes per cached token; expected at most "
         f"{attention_rows + mask} (attention rows + mask), a prefix copy costs >= {one_layer_k}")
+
+
+def test_padding_of_a_long_row_needs_no_scratch_slots() -> None:
+    """A decoding row near its capacity packed with a wide prefill: the decode row's padding
+    tokens take no scratch slots of their own, and every real token's logits equal its solo call."""
+    cfg = default_test_config(max_position_embeddings=64)  # block 4: 20 scratch slots per row
+    bb = TransformerBackbone(init_random_(Transformer(cfg), 0).to(F64).eval(), max_rows=2)
+    g = torch.Generator().manual_seed(0)
+    long_ids, short_ids = torch.randint(0, 90, (60,), generator=g), torch.randint(0, 90, (40,), generator=g)
+
+    def call(rows: list[int], seqs: list[torch.Tensor], starts: list[int]) -> torch.Tensor:
+        L = max(s.numel() for s in seqs)
+        B = len(rows)
+        tokens, positions = torch.zeros(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)
+        valid = torch.zeros(B, L, dtype=torch.bool)
+        for b, (s, p) in enumerate(zip(seqs, starts)):
+            tokens[b, :s.numel()], positions[b, :s.numel()] = s, torch.arange(p, p + s.numel())
+            valid[b, :s.numel()] = True
+        att = torch.ones(L, L, dtype=torch.bool).tril().expand(B, L, L)
+        return bb.forward(ForwardBatch(rows, tokens, positions, att, "causal" if valid.all() else "mask",
+                                       valid.clone(), torch.zeros(B, L, dtype=torch.bool), valid))
+
+    a, b = bb.alloc_rows(2)
+    call([a], [long_ids], [0])
+    nxt = torch.tensor([7])
+    packed = call([a, b], [nxt, short_ids], [60, 0])  # row a: 1 real token + 39 padding tokens
+    bb.crop(b, 0)
+    solo_short = call([b], [short_ids], [0])
+    bb.crop(a, 60)
+    solo_next = call([a], [nxt], [60])
+    torch.testing.assert_close(packed[0, :1], solo_next[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(packed[1], solo_short[0], rtol=0, atol=1e-12)
