@@ -356,6 +356,8 @@ _prim("dynamic_update_slice", ("x", "start", "update"), _dynamic_update_slice_in
 
 
 def _concat_infer(ts: list[Type], attrs: dict) -> list[Type]:
+    if not ts:
+        raise ValueError("expected at least one input to concatenate, found none")
     xs = [_rank_at_least(_tensor(t, f"input {i}"), 1, f"input {i}") for i, t in enumerate(ts)]
     dtype = xs[0].dtype
     total: Dim = 0
