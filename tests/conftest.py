@@ -4,6 +4,9 @@ Numba's CUDA simulator must be chosen before numba is first imported, so it is
 switched on here (unless the environment already says otherwise: run the GPU
 tier with ``NUMBA_ENABLE_CUDASIM=0 pytest -m gpu`` on a machine with a GPU).
 Tests marked ``gpu`` are skipped without a CUDA device or under the simulator.
+Under ``CI`` every other skip is reported as a failure: CI has every test
+dependency installed, so a test that needs no GPU and skips there is a check
+that silently did not run.
 """
 
 import os
@@ -37,3 +40,27 @@ from hypothesis import settings as _hsettings  # noqa: E402
 _hsettings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     _hsettings.load_profile("ci")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    return longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _fail_skip_under_ci(report, gpu: bool) -> None:
+    if os.environ.get("CI") and report.skipped and not gpu and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI ({reason}); CI must run every test that needs no GPU"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result(), gpu="gpu" in item.keywords)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skip_under_ci(outcome.get_result(), gpu=False)

@@ -132,7 +132,6 @@ def test_vocab_size_too_small_is_rejected() -> None:
         train_tokenizer(["x"], vocab_size=100)
 
 
-@pytest.mark.skipif(not (SHIPPED / "tokenizer.json").is_file(), reason="no shipped model yet")
 def test_shipped_tokenizer_round_trips_the_heldout_split(files: list[corpus.SourceFile]) -> None:
     tok = Tokenizer.from_dir(SHIPPED)
     held = corpus.split_texts(files, "heldout")
