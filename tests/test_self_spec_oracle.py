@@ -143,3 +143,21 @@ def test_mixed_mode_session_equals_oracles(draws: str) -> None:
     assert (results[diff_id].tokens, results[diff_id].forwards) == diffusion_oracle(m, [3, 1, 4], 12, b, 0.5)
     assert sorted({k for rid, _, _ in reqs for k in accepted(results[rid])}) == list(range(b))
     assert session.backbone_calls < sum(r.forwards for r in results.values())  # calls really were shared
+
+
+@pytest.mark.parametrize("draws", ["t0", "t1"])
+def test_eos_stops_every_causal_mode_where_ar_stops(draws: str) -> None:
+    """With an EOS that AR emits mid-way, each mode stops there; forwards as the oracles count them."""
+    b, accuracy, n = CONFIGS[0]
+    d, prompt = DRAWS[draws], list(PROMPTS[0])
+    free = oracles(b, accuracy, n, draws)[0][0]
+    eos = free[15]
+    m = Model(AcceptingBackbone(block_size=b, accuracy=accuracy, eos_token_id=eos), None, "accepting-eos")
+    stop = dict(params(d, n), ignore_eos=False)
+    want = free[: free.index(eos) + 1]
+    assert run(m, prompt, "ar", **stop).tokens == want
+    for mode, oracle in (("self-spec", self_spec_oracle), ("self-spec-quadratic", quadratic_oracle)):
+        trace = oracle(m, prompt, n, b, draws=d, stop_at_eos=True)
+        got = run(m, prompt, mode, **stop)
+        assert got.tokens == trace.tokens == want and got.finish_reason == "stop"
+        assert (got.forwards, accepted(got)) == (trace.forwards, trace.accepted)
