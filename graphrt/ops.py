@@ -114,7 +114,7 @@ _TORCH_DTYPE = {"i64": torch.int64, "bool": torch.bool, "float": torch.float64}
 
 def _cast_infer(ts: list[Type], attrs: dict) -> list[Type]:
     a = _tensor(ts[0], "input")
-    if attrs["dtype"] not in _TORCH_DTYPE:
+    if not isinstance(attrs["dtype"], str) or attrs["dtype"] not in _TORCH_DTYPE:
         raise ValueError(f"attribute dtype: expected one of {sorted(_TORCH_DTYPE)}, found {attrs['dtype']!r}")
     return [TensorType(attrs["dtype"], a.shape)]
 
@@ -239,7 +239,7 @@ _prim("fill", (), _fill_infer,
 
 
 def _constant_infer(ts: list[Type], attrs: dict) -> list[Type]:
-    if attrs["dtype"] not in _TORCH_DTYPE:
+    if not isinstance(attrs["dtype"], str) or attrs["dtype"] not in _TORCH_DTYPE:
         raise ValueError(f"attribute dtype: expected one of {sorted(_TORCH_DTYPE)}, found {attrs['dtype']!r}")
     return [TensorType(attrs["dtype"], ())]
 
