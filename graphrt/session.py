@@ -183,6 +183,19 @@ class Session:
             finish_reason=req.finish_reason, mode=req.policy.name, prompt_tokens=int(req.prompt.numel()),
             emit_sizes=list(req.emit_sizes), logprobs=list(req.logprobs) if req.params.logprobs else None)
 
+    def release(self, request_id: int) -> GenerationResult:
+        """Return a finished request's result and forget the request (a long-running server calls
+        this for every request, so the session's memory does not grow with the requests it served).
+
+        Raises
+        ------
+        KeyError
+            The request is not finished (or does not exist, or was released already).
+        """
+        result = self.result(request_id)
+        del self._done[request_id]
+        return result
+
     # ------------------------------------------------------------------ internals
     def _admit(self) -> None:
         while self._waiting and self.backbone.free_row_count() > 0:

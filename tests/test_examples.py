@@ -45,3 +45,20 @@ def test_session_poll() -> None:
     assert session.poll(first) == session.result(first).tokens and len(seen) == 3
     with pytest.raises(KeyError, match="poll: no request with id 99"):
         session.poll(99)
+
+
+def test_session_release_forgets_a_finished_request() -> None:
+    import graphrt
+
+    model = graphrt.load(max_batch=1)
+    session = graphrt.Session(model.backbone, model.tokenizer)
+    rid = session.add(graphrt.compile("ar", model), [5, 6], graphrt.GenerationParams(max_new_tokens=2))
+    with pytest.raises(KeyError, match="is not finished"):
+        session.release(rid)
+    session.run()
+    kept = session.result(rid)
+    assert session.release(rid) == kept and not session.done(rid)
+    with pytest.raises(KeyError):
+        session.result(rid)
+    with pytest.raises(KeyError):
+        session.release(rid)

@@ -7,15 +7,12 @@ Between two steps it applies cancellations and admits waiting jobs while cache
 rows are free; each step's emitted tokens are posted to their jobs at once; a
 finished job gets its :class:`~graphrt.GenerationResult` and frees its row.
 
-A job is added to a session only when a row is free for it, so every
-request a session holds is active in its next step: when a step raises, the
+A job is added to the session only when a row is free for it, so every
+request the session holds is active in its next step: when a step raises, the
 requests of that step (all of them) are cancelled and answered with a 500,
-and the server goes on with the next ones (in a fresh session).
-
-A session keeps the result of every request it finished, so the engine hands
-new requests to a fresh session after :data:`RECYCLE_AFTER` of them and drops
-the old one once its last request is done (the two are stepped one after the
-other meanwhile): memory stays flat however long the server runs.
+and the same session goes on with the next ones. A finished request's result
+is taken with :meth:`graphrt.Session.release`, so the session forgets it and
+memory stays flat however long the server runs.
 """
 
 from __future__ import annotations
@@ -35,7 +32,6 @@ from graphrt.params import GenerationParams, GenerationResult
 from graphrt.session import Session
 
 log = logging.getLogger("graphrt.serve")
-RECYCLE_AFTER = 64  # requests one session takes; then a fresh one takes new requests and the old one drains
 
 
 @dataclass(frozen=True)
@@ -79,7 +75,6 @@ class Job:
     arrived: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
     request_id: int | None = None
-    lane: "_Lane | None" = None
 
     def post(self, event: Tokens | Finished | Failed) -> None:
         """Hand ``event`` to the handler's event loop (thread-safe)."""
@@ -116,8 +111,8 @@ class Engine:
         self.max_active = max_active or rows
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
-        self._lanes = [_Lane(Session(model.backbone, model.tokenizer))]
-        self._active = 0  # jobs holding a row, over all lanes (written by the engine thread only)
+        self.session = Session(model.backbone, model.tokenizer)
+        self._jobs: dict[int, Job] = {}  # request id -> job holding a row (engine thread only)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancels: list[Job] = []
@@ -177,7 +172,7 @@ class Engine:
         with self._cond:
             if self._stop:
                 raise RequestError(503, "the server is shutting down", kind="server_error")
-            free_rows = max(0, self.max_active - self._active)
+            free_rows = max(0, self.max_active - len(self._jobs))
             if len(self._waiting) >= self.max_queue + free_rows:
                 raise RequestError(429, f"the waiting queue is full ({self.max_queue} requests); retry later",
                                    kind="rate_limit_error", code="queue_full")
@@ -195,75 +190,59 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._stop or self._waiting or self._cancels or self._active):
+                while not (self._stop or self._waiting or self._cancels or self._jobs):
                     self._cond.wait()
                 if self._stop:
                     break
                 cancels, self._cancels = self._cancels, []
                 admit = []
-                while self._waiting and self._active + len(admit) < self.max_active:
+                while self._waiting and len(self._jobs) + len(admit) < self.max_active:
                     admit.append(self._waiting.popleft())
                 self.metrics.queue_depth.set(len(self._waiting))
             for job in cancels:
                 self._cancel(job)
             for job in admit:
                 self._add(job)
-            for lane in list(self._lanes):
-                if lane.jobs:
-                    self._step(lane)
-            self._retire_lanes()
-            self.metrics.active.set(self._active)
-        for lane in self._lanes:
-            self._fail_lane(lane, RequestError(503, "the server is shutting down", kind="server_error"))
+            if self._jobs:
+                self._step()
+            self.metrics.active.set(len(self._jobs))
+        self._fail_active(RequestError(503, "the server is shutting down", kind="server_error"))
         with self._cond:
             waiting, self._waiting = list(self._waiting), deque()
         for job in waiting:
             self._fail(job, RequestError(503, "the server is shutting down", kind="server_error"))
 
-    def _retire_lanes(self) -> None:
-        """Drop drained sessions (with the results they keep); the newest takes admissions until it is full."""
-        current = self._lanes[-1]
-        if current.added >= RECYCLE_AFTER or (not current.jobs and current.added):
-            current = _Lane(Session(self.model.backbone, self.model.tokenizer))
-            self._lanes.append(current)
-        self._lanes = [lane for lane in self._lanes[:-1] if lane.jobs] + [current]
-
     def _add(self, job: Job) -> None:
-        lane = self._lanes[-1]
         try:
-            rid = lane.session.add(job.policy, job.prompt, job.params)
+            rid = self.session.add(job.policy, job.prompt, job.params)
         except ValueError as exc:
             self._fail(job, RequestError(400, str(exc), "prompt"))
             return
-        job.lane, job.request_id = lane, rid
-        lane.jobs[rid] = job
-        lane.added += 1
-        self._active += 1
+        job.request_id = rid
+        self._jobs[rid] = job
 
     def _cancel(self, job: Job) -> None:
-        lane = job.lane
-        if lane is None:
+        if job.request_id is None:
             with self._cond:
                 if job in self._waiting:
                     self._waiting.remove(job)
                     self.metrics.requests.labels(job.policy.name, "cancelled").inc()
             return
-        if lane.jobs.pop(job.request_id, None) is not None:  # type: ignore[arg-type]
-            self._active -= 1
-            lane.session.cancel(job.request_id)  # type: ignore[arg-type]
-            self._finish(job, lane.session.result(job.request_id))  # type: ignore[arg-type]
+        if self._jobs.pop(job.request_id, None) is not None:
+            self.session.cancel(job.request_id)
+            self._finish(job, self.session.release(job.request_id))
 
-    def _step(self, lane: "_Lane") -> None:
-        session = lane.session
+    def _step(self) -> None:
+        session = self.session
         calls = session.backbone_calls
         start = time.perf_counter()
         try:
             emitted = session.step()
         except Exception as exc:  # noqa: BLE001 - a failing step must not take the server down
-            log.exception("session step failed; failing its %d requests", len(lane.jobs))
+            log.exception("session step failed; failing its %d requests", len(self._jobs))
             self.metrics.failed_steps.inc()
-            self._fail_lane(lane, RequestError(500, f"the engine step running this request failed: "
-                                                    f"{type(exc).__name__}: {exc}", kind="server_error"))
+            self._fail_active(RequestError(500, f"the engine step running this request failed: "
+                                                f"{type(exc).__name__}: {exc}", kind="server_error"))
             return
         finally:
             self.metrics.steps.inc()
@@ -271,15 +250,14 @@ class Engine:
             self.metrics.backbone_calls.inc(session.backbone_calls - calls)
         now = time.perf_counter()
         for rid, ids in emitted.items():
-            job = lane.jobs.get(rid)
+            job = self._jobs.get(rid)
             if job is not None and ids:
                 if job.first_token is None:
                     job.first_token = now
                     self.metrics.ttft.labels(job.policy.name).observe(now - job.arrived)
                 job.post(Tokens(ids))
-        for rid in [rid for rid in lane.jobs if session.done(rid)]:
-            self._active -= 1
-            self._finish(lane.jobs.pop(rid), session.result(rid))
+        for rid in [rid for rid in self._jobs if session.done(rid)]:
+            self._finish(self._jobs.pop(rid), session.release(rid))
 
     def _finish(self, job: Job, result: GenerationResult) -> None:
         self.metrics.finished(result, time.perf_counter() - job.arrived)
@@ -289,23 +267,14 @@ class Engine:
         self.metrics.requests.labels(job.policy.name, "error").inc()
         job.post(Failed(error))
 
-    def _fail_lane(self, lane: "_Lane", error: RequestError) -> None:
-        """Fail every job of a session (after a failing step, or at shutdown) and cancel it there."""
-        for rid, job in list(lane.jobs.items()):
+    def _fail_active(self, error: RequestError) -> None:
+        """Fail every job holding a row (after a failing step, or at shutdown) and cancel it in the session,
+        which is then empty and usable for the next requests."""
+        for rid, job in list(self._jobs.items()):
             try:
-                lane.session.cancel(rid)
-            except Exception:  # noqa: BLE001 - the session is retired below either way
+                self.session.cancel(rid)
+                self.session.release(rid)
+            except Exception:  # noqa: BLE001 - the job is failed either way
                 log.exception("cancelling request %d after a failed step", rid)
             self._fail(job, error)
-        self._active -= len(lane.jobs)
-        lane.jobs.clear()
-        lane.added = RECYCLE_AFTER  # a session whose step raised takes no new requests
-
-
-@dataclass(eq=False)
-class _Lane:
-    """A session and the jobs it holds, by request id; ``added`` counts the requests it took."""
-
-    session: Session
-    jobs: dict[int, Job] = field(default_factory=dict)
-    added: int = 0
+        self._jobs.clear()
