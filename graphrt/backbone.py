@@ -21,7 +21,7 @@ ignored; they never write the cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -84,46 +84,51 @@ class ForwardBatch:
     valid: torch.Tensor
 
     @classmethod
-    def pack(cls, rows: Sequence[int], requests: Sequence[Any]) -> "ForwardBatch":
-        """Pack per-request forwards (each with ``tokens``, ``positions``, ``kv_write``,
-        ``adapter`` ``[L_i]``, ``attention`` ``[L_i, L_i]`` and ``kind``, as
-        :class:`graphrt.executor.ForwardRequest`) into one call, right-padded to the
-        longest; ``kind`` is the requests' common kind when all have the same length, else
-        ``"mask"``. One request packs into views of its own tensors (no copy).
+    def single(cls, row: int, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, kind: str,
+               kv_write: torch.Tensor, adapter: torch.Tensor) -> "ForwardBatch":
+        """One request's forward as a one-row batch (what a program suspends with at a ``forward``):
+        ``tokens``, ``positions``, ``kv_write``, ``adapter`` ``[L]`` and ``attention`` ``[L, L]``
+        become views with a batch dimension of one (no copy), every token valid."""
+        valid = _ones(tokens.shape[0], tokens.device)
+        return cls([row], tokens[None], positions[None], attention[None], kind, kv_write[None], adapter[None],
+                   valid[None])
+
+    @classmethod
+    def pack(cls, batches: Sequence["ForwardBatch"]) -> "ForwardBatch":
+        """Pack batches (the requests' one-row forwards) into one call, right-padded to the longest;
+        ``kind`` is their common kind when all have the same length, else ``"mask"``. One batch
+        packs into itself (no copy).
 
         Raises
         ------
         ValueError
-            ``rows`` and ``requests`` differ in length, or there is no request.
+            There is no batch.
         """
-        if len(rows) != len(requests) or not requests:
-            raise ValueError(f"ForwardBatch.pack: expected one row per request (at least one), found "
-                             f"{len(rows)} rows and {len(requests)} requests")
-        if len(requests) == 1:
-            r = requests[0]
-            n = r.tokens.shape[0]
-            valid = _ones(n, r.tokens.device)
-            return cls(list(rows), r.tokens[None], r.positions[None], r.attention[None], r.kind,
-                       r.kv_write[None], r.adapter[None], valid[None])
-        B, L = len(requests), max(r.tokens.shape[0] for r in requests)
-        dev = requests[0].tokens.device
+        if not batches:
+            raise ValueError("ForwardBatch.pack: expected at least one batch, found none")
+        if len(batches) == 1:
+            return batches[0]
+        B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
+        dev = batches[0].tokens.device
         tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
         positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
         attention = torch.zeros(B, L, L, dtype=torch.bool, device=dev)
         kv_write = torch.zeros(B, L, dtype=torch.bool, device=dev)
         adapter = torch.zeros(B, L, dtype=torch.bool, device=dev)
         valid = torch.zeros(B, L, dtype=torch.bool, device=dev)
-        for i, r in enumerate(requests):
-            n = r.tokens.shape[0]
-            tokens[i, :n] = r.tokens
-            positions[i, :n] = r.positions
-            attention[i, :n, :n] = r.attention
-            kv_write[i, :n] = r.kv_write
-            adapter[i, :n] = r.adapter
-            valid[i, :n] = True
-        kinds = {r.kind for r in requests}
-        kind = kinds.pop() if len(kinds) == 1 and all(r.tokens.shape[0] == L for r in requests) else "mask"
-        return cls(list(rows), tokens, positions, attention, kind, kv_write, adapter, valid)
+        i = 0
+        for b in batches:
+            k, n = b.tokens.shape
+            tokens[i:i + k, :n] = b.tokens
+            positions[i:i + k, :n] = b.positions
+            attention[i:i + k, :n, :n] = b.attention
+            kv_write[i:i + k, :n] = b.kv_write
+            adapter[i:i + k, :n] = b.adapter
+            valid[i:i + k, :n] = b.valid
+            i += k
+        kinds = {b.kind for b in batches}
+        kind = kinds.pop() if len(kinds) == 1 and all(b.tokens.shape[1] == L for b in batches) else "mask"
+        return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid)
 
 
 _ONES: dict[tuple[int, torch.device], torch.Tensor] = {}

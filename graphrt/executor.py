@@ -3,8 +3,8 @@
 :class:`Program` interprets a verified graph with each op's implementation
 (the registry's torch reference on CPU; a CUDA kernel where one is registered
 for CUDA tensors, chosen in :func:`resolve_impl`). It runs until it reaches a
-``forward`` and suspends with a :class:`ForwardRequest`; the caller resumes it
-with the logits. ``emit`` suspends with an :class:`EmitRequest`; the caller
+``forward`` and suspends with the request's one-row
+:class:`~graphrt.backbone.ForwardBatch`; the caller resumes it with the logits. ``emit`` suspends with an :class:`EmitRequest`; the caller
 answers whether the request is finished. ``loop`` regions run as nested,
 equally resumable interpretations, so a program is a Python generator all the
 way down and there is no second, run-to-completion interpreter.
@@ -36,6 +36,7 @@ from typing import Any, Callable, Generator
 
 import torch
 
+from graphrt.backbone import ForwardBatch
 from graphrt.ir import Graph, Node
 from graphrt.ops import forward_extra_inputs
 from graphrt.registry import get_op
@@ -43,24 +44,6 @@ from graphrt.registry import get_op
 
 class ExecutionError(RuntimeError):
     """An op failed at run time; the message names the node."""
-
-
-@dataclass
-class ForwardRequest:
-    """A suspended ``forward``: what the backbone must compute for one request.
-
-    Shapes: ``tokens``, ``positions``, ``kv_write``, ``adapter`` are ``[L]``;
-    ``attention`` is ``[L, L]`` bool over the new tokens (the cached prefix is
-    always visible).
-    """
-
-    tokens: torch.Tensor
-    positions: torch.Tensor
-    attention: torch.Tensor
-    kind: str
-    kv_write: torch.Tensor
-    adapter: torch.Tensor
-    node: str
 
 
 @dataclass
@@ -87,7 +70,7 @@ class CacheHandle:
     row: int
 
 
-Event = ForwardRequest | EmitRequest | CommitRequest
+Event = ForwardBatch | EmitRequest | CommitRequest
 Impl = Callable[..., Any]
 
 
@@ -454,7 +437,7 @@ def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Ev
         attention = extra["mask"]
     kv_write = extra["kv_write"] if attrs["write"] == "mask" else _flags(n, attrs["write"] == "all", dev)
     adapter = extra["adapter"] if attrs["adapter"] == "mask" else _flags(n, attrs["adapter"] == "all", dev)
-    logits = yield ForwardRequest(tokens, positions, attention, attrs["attention"], kv_write, adapter, node.name)
+    logits = yield ForwardBatch.single(cache.row, tokens, positions, attention, attrs["attention"], kv_write, adapter)
     if attrs["write"] == "none":
         return logits
     return logits, cache

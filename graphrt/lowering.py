@@ -394,8 +394,10 @@ class _Named:
 
 
 def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
-    """``build(cache, tokens, positions, *extra) -> ForwardRequest``, with constant masks/flags cached per length."""
-    from graphrt.executor import ForwardRequest, _flags, causal_mask
+    """``build(cache, tokens, positions, *extra) -> ForwardBatch`` (the request's one row), with constant
+    masks/flags cached per length."""
+    from graphrt.backbone import ForwardBatch
+    from graphrt.executor import _flags, causal_mask
     from graphrt.ops import forward_extra_inputs
 
     names = forward_extra_inputs(attrs)
@@ -415,13 +417,13 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
             cached[key] = t
         return t
 
-    def build(cache: Any, tokens: torch.Tensor, positions: torch.Tensor, *extra: torch.Tensor) -> ForwardRequest:
+    def build(cache: Any, tokens: torch.Tensor, positions: torch.Tensor, *extra: torch.Tensor) -> ForwardBatch:
         ex = dict(zip(names, extra))
         n, dev = tokens.shape[0], tokens.device
         attention = ex["mask"] if kind == "mask" else const(kind, n, dev)
         kv_write = ex["kv_write"] if write == "mask" else const("true" if write == "all" else "false", n, dev)
         ad = ex["adapter"] if adapter == "mask" else const("true" if adapter == "all" else "false", n, dev)
-        return ForwardRequest(tokens, positions, attention, kind, kv_write, ad, node.name)
+        return ForwardBatch.single(cache.row, tokens, positions, attention, kind, kv_write, ad)
 
     return build
 

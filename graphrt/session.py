@@ -1,8 +1,8 @@
 """The session: many requests, of any modes, sharing backbone calls.
 
 Each round (:meth:`Session.step`) admits waiting requests whose cache row is
-free, collects the pending :class:`~graphrt.executor.ForwardRequest` of every
-active request, packs them into one backbone call (every attention kind is a
+free, collects the pending one-row :class:`~graphrt.backbone.ForwardBatch` of
+every active request, packs them into one backbone call (every attention kind is a
 per-row boolean mask, so rows of different modes share a call), and resumes
 each request with its slice of the logits until it suspends again. Emitted
 tokens are checked against the request's budget and stops here; a finished
@@ -22,7 +22,7 @@ import torch
 
 from graphrt.backbone import Backbone, ForwardBatch
 from graphrt.compiled import CompiledPolicy
-from graphrt.executor import CacheHandle, CommitRequest, EmitRequest, Event, ForwardRequest, Program
+from graphrt.executor import CacheHandle, CommitRequest, EmitRequest, Event, Program
 from graphrt.params import GenerationParams, GenerationResult
 
 
@@ -40,7 +40,7 @@ class _Request:
     params: GenerationParams
     row: int = -1
     program: Program | None = None
-    pending: ForwardRequest | None = None
+    pending: ForwardBatch | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     emit_sizes: list[int] = field(default_factory=list)
@@ -141,7 +141,7 @@ class Session:
             logits = self._forward(batch_reqs)  # [B, L, V]
             for i, req in enumerate(batch_reqs):
                 req.forwards += 1
-                n = req.pending.tokens.shape[0]  # type: ignore[union-attr]
+                n = req.pending.tokens.shape[1]  # type: ignore[union-attr]
                 req.pending = None
                 self._drive(req, lambda r=req, x=logits[i, :n]: r.program.resume(x))  # type: ignore[union-attr]
         out: dict[int, list[int]] = {}
@@ -242,7 +242,7 @@ class Session:
             if event is None:
                 self._finish(req, req.finish_reason or "end")
                 return
-            if isinstance(event, ForwardRequest):
+            if isinstance(event, ForwardBatch):
                 req.pending = event
                 return
             if isinstance(event, EmitRequest):
@@ -302,7 +302,7 @@ class Session:
 
     def _forward(self, reqs: list[_Request]) -> torch.Tensor:
         """Pack the pending forwards of ``reqs`` into one backbone call."""
-        batch = ForwardBatch.pack([r.row for r in reqs], [r.pending for r in reqs])
+        batch = ForwardBatch.pack([r.pending for r in reqs])  # type: ignore[misc]
         self.backbone_calls += 1
         return self.backbone.forward(batch)
 

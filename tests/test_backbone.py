@@ -148,6 +148,27 @@ def test_batch_packing_invariance_with_padding() -> None:
     torch.testing.assert_close(packed.cache.k[q0, :, :, :7], solo.cache.k[r0, :, :, :7], rtol=0, atol=1e-12)
 
 
+def test_forward_batch_single_and_pack() -> None:
+    """A request's forward is a one-row batch; pack pads rows to the longest and keeps their kind only
+    when every row has the same length; one batch packs into itself."""
+    causal = ForwardBatch.single(3, torch.tensor([5, 6, 7]), torch.tensor([0, 1, 2]), causal_mask(1, 3)[0],
+                                 "causal", torch.ones(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
+    assert causal.rows == [3] and causal.tokens.shape == (1, 3) and causal.valid.all()
+    assert ForwardBatch.pack([causal]) is causal
+    short = ForwardBatch.single(1, torch.tensor([9]), torch.tensor([4]), torch.ones(1, 1, dtype=torch.bool),
+                                "causal", torch.zeros(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool))
+    packed = ForwardBatch.pack([causal, short])
+    assert packed.rows == [3, 1] and packed.kind == "mask"
+    assert packed.tokens.tolist() == [[5, 6, 7], [9, 0, 0]] and packed.positions.tolist() == [[0, 1, 2], [4, 0, 0]]
+    assert packed.valid.tolist() == [[True] * 3, [True, False, False]]
+    assert packed.kv_write.tolist() == [[True] * 3, [False] * 3]
+    assert packed.adapter.tolist() == [[False] * 3, [True, False, False]]
+    assert torch.equal(packed.attention[0], causal.attention[0]) and packed.attention[1].sum() == 1
+    assert ForwardBatch.pack([causal, causal]).kind == "causal"
+    with pytest.raises(ValueError, match="expected at least one batch, found none"):
+        ForwardBatch.pack([])
+
+
 def test_draft_adapter_applies_per_token() -> None:
     model = make_model(seed=8, draft_adapter={"rank": 4, "alpha": 8})
     base = make_model(seed=8)
