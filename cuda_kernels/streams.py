@@ -1,11 +1,13 @@
 """CUDA streams and events through cuda-python, with interop to torch and Numba.
 
-The executor runs the stream schedule of the pass pipeline with these: one
-:class:`Stream` per scheduled stream, an :class:`Event` per cross-stream edge
-(``producer.record(e)``, ``consumer.wait(e)``). A :class:`Stream` is a raw
-``cudaStream_t`` handle: :meth:`Stream.torch` gives the torch view of it (for
-``with torch.cuda.stream(s.torch()):``) and :meth:`Stream.numba` the Numba view
-the kernel launchers use, so torch ops and Numba kernels share one queue.
+The executor runs the stream schedule of the pass pipeline with these
+(:class:`graphrt.executor.StreamRunner`): torch's current stream as stream 0
+(:func:`current_stream`), one created :class:`Stream` per side stream, an
+:class:`Event` per cross-stream edge (``producer.record(e)``,
+``consumer.wait(e)``). A :class:`Stream` is a raw ``cudaStream_t`` handle:
+:meth:`Stream.torch` gives the torch view of it (for ``with
+torch.cuda.stream(s.torch()):``) and :meth:`Stream.numba` the Numba view the
+kernel launchers use, so torch ops and Numba kernels share one queue.
 
 Detecting a machine without a GPU never raises: :func:`cuda_available` asks
 ``cuda.bindings.runtime.cudaGetDeviceCount()``, which returns an error code
@@ -158,9 +160,9 @@ class Stream:
         """A new non-blocking stream on ``device`` (the current device when ``None``)."""
         require_cuda("Stream.create")
         rt = _rt()
-        if device is not None:
-            torch.cuda.set_device(device)
-        raw = _check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        device = torch.cuda.current_device() if device is None else device
+        with torch.cuda.device(device):  # the runtime creates the stream on its current device
+            raw = _check(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
         return cls(int(raw), owned=True, device=device)
 
     @classmethod

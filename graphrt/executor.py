@@ -21,11 +21,13 @@ tensors for planned values.
 
 Streams: when the graph carries a stream schedule (``annotations["streams"]``,
 from :mod:`graphrt.passes.stream_assignment`) and runs on CUDA, each region's
-nodes are issued on their assigned torch streams: side streams wait for the
-host's stream at region entry, consumers wait for their producers' events, and
-every host synchronisation (``forward``, ``emit``, ``commit``, ``loop``) and the
-region's end join all streams back. On CPU the nodes run in program order,
-which is one of the orders the schedule allows.
+nodes are issued on their assigned streams by a :class:`StreamRunner`, over the
+cuda-python streams and events of :mod:`graphrt.cuda_kernels.streams` (NOT YET
+RUN ON A GPU): side streams wait for the host's stream at region entry,
+consumers wait for their producers' events, and every host synchronisation
+(``forward``, ``emit``, ``commit``, ``loop``) and the region's end join all
+streams back. On CPU the nodes run in program order, which is one of the orders
+the schedule allows.
 """
 
 from __future__ import annotations
@@ -191,7 +193,13 @@ def _bind_schedule(instrs: list[_Instr], schedule: Any, device: torch.device) ->
 
 
 class StreamRunner:
-    """Issues a region's instructions on CUDA streams (see the module docstring).
+    """Issues a region's instructions on CUDA streams (see the module docstring). NOT YET RUN ON A GPU.
+
+    The streams and events are :mod:`graphrt.cuda_kernels.streams`' cuda-python ones: stream 0 is
+    torch's current stream (wrapped, not owned), the side streams are cuda-python streams the runner
+    creates, and torch ops and Numba kernels reach a side stream through its torch view
+    (:meth:`~graphrt.cuda_kernels.streams.Stream.torch`, a ``torch.cuda.ExternalStream`` over the
+    same handle), so everything on one scheduled stream shares one queue.
 
     Parameters
     ----------
@@ -202,33 +210,43 @@ class StreamRunner:
     """
 
     def __init__(self, num_streams: int, device: torch.device) -> None:
-        self.device = device
-        self.side = [torch.cuda.Stream(device=device) for _ in range(num_streams - 1)]
+        from graphrt.cuda_kernels import streams
 
-    def _stream(self, index: int) -> Any:
-        return torch.cuda.current_stream(self.device) if index == 0 else self.side[index - 1]
+        self._streams = streams
+        self.device = device
+        self.side = [streams.Stream.create(device.index) for _ in range(num_streams - 1)]
+        self._side_torch = [s.torch() for s in self.side]
+        self._fork = streams.Event()
+        self._joins = [streams.Event() for _ in self.side]
+
+    def _stream(self, index: int) -> tuple[Any, torch.cuda.Stream]:
+        """Stream ``index`` as ``(cuda-python Stream, its torch view)``."""
+        if index == 0:
+            current = torch.cuda.current_stream(self.device)
+            return self._streams.Stream.from_torch(current), current
+        return self.side[index - 1], self._side_torch[index - 1]
 
     def fork(self) -> None:
         """Side streams wait for everything issued so far on the current stream."""
-        main = torch.cuda.current_stream(self.device)
+        self._fork.record(self._stream(0)[0])
         for s in self.side:
-            s.wait_stream(main)
+            s.wait(self._fork)
 
     def join(self) -> None:
         """The current stream waits for all side streams (before a host sync, at region end)."""
-        main = torch.cuda.current_stream(self.device)
-        for s in self.side:
-            main.wait_stream(s)
+        main = self._stream(0)[0]
+        for s, event in zip(self.side, self._joins):
+            main.wait(s.record(event))
 
     def compute(self, index: int, ins: _Instr, args: list[Any], arena: "Arena") -> Any:
         """Run one instruction on its stream after its waits; record its event if someone waits for it."""
-        stream = self._stream(ins.stream)
+        stream, view = self._stream(ins.stream)
         for w in ins.waits:
-            stream.wait_event(arena.events[(id(self), w)])
-        with torch.cuda.stream(stream):
+            stream.wait(arena.events[(id(self), w)])
+        with torch.cuda.stream(view):
             for a in args:  # reads across streams: the caching allocator must not reuse them early
                 if isinstance(a, torch.Tensor) and a.is_cuda:
-                    a.record_stream(stream)
+                    a.record_stream(view)
             result = _compute(ins, args, arena)
         if ins.record:
             self.record(index, ins, arena)
@@ -239,8 +257,8 @@ class StreamRunner:
         key = (id(self), index)
         event = arena.events.get(key)
         if event is None:
-            event = arena.events[key] = torch.cuda.Event()
-        event.record(self._stream(ins.stream))
+            event = arena.events[key] = self._streams.Event()
+        event.record(self._stream(ins.stream)[0])
 
 
 def make_stream_runner(num_streams: int, device: torch.device) -> StreamRunner | None:

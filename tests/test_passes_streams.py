@@ -134,17 +134,87 @@ def test_executor_issues_schedule_with_waits_after_records(monkeypatch) -> None:
     assert kinds == {"fork", "join", "run"} and any(s > 0 for k, _, s in _FakeStreams.log if k == "run")
 
 
+class _FakeCudaLayer:
+    """Stands in for :mod:`graphrt.cuda_kernels.streams` on CPU: logs what the real StreamRunner asks of it."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, int]] = []  # (what, stream, event id)
+        layer = self
+
+        class Event:
+            def record(self, stream):
+                layer.log.append(("record", stream.name, id(self)))
+                return self
+
+        class Stream:
+            created = 0
+
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+            @classmethod
+            def create(cls, device=None):
+                cls.created += 1
+                return cls(f"side{cls.created}")
+
+            @classmethod
+            def from_torch(cls, stream):
+                return cls("current")
+
+            def torch(self):
+                return self
+
+            def record(self, event):
+                return event.record(self)
+
+            def wait(self, event) -> None:
+                layer.log.append(("wait", self.name, id(event)))
+
+        self.Event, self.Stream = Event, Stream
+
+
+def test_stream_runner_drives_the_cuda_python_layer(monkeypatch) -> None:
+    """The real StreamRunner over a fake cuda-python layer (CPU): side streams wait for the current stream's
+    fork event, every wait is for an event recorded before on another stream, and the tokens match."""
+    import contextlib
+
+    import graphrt.cuda_kernels
+
+    layer = _FakeCudaLayer()
+    monkeypatch.setattr(graphrt.cuda_kernels, "streams", layer)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(executor, "make_stream_runner",
+                        lambda n, device: executor.StreamRunner(n, device) if n > 1 else None)
+    model = tiny_model(seed=0)
+    reference = policies.build_self_spec(model.config)
+    got = generate(model, default_pipeline(1).run(reference).graph, reference, [3, 4], max_new_tokens=6)
+    monkeypatch.undo()
+    assert got.tokens == generate(model, reference, reference, [3, 4], max_new_tokens=6).tokens
+    recorded: dict[int, str] = {}
+    waits = 0
+    for what, stream, event in layer.log:
+        if what == "record":
+            recorded[event] = stream
+            continue
+        waits += 1
+        assert event in recorded, f"{stream} waits for an event never recorded"
+        assert recorded[event] != stream, f"{stream} waits for its own event"
+    assert waits and {s for _, s, _ in layer.log} > {"current"}
+
+
 def test_cpu_runs_in_program_order_without_a_runner() -> None:
     model = tiny_model(seed=0)
     compiled = default_pipeline(1).run(policies.build_ar(model.config)).graph
     lowered = executor.LoweredGraph(compiled, torch.device("cpu"))
     assert lowered.streams is None and all(sub.streams is None for sub in lowered.regions.values())
     assert any(ins.stream > 0 for sub in lowered.regions.values() for ins in sub.instrs)
+    assert executor.make_stream_runner(3, torch.device("cpu")) is None
+    assert executor.make_stream_runner(1, torch.device("cuda")) is None  # one stream: program order, no CUDA call
 
 
-def test_control_ops_stay_on_the_hosts_stream() -> None:
-    """A pure loop runs on the host like any control op: it must be scheduled on stream 0 so that
-    consumers on other streams wait for it."""
+def _side_stream_graph():
+    """A pure graph whose schedule opens a side stream next to a loop on the host's stream."""
     from graphrt.builder import GraphBuilder
     from graphrt.types import tensor
 
@@ -152,7 +222,49 @@ def test_control_ops_stay_on_the_hosts_stream() -> None:
     x = b.input("x", tensor("i64", 3))
     side = (x + 1) * 2                                  # opens a side stream
     (looped,) = b.loop(b.const(True, "bool"), [side], lambda v: (b.const(False, "bool"), v + 1))
-    graph = b.build([looped * 3, side - 1])
+    return b.build([looped * 3, side - 1])
+
+
+def test_control_ops_stay_on_the_hosts_stream() -> None:
+    """A pure loop runs on the host like any control op: it must be scheduled on stream 0 so that
+    consumers on other streams wait for it."""
+    graph = _side_stream_graph()
     rs = assign_streams(graph).graph.annotations["streams"].regions[""]
     loop = next(n.name for n in graph.nodes if n.op == "loop")
     assert rs.stream[loop] == 0
+
+
+# GPU tier (NUMBA_ENABLE_CUDASIM=0 pytest -m gpu): the StreamRunner on cuda-python streams. NOT YET RUN ON A GPU.
+@pytest.mark.gpu
+@pytest.mark.parametrize("interpret", [True, False])
+def test_stream_runner_on_cuda_python_streams_matches_cpu(interpret: bool) -> None:
+    from graphrt.cuda_kernels.streams import Stream
+
+    graph = assign_streams(_side_stream_graph()).graph
+    x = torch.tensor([1, 2, 3])
+    want = evaluate(graph, {"x": x})
+    lowered = executor.LoweredGraph(graph, torch.device("cuda"))
+    runner = lowered.streams
+    assert isinstance(runner, executor.StreamRunner) and runner.side
+    assert all(isinstance(s, Stream) and s.owned for s in runner.side)
+    for _ in range(2):  # the second run reuses the program-independent fork/join events
+        prog = executor.Program(lowered, {"x": x.cuda()}, interpret=interpret)
+        assert prog.start() is None
+        torch.cuda.synchronize()
+        assert same([o.cpu() for o in prog.outputs], want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "self-spec"])
+def test_stream_scheduled_modes_on_cuda_match_the_reference(mode: str) -> None:
+    from graphrt.api import Model
+    from graphrt.frontends.transformer import TransformerBackbone
+
+    net = tiny_model(seed=1).backbone.model.cuda()
+    model = Model(TransformerBackbone(net, max_rows=2), None, "random-1-cuda")
+    reference = policies.policy_for_mode(mode, block_length=3).build(model.config)
+    optimised = default_pipeline(1).run(reference).graph
+    assert optimised.annotations["streams"].num_streams > 1
+    got = generate(model, optimised, reference, [4, 5, 6], max_new_tokens=6)
+    want = generate(model, reference, reference, [4, 5, 6], max_new_tokens=6)
+    assert (got.tokens, got.forwards) == (want.tokens, want.forwards)
