@@ -289,6 +289,10 @@ class Program:
         Run the reference interpreter (every node dispatched, ``emit`` suspends) instead of
         the generated code (``emit`` writes to :attr:`outbox`); default: ``lowered.interpret``,
         or the interpreter when the environment sets ``GRAPHRT_INTERPRET=1`` (a debug switch).
+    logprobs:
+        Whether the caller reads emitted log-probabilities. ``False`` lets the generated code
+        skip the nodes only they need (the emits then carry ``None``); tokens are unchanged.
+        The interpreter always computes them.
 
     Attributes
     ----------
@@ -298,7 +302,8 @@ class Program:
     >>> # prog = Program(lowered, {"prompt": ids, ...}); ev = prog.start(); ev = prog.resume(logits)
     """
 
-    def __init__(self, lowered: LoweredGraph, inputs: dict[str, Any], interpret: bool | None = None) -> None:
+    def __init__(self, lowered: LoweredGraph, inputs: dict[str, Any], interpret: bool | None = None,
+                 logprobs: bool = True) -> None:
         names = [v.name for v in lowered.graph.inputs]
         missing = [n for n in names if n not in inputs]
         extra = [n for n in inputs if n not in names]
@@ -317,7 +322,7 @@ class Program:
             from graphrt.lowering import run_generated
 
             self._gen = run_generated(lowered.generated, [inputs[v.name] for v in lowered.graph.inputs],
-                                      self.arena, self.outbox)
+                                      self.arena, self.outbox, logprobs)
         self.finished = False
         self.outputs: list[Any] | None = None
 

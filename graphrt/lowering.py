@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import torch
 
+from graphrt.analysis import logprob_only_nodes
+
 if TYPE_CHECKING:  # pragma: no cover
     from graphrt.executor import LoweredGraph
 
@@ -90,6 +92,7 @@ class _Writer:
         self.taken: set[str] = set()
         self.count = 0
         self.capture = False
+        self.optional: frozenset[str] = frozenset()  # nodes computed only when ``_logprobs`` is true
 
     def line(self, text: str, node: Any = None, graph: str = "", comment: str = "") -> None:
         pad = "    " * self.indent
@@ -141,7 +144,9 @@ def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
     """
     w = _Writer()
     w.capture = lowered.capture
-    w.taken.update({"_arena", "_outbox"})
+    w.taken.update({"_arena", "_outbox", "_logprobs"})
+    if not lowered.capture and not _has_streams(lowered):  # captured or multi-stream code runs every node
+        w.optional = logprob_only_nodes(lowered.graph)
     params = [w.var(v) for v in lowered.graph.inputs]
     fname = re.sub(r"\W", "_", lowered.graph.name) or "step"
     if fname[0].isdigit():
@@ -150,13 +155,18 @@ def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
     outs = ", ".join(w.use(i, lowered) for i in lowered.outputs)
     w.line(f"return [{outs}]")
     w.line("yield  # a generator even without a suspension point")
-    header = f"def {fname}({', '.join(params + ['*', '_arena', '_outbox'])}):"
+    header = f"def {fname}({', '.join(params + ['*', '_arena', '_outbox', '_logprobs=True'])}):"
     code = "\n".join([header] + w.lines) + "\n"
     filename = f"{_FILENAME}:{lowered.graph.name}:{id(lowered):x}"
     ns = dict(w.ns)
     exec(compile(code, filename, "exec"), ns)  # noqa: S102  (our own generated code)
     lines = {n + 1: where for n, where in w.where.items()}  # +1: the header line
     return GeneratedStep(code, ns[fname], lines)
+
+
+def _has_streams(lowered: "LoweredGraph") -> bool:
+    """Whether any region of ``lowered`` issues its nodes on several streams."""
+    return lowered.streams is not None or any(_has_streams(r) for r in lowered.regions.values())
 
 
 def _region(w: _Writer, lowered: "LoweredGraph") -> None:
@@ -181,7 +191,11 @@ def _region(w: _Writer, lowered: "LoweredGraph") -> None:
         target = ", ".join(outs) if outs else "_"
         if ins.impl is not None:
             call = _compute_call(w, ins, index, args, runner)
-            w.line(f"{target} = {call}", node, gname, node.op)
+            if node.name in w.optional:  # read only by emit's log-probs: skipped when none were asked for
+                nones = "None" if len(outs) == 1 else "(" + "None, " * len(outs) + ")"
+                w.line(f"{target} = {call} if _logprobs else {nones}", node, gname, f"{node.op} (log-probs only)")
+            else:
+                w.line(f"{target} = {call}", node, gname, node.op)
             continue
         if runner is not None:
             w.line(f"{runner}.join()")
@@ -444,11 +458,15 @@ def _commit_request(name: str, length: torch.Tensor) -> Any:
 
 
 def run_generated(step: GeneratedStep, inputs: list[Any], arena: Any, outbox: list[Any],
-                  ) -> Generator[Any, Any, list[Any]]:
-    """Drive ``step.fn`` as the interpreter's generator is driven; failures name the node."""
+                  logprobs: bool = True) -> Generator[Any, Any, list[Any]]:
+    """Drive ``step.fn`` as the interpreter's generator is driven; failures name the node.
+
+    ``logprobs=False`` skips the nodes only ``emit``'s log-probabilities read
+    (:func:`graphrt.analysis.logprob_only_nodes`); the emits then carry none.
+    """
     from graphrt.executor import ExecutionError
 
-    gen = step.fn(*inputs, _arena=arena, _outbox=outbox)
+    gen = step.fn(*inputs, _arena=arena, _outbox=outbox, _logprobs=logprobs)
     value: Any = None
     first = True
     while True:

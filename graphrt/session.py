@@ -218,7 +218,7 @@ class Session:
                                          dtype=torch.int64, device=dev),
             }
             req.force_pos = inputs["force_pos"]
-            req.program = Program(req.policy.lowered(dev), inputs)
+            req.program = Program(req.policy.lowered(dev), inputs, logprobs=p.logprobs)
             self._active[req.id] = req
             self._drive(req, req.program.start)
 
