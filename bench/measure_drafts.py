@@ -24,7 +24,7 @@ import torch
 from graphrt.frontends.training import corpus
 from graphrt.frontends.checkpoint import load_checkpoint
 from graphrt.frontends.tokenizer import Tokenizer
-from graphrt.frontends.training.train import fixed_windows, heldout_losses, measure_drafts
+from graphrt.frontends.training.train import heldout_losses, measure_drafts, token_windows
 
 
 def heldout_stream(tok: Tokenizer) -> np.ndarray:
@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         tok = Tokenizer.from_dir(path)
         stream = heldout_stream(tok)
         L = min(256, config.max_position_embeddings)
-        h = heldout_losses(model, fixed_windows(stream, args.windows, L), config.block_size, 4,
+        h = heldout_losses(model, token_windows(stream, args.windows, L), config.block_size, 4,
                            config.mask_token_id, 0.5, autocast=False)
-        d = measure_drafts(model, fixed_windows(stream, args.prompts, args.prefix_len), config.block_size,
+        d = measure_drafts(model, token_windows(stream, args.prompts, args.prefix_len), config.block_size,
                            config.mask_token_id)
         print(json.dumps({"model": path, "dtype": args.dtype, "heldout_ar": round(h["ar"], 4),
                           "heldout_diff": round(h["diff"], 4), "drafts": d}), flush=True)

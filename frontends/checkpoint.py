@@ -59,12 +59,7 @@ def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, str]:
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
         raise ValueError(f"checkpoint: expected {CONFIG_NAME} in {root}, found none ({cfg_path} is missing)")
-    try:
-        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: expected valid JSON, found a corrupt file ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{cfg_path}: expected a JSON object, found {type(raw).__name__}")
+    raw = _read_json(cfg_path)
     mt = raw.get("model_type")
     if mt == MODEL_TYPE:
         return ModelConfig.from_dict(raw, str(cfg_path)), mt
@@ -72,6 +67,23 @@ def read_config(path: str | os.PathLike[str]) -> tuple[ModelConfig, str]:
         return _map_ar_config(raw, mt, str(cfg_path)), mt
     raise ValueError(f"{cfg_path}: field 'model_type': expected {MODEL_TYPE!r} or one of {AR_MODEL_TYPES}, "
                      f"found {mt!r}")
+
+
+def _read_json(path: Path, want_object: bool = True) -> Any:
+    """The JSON value in ``path``.
+
+    Raises
+    ------
+    ValueError
+        The file is not valid UTF-8 JSON, or (``want_object``) not a JSON object; the message names the file.
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: expected valid JSON, found a corrupt file ({e})") from None
+    if want_object and not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
 
 
 def _map_ar_config(raw: dict[str, Any], model_type: str, source: str) -> ModelConfig:
@@ -135,10 +147,7 @@ def _weight_files(root: Path) -> dict[str, Path]:
     if single.is_file():
         return {name: single for name in _safetensors_keys(single)}
     if index.is_file():
-        try:
-            idx = json.loads(index.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{index}: expected valid JSON, found a corrupt file ({e})") from None
+        idx = _read_json(index, want_object=False)
         wm = idx.get("weight_map") if isinstance(idx, dict) else None
         if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
             raise ValueError(f"{index}: expected an object with a 'weight_map' of tensor name -> shard file, "
@@ -311,12 +320,7 @@ def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     for p in (cfg_path, weights):
         if not p.is_file():
             raise ValueError(f"adapter: expected {p.name} in {root}, found none")
-    try:
-        acfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: expected valid JSON, found a corrupt file ({e})") from None
-    if not isinstance(acfg, dict):
-        raise ValueError(f"{cfg_path}: expected a JSON object, found {type(acfg).__name__}")
+    acfg = _read_json(cfg_path)
     targets = acfg.get("target_modules")
     targets = [targets] if isinstance(targets, str) else targets
     checks = [("peft_type", acfg.get("peft_type", "LORA") == "LORA", "LORA"),

@@ -158,8 +158,9 @@ def prepare_data(out_dir: str | Path, vocab_size: int, tokenizer_dir: str | Path
     return tok, train, heldout, info
 
 
-def sample_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """``n`` random windows of ``length`` tokens from a stream.
+def token_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` windows of ``length`` tokens from a stream: at random offsets drawn from ``gen``, or evenly
+    spaced when ``gen`` is ``None`` (the held-out evaluation set; deterministic).
 
     Parameters
     ----------
@@ -167,8 +168,8 @@ def sample_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator
         Token stream (1-D).
     n, length : int
         Number and length of windows.
-    gen : torch.Generator
-        Source of the offsets.
+    gen : torch.Generator, optional
+        Source of random offsets.
 
     Returns
     -------
@@ -181,34 +182,11 @@ def sample_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator
         If the stream is shorter than ``length + 1``.
     """
     if stream.size <= length:
-        raise ValueError(f"sample_windows: expected a stream longer than {length} tokens, found {stream.size}")
-    starts = torch.randint(0, stream.size - length, (n,), generator=gen).numpy()
-    return torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
-
-
-def fixed_windows(stream: np.ndarray, n: int, length: int) -> torch.Tensor:
-    """``n`` evenly spaced windows (the held-out evaluation set; deterministic).
-
-    Parameters
-    ----------
-    stream : np.ndarray
-        Token stream (1-D).
-    n, length : int
-        Number and length of windows.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[n, length]`` int64.
-
-    Raises
-    ------
-    ValueError
-        If the stream is shorter than ``length + 1``.
-    """
-    if stream.size <= length:
-        raise ValueError(f"fixed_windows: expected a stream longer than {length} tokens, found {stream.size}")
-    starts = np.linspace(0, stream.size - length - 1, n).astype(np.int64)
+        raise ValueError(f"token_windows: expected a stream longer than {length} tokens, found {stream.size}")
+    if gen is None:
+        starts = np.linspace(0, stream.size - length - 1, n).astype(np.int64)
+    else:
+        starts = torch.randint(0, stream.size - length, (n,), generator=gen).numpy()
     return torch.from_numpy(np.stack([stream[s:s + length] for s in starts]).astype(np.int64))
 
 
@@ -529,7 +507,7 @@ def heldout_losses(model: Transformer, windows: torch.Tensor, block_size: int, b
     ----------
     model : Transformer
     windows : torch.Tensor
-        ``[N, L]`` from :func:`fixed_windows`.
+        ``[N, L]`` from :func:`token_windows` (evenly spaced).
     block_size, blocks_per_seq, mask_token_id : int
         As in training.
     full_mask_prob : float
@@ -788,7 +766,7 @@ def self_generated_pool(model: Transformer, stream: np.ndarray, args: argparse.N
     """
     gen = torch.Generator().manual_seed(args.seed * 7_000_003 + step + 1)
     start = args.seq_len - args.self_gen_len
-    prefixes = sample_windows(stream, args.self_gen_pool, start, gen)
+    prefixes = token_windows(stream, args.self_gen_pool, start, gen)
     was_training = model.training
     model.eval()
     tokens = greedy_continuation(model, prefixes, args.self_gen_len)
@@ -948,8 +926,8 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         _set_rng_state(state["rng"])
         print(f"train: resumed from {ckpt_path} at step {step}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
-    heldout_windows = fixed_windows(heldout_stream, args.eval_windows, args.seq_len)
-    draft_prefixes = fixed_windows(heldout_stream, args.draft_prompts, args.draft_prefix_len)
+    heldout_windows = token_windows(heldout_stream, args.eval_windows, args.seq_len)
+    draft_prefixes = token_windows(heldout_stream, args.draft_prompts, args.draft_prefix_len)
 
     def evaluate() -> dict[str, Any]:
         h = heldout_losses(model, heldout_windows, args.block_size, args.blocks_per_seq, tok.mask_id,
@@ -983,7 +961,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         if args.self_gen_rows and (pool is None or step - pool["step"] >= args.self_gen_every):
             pool = self_generated_pool(model, train_stream, args, step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        clean = sample_windows(train_stream, args.batch_size, args.seq_len, gen)
+        clean = token_windows(train_stream, args.batch_size, args.seq_len, gen)
         b, nb = block_schedule(args, step)
         extra: dict[str, torch.Tensor] = {}
         if args.self_gen_rows:
