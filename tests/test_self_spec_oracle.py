@@ -62,26 +62,22 @@ def test_oracle_cycles_cover_every_accepted_length(b: int, accuracy: float, n: i
         assert [t[0] for t in traces] != greedy
 
 
-@pytest.mark.parametrize("draws", DRAWS)
-@pytest.mark.parametrize("b,accuracy,n", CONFIGS)
-def test_linear_equals_oracle_and_ar(b: int, accuracy: float, n: int, draws: str) -> None:
-    m = accepting(b, accuracy)
-    for prompt, (ar, lin, _) in zip(PROMPTS, oracles(b, accuracy, n, draws)):
-        got = run(m, list(prompt), "self-spec", **params(DRAWS[draws], n))
-        assert got.tokens == ar, f"self-spec != AR for prompt {prompt}"
-        assert (got.forwards, accepted(got)) == (lin.forwards, lin.accepted)
-        assert got.forwards == 1 + 2 * len(lin.accepted)  # prefill + (draft + verify) per cycle
+# Forwards per mode from the accepted drafts: linear is prefill + (draft + verify) per cycle; quadratic is one
+# forward per cycle, the first one included.
+FORWARDS = {"self-spec": lambda acc: 1 + 2 * len(acc), "self-spec-quadratic": lambda acc: 1 + len(acc)}
 
 
 @pytest.mark.parametrize("draws", DRAWS)
 @pytest.mark.parametrize("b,accuracy,n", CONFIGS)
-def test_quadratic_equals_oracle_and_ar(b: int, accuracy: float, n: int, draws: str) -> None:
+@pytest.mark.parametrize("mode", ["self-spec", "self-spec-quadratic"], ids=["linear", "quadratic"])
+def test_self_spec_equals_oracle_and_ar(mode: str, b: int, accuracy: float, n: int, draws: str) -> None:
     m = accepting(b, accuracy)
-    for prompt, (ar, _, quad) in zip(PROMPTS, oracles(b, accuracy, n, draws)):
-        got = run(m, list(prompt), "self-spec-quadratic", **params(DRAWS[draws], n))
-        assert got.tokens == ar, f"self-spec-quadratic != AR for prompt {prompt}"
-        assert (got.forwards, accepted(got)) == (quad.forwards, quad.accepted)
-        assert got.forwards == 1 + len(quad.accepted)  # one forward per cycle, the first one included
+    for prompt, (ar, lin, quad) in zip(PROMPTS, oracles(b, accuracy, n, draws)):
+        want = lin if mode == "self-spec" else quad
+        got = run(m, list(prompt), mode, **params(DRAWS[draws], n))
+        assert got.tokens == ar, f"{mode} != AR for prompt {prompt}"
+        assert (got.forwards, accepted(got)) == (want.forwards, want.accepted)
+        assert got.forwards == FORWARDS[mode](want.accepted)
 
 
 @pytest.mark.parametrize("draws", ["t0", "t1"])
