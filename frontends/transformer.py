@@ -174,8 +174,8 @@ class Attention(nn.Module):
             head) over the ``S`` keys: the new tokens (no cache) or the rows' first
             ``S = plan.keys`` cache slots; None when every query sees every key.
         adapter: ``[B, L]`` bool or None.
-        cached: the call's cache and slot plan; the new K/V are written into their slots
-            first and attention runs over the cache storage in place.
+        cached: the call's cache tensors and indices; the new K/V are written into their
+            slots first and attention runs over the cache storage in place.
         layer: this block's layer index (into the cache).
 
         Returns
@@ -193,14 +193,18 @@ class Attention(nn.Module):
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [B, KV, L, d]
         if qscale is not None:
             q = q * qscale[:, None, :, None]
-        if cached is not None:
-            cached.cache.store(layer, cached.plan, k.transpose(1, 2), v)  # new K/V into their slots first
+        if cached is not None:  # new K/V into their slots first
+            kl, vl = cached.k[layer], cached.v[layer]
+            kl.index_put_(cached.index, k.transpose(1, 2).to(kl.dtype))
+            vl.index_put_(cached.index, v.to(vl.dtype))
         if cached is not None and cached.causal:  # prefill from empty rows: causal over the new tokens only
             o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=True)
             o = o.transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
             return self.o_proj(o, adapter)
         if cached is not None:
-            keys, vals = cached.cache.keys(layer, cached.plan)  # [B, KV, S, d] views of the storage
+            if cached.gather is not None:  # scattered rows: gather them
+                kl, vl = kl.index_select(0, cached.gather), vl.index_select(0, cached.gather)
+            keys, vals = kl[:, :, :cached.keys], vl[:, :, :cached.keys]  # [B, KV, S, d]
         else:
             keys, vals = k, v.transpose(1, 2)  # [B, KV, L, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
@@ -212,12 +216,22 @@ class Attention(nn.Module):
 
 @dataclass
 class CachedCall:
-    """What the layers of one cached call share: the cache, the call's slot plan, and
-    whether attention is plain causal self-attention over the new tokens (prefill of empty rows)."""
+    """What the layers of one cached call share, as flat tensors (so a compiled stack guards on
+    tensor shapes only): see :class:`graphrt.kvcache.SlotPlan` for ``k``, ``v``, ``index``,
+    ``gather`` and ``keys``; ``causal``: attention is plain causal self-attention over the new
+    tokens (prefill of empty rows)."""
 
-    cache: RowKVCache
-    plan: SlotPlan
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    gather: torch.Tensor | None
+    keys: int
     causal: bool
+
+    @classmethod
+    def of(cls, plan: SlotPlan, causal: bool) -> "CachedCall":
+        """The call for ``plan``."""
+        return cls(plan.k, plan.v, plan.index, plan.gather, plan.keys, causal)
 
 
 class MLP(nn.Module):
@@ -383,22 +397,26 @@ class ShapeBuckets:
     min_keys, max_keys:
         Key spans are rounded up to a power of two of at least ``min_keys``, at most
         ``max_keys`` (the row's slots).
+    batches:
+        Batch sizes (sorted): powers of two below the cache's row count, and the row count;
+        a call is padded with padding rows to the smallest that holds it.
     """
 
     widths: tuple[int, ...]
     min_keys: int
     max_keys: int
+    batches: tuple[int, ...] = (1,)
 
     @classmethod
-    def for_block(cls, block: int, max_keys: int, min_keys: int = 64) -> "ShapeBuckets":
-        """The buckets for a model of block length ``block`` and ``max_keys`` slots per row."""
-        widths = {1, block, block * (block + 1)}
-        w = 16
-        while w < max_keys:
-            widths.add(w)
-            w *= 2
-        widths.add(max_keys)
-        return cls(tuple(sorted(widths)), min(min_keys, max_keys), max_keys)
+    def for_block(cls, block: int, max_keys: int, max_rows: int = 1, min_keys: int = 64) -> "ShapeBuckets":
+        """The buckets for a model of block length ``block``, ``max_keys`` slots per row and
+        ``max_rows`` cache rows."""
+        return cls(tuple(sorted({1, block, block * (block + 1), max_keys} | set(_powers_of_two(16, max_keys)))),
+                   min(min_keys, max_keys), max_keys, tuple(sorted({max_rows} | set(_powers_of_two(1, max_rows)))))
+
+    def batch(self, n: int) -> int:
+        """The bucket batch size for a call of ``n`` rows (``n`` itself past the largest)."""
+        return next((b for b in self.batches if b >= n), n)
 
     def width(self, n: int) -> int:
         """The bucket width for a call of ``n`` tokens (``n`` itself past the largest)."""
@@ -410,6 +428,15 @@ class ShapeBuckets:
         while k < n:
             k *= 2
         return min(max(k, n), self.max_keys) if n <= self.max_keys else n
+
+
+def _powers_of_two(start: int, below: int) -> list[int]:
+    """``start, 2 * start, ...`` while below ``below``."""
+    out = []
+    while start < below:
+        out.append(start)
+        start *= 2
+    return out
 
 
 def _pad_width(batch: ForwardBatch, width: int) -> ForwardBatch:
@@ -490,8 +517,8 @@ class TransformerBackbone:
         self._has_adapter = cfg.draft_adapter is not None
         self._run = model.run_layers
         self.compiled = bool(compile)
-        self.shapes_seen: set[tuple[int, int, int, bool]] = set()  # compiled path: (B, width, keys, row range)
-        self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.slots)
+        self.shapes_seen: set[tuple[int, int, int, bool]] = set()  # compiled: (batch, width, keys, row views)
+        self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.slots, max_rows)
         if compile:
             self._run = compile_layers(model, freeze=compile == "freeze")
 
@@ -552,27 +579,37 @@ class TransformerBackbone:
         causal = plan.contiguous_prefill and batch.kind == "causal"
         mask = None if causal else self._mask(batch, plan, B, L)
         adapter = batch.adapter.to(dev) if self._has_adapter else None
-        logits = self._run(tok, pos, mask, adapter, CachedCall(self.cache, plan, causal))
+        logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal))
         self.cache.commit(plan)
         return logits
 
     def _forward_bucketed(self, batch: ForwardBatch, B: int, L: int) -> torch.Tensor:
-        """The compiled path: the call padded to its bucket width, keys to their bucket, always one mask,
-        so the compiled stack sees a fixed set of static shapes (one graph per bucket)."""
-        Lb = self.buckets.width(L)
+        """The compiled path: the call padded to its bucket width and batch (padding rows that never
+        write), keys to their bucket, always one mask, so the compiled stack sees a fixed set of static
+        shapes (one graph per bucket, whichever rows the call uses)."""
+        Lb, Bb = self.buckets.width(L), self.buckets.batch(B)
         if Lb != L:
             batch = _pad_width(batch, Lb)
-        plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid, batch.valid)
+        plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid, batch.valid,
+                               pad_rows=Bb - B)
         plan.keys = self.buckets.keys(plan.keys)
-        self.shapes_seen.add((B, Lb, plan.keys, isinstance(plan.row_sel, slice)))
+        self.shapes_seen.add((Bb, Lb, plan.keys, plan.gather is None))
         dev = self.device
-        tok = batch.tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, Lb]
-        pos = batch.positions.to(dev).clamp_min(0)  # [B, Lb]
-        mask = self._mask(batch, plan, B, Lb, allow_none=False)
-        adapter = batch.adapter.to(dev) if self._has_adapter else None
-        logits = self._run(tok, pos, mask, adapter, CachedCall(self.cache, plan, False))
+
+        def rows(t: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [Bb, ...] with zero padding rows
+            return F.pad(t.to(dev), (0, 0) * (t.dim() - 1) + (0, Bb - B))
+
+        tok = rows(batch.tokens.clamp(0, self.config.vocab_size - 1))  # [Bb, Lb]
+        pos = rows(batch.positions.clamp_min(0))  # [Bb, Lb]
+        mask = self._mask(batch, plan, B, Lb, allow_none=False)  # [B, 1, g*Lb, keys]
+        if Bb != B:  # a padding row's queries see key 0 only (never NaN, never read)
+            pad = torch.zeros((Bb - B, *mask.shape[1:]), dtype=torch.bool, device=dev)
+            pad[..., 0] = True
+            mask = torch.cat([mask, pad])
+        adapter = rows(batch.adapter) if self._has_adapter else None
+        logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, False))
         self.cache.commit(plan)
-        return logits[:, :L]
+        return logits[:B, :L]
 
     def _check(self, batch: ForwardBatch, B: int, L: int) -> None:
         if len(batch.rows) != B:

@@ -16,11 +16,18 @@ length after this call's writes), which the row's length never counts. Every
 token therefore has its own slot, even when several share one absolute position
 (the quadratic self-speculation layout). Padding tokens of a real row (``valid``
 False) all share the one slot after the row's last scratch slot, so padding a row to a
-wide call costs it one slot, not one per padding token. Each layer then writes the new K/V into
-the storage first (:meth:`RowKVCache.store`, one ``index_put_``) and attends over
-the rows' first ``keys`` slots directly (:meth:`RowKVCache.keys`: a view when the
-batch's rows are a contiguous range, batch 1 always), masked by the per-row
-lengths: nothing proportional to the cached prefix is copied per forward.
+wide call costs it one slot, not one per padding token. A plan may also add whole padding
+rows (``pad_rows``, to bring a call to a bucketed batch size): they never write, their
+tokens all sit in the last scratch slot of whatever storage row they borrow.
+
+A plan hands the forward flat tensors: per layer the K and V storage its indices
+address, the ``index_put_`` indices of the new tokens, and, when the call's rows are
+not one contiguous range, the rows to gather for attention. For a contiguous range of
+rows (batch 1 always) the storage tensors are views of exactly those rows, so each
+layer writes the new K/V first (one ``index_put_``) and attends over the rows' first
+``keys`` slots in place, masked by the per-row lengths: nothing proportional to the
+cached prefix is copied per forward. Because the views' offsets are not part of their
+shape, a compiled forward serves every row range of a given size with one graph.
 """
 
 from __future__ import annotations
@@ -37,20 +44,25 @@ class SlotPlan:
     Attributes
     ----------
     rows:
-        ``B`` storage rows (padding rows map to the spare storage row).
+        ``B`` storage rows of the call's own rows (padding rows map to the spare storage row).
     lengths:
         ``B`` cached lengths before the call (0 for padding rows).
     ends:
         ``B`` lengths after the call's writes.
     slot:
-        ``[B, L]`` int64 slot of every token (on the cache's device).
+        ``[B, L]`` int64 slot of every token of the call's own rows (on the cache's device).
     keys:
         Key slots every query row spans: ``max(slot) + 1`` (at least the longest prefix).
-    row_sel:
-        A ``slice`` of storage rows when ``rows`` is a contiguous ascending range, else a
-        ``[B]`` index tensor.
+    k, v:
+        Per layer, the storage the call writes and attends: views of rows
+        ``rows[0] .. rows[0] + B + pad_rows - 1`` when those are a contiguous range that
+        fits the storage, else the whole storage (see ``gather``).
     index:
-        The ``index_put_`` indices ``(row [B, L, 1], kv head [1, 1, KV], slot [B, L, 1])``.
+        The ``index_put_`` indices into ``k[layer]`` of the ``B + pad_rows`` rows' tokens:
+        ``(row [B', L, 1], kv head [1, 1, KV], slot [B', L, 1])``.
+    gather:
+        None when ``k``/``v`` are views of the call's rows; else the ``[B + pad_rows]``
+        storage rows to gather for attention.
     contiguous_prefill:
         Every row starts empty and writes all of its tokens at ``0..L-1``: attention is
         then plain causal self-attention over the new tokens.
@@ -61,8 +73,10 @@ class SlotPlan:
     ends: list[int]
     slot: torch.Tensor
     keys: int
-    row_sel: slice | torch.Tensor
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
     index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    gather: torch.Tensor | None
     contiguous_prefill: bool
 
 
@@ -102,6 +116,7 @@ class RowKVCache:
         self.lengths: list[int] = [0] * rows
         self._free: list[int] = list(range(rows))
         self._allocated: set[int] = set()
+        self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     @property
     def k(self) -> torch.Tensor:
@@ -172,7 +187,7 @@ class RowKVCache:
 
     # ------------------------------------------------------------------ one call
     def plan(self, rows: list[int], positions: torch.Tensor, write: torch.Tensor,
-             valid: torch.Tensor | None = None) -> SlotPlan:
+             valid: torch.Tensor | None = None, pad_rows: int = 0) -> SlotPlan:
         """Place one call's tokens (see the module docstring); nothing is written yet.
 
         Parameters
@@ -186,6 +201,8 @@ class RowKVCache:
         valid:
             ``[B, L]`` bool, ``False`` for padding tokens (default: all valid); they never
             write and share one slot per row (see the module docstring).
+        pad_rows:
+            Whole padding rows to append (their tokens never write and are never attended).
 
         Raises
         ------
@@ -221,29 +238,27 @@ class RowKVCache:
             raise ValueError(f"KV cache: a call of {L} tokens needs {keys} slots in rows {rows} (its non-writing "
                              f"tokens go after the row's end), but a row holds {self.slots} "
                              f"(capacity {self.capacity} + scratch {self.slots - self.capacity})")
-        first = srows[0] if srows else 0
-        row_sel: slice | torch.Tensor
-        if srows == list(range(first, first + B)):
-            row_sel = slice(first, first + B)
-        else:
-            row_sel = torch.tensor(srows, dtype=torch.long, device=self.device)
         dev = self.device
-        row_idx = torch.tensor(srows, dtype=torch.long, device=dev)[:, None, None].expand(B, L, 1)
         slot = torch.tensor(slots_l, dtype=torch.long, device=dev).view(B, L)  # [B, L]
         prefill = (max(lengths, default=0) == 0 and not any(pad) and L > 0
                    and all(srow == list(range(L)) and all(wrow) for srow, wrow in zip(slots_l, write_l)))
-        return SlotPlan(srows, lengths, ends, slot, keys, row_sel, (row_idx, self._kv_index, slot[:, :, None]),
-                        prefill)
-
-    def store(self, layer: int, plan: SlotPlan, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write one layer's new ``k, v`` ``[B, L, KV, d]`` (any strides) into their slots."""
-        kl, vl = self._k[layer], self._v[layer]
-        kl.index_put_(plan.index, k.to(kl.dtype))
-        vl.index_put_(plan.index, v.to(vl.dtype))
-
-    def keys(self, layer: int, plan: SlotPlan) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer's keys and values ``[B, KV, keys, d]`` of the plan's rows (views for a row range)."""
-        return self._k[layer][plan.row_sel, :, :plan.keys], self._v[layer][plan.row_sel, :, :plan.keys]
+        first, width = (srows[0] if srows else 0), B + pad_rows
+        spare = self.slots - 1  # padding rows' tokens: the last scratch slot of the row they borrow
+        pad_slot = torch.full((pad_rows, L), spare, dtype=torch.long, device=dev)
+        index_slot = torch.cat([slot, pad_slot])[:, :, None]  # [B', L, 1]
+        if srows == list(range(first, first + B)) and first + width <= self.rows + 1:
+            views = self._views.get((first, width))
+            if views is None:
+                views = self._views[(first, width)] = ([k[first:first + width] for k in self._k],
+                                                       [v[first:first + width] for v in self._v])
+            k, v, gather = views[0], views[1], None
+            row_index = torch.arange(width, device=dev)
+        else:  # scattered rows: write into the whole storage, gather the rows for attention
+            k, v = self._k, self._v
+            gather = torch.tensor(srows + [self.rows] * pad_rows, dtype=torch.long, device=dev)  # [B']
+            row_index = gather
+        index = (row_index[:, None, None].expand(width, L, 1), self._kv_index, index_slot)
+        return SlotPlan(srows, lengths, ends, slot, keys, k, v, index, gather, prefill)
 
     def commit(self, plan: SlotPlan) -> None:
         """Advance each written row's length to the plan's end (``max(old, last written + 1)``)."""
@@ -254,7 +269,7 @@ class RowKVCache:
     # ------------------------------------------------------------------ whole-call helpers
     def read(self, rows: list[int], length: int | None = None, layer: int | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gather the first ``length`` slots of ``rows`` (inspection and tests; forwards use :meth:`keys`).
+        """Gather the first ``length`` slots of ``rows`` (inspection and tests; forwards attend in place).
 
         Returns ``[B, layers, KV, length, d]`` (or ``[B, KV, length, d]`` for one ``layer``);
         slots beyond a row's own length hold stale data (see :meth:`prefix_mask`).
@@ -285,7 +300,8 @@ class RowKVCache:
         """
         plan = self.plan(rows, positions, write)
         for layer in range(self.layers):
-            self.store(layer, plan, k[:, :, layer], v[:, :, layer])
+            plan.k[layer].index_put_(plan.index, k[:, :, layer].to(plan.k[layer].dtype))
+            plan.v[layer].index_put_(plan.index, v[:, :, layer].to(plan.v[layer].dtype))
         self.commit(plan)
 
 

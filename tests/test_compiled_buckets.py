@@ -21,6 +21,8 @@ def test_buckets_cover_the_modes_widths() -> None:
     b = ShapeBuckets.for_block(4, 300)
     assert b.widths[:4] == (1, 4, 16, 20) and b.width(1) == 1 and b.width(3) == 4 and b.width(21) == 32
     assert b.keys(1) == 64 and b.keys(65) == 128 and b.keys(299) == 300 and b.width(300) == 300
+    rows = ShapeBuckets.for_block(4, 300, max_rows=6)
+    assert rows.batches == (1, 2, 4, 6) and [rows.batch(n) for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]
 
 
 def test_compiled_backbone_compiles_each_bucket_once() -> None:
@@ -41,4 +43,35 @@ def test_compiled_backbone_compiles_each_bucket_once() -> None:
     assert graphs == len(compiled.backbone.shapes_seen), (graphs, compiled.backbone.shapes_seen)
     for mode in MODES:  # steady state: a whole second decode of every mode, other prompt, compiles nothing
         graphrt.generate(compiled, [3, 8, 41], mode=mode, **params)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def _mixed_session(model: graphrt.Model, prompts: list[list[int]]) -> list[list[int]]:
+    """Requests of every mode with different lengths in one session: the batch shrinks as they finish."""
+    session = graphrt.Session(model.backbone)
+    ids = [session.add(graphrt.compile(mode, model), prompt,
+                       graphrt.GenerationParams(max_new_tokens=4 + 3 * i, ignore_eos=True))
+           for i, (mode, prompt) in enumerate(zip(MODES, prompts))]
+    results = session.run()
+    return [results[i].tokens for i in ids]
+
+
+def test_compiled_graphs_do_not_depend_on_rows_or_batch_size() -> None:
+    """Batch sizes are padded to buckets and a call's rows are views of the cache, so a session whose
+    batch shrinks from 4 to 1, run again in other cache rows, compiles nothing new."""
+    from torch._dynamo.utils import counters
+
+    eager = tiny_model(seed=5)
+    backbone = TransformerBackbone(eager.backbone.model, max_rows=6, compile=True)
+    compiled = graphrt.Model(backbone)
+    prompts = [[7, 33, 12, 9], [3, 8], [41, 5, 5], [9]]
+    torch._dynamo.reset()
+    counters.clear()
+    assert _mixed_session(compiled, prompts) == _mixed_session(eager, prompts)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == len(backbone.shapes_seen), (graphs, backbone.shapes_seen)
+    assert {s[0] for s in backbone.shapes_seen} == {1, 2, 4}  # batch buckets met as requests finished
+    held = backbone.alloc_rows(1)  # the same work one row further on: new row ranges, same shapes
+    assert _mixed_session(compiled, prompts[::-1]) == _mixed_session(eager, prompts[::-1])
+    backbone.free_rows(held)
     assert counters["stats"]["unique_graphs"] == graphs
