@@ -109,6 +109,12 @@ class ForwardBatch:
         if len(batches) == 1:
             return batches[0]
         B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
+        if all(b.tokens.shape[1] == L for b in batches):  # no padding: one cat (or a shared view) per field
+            kinds = {b.kind for b in batches}
+            return cls([r for b in batches for r in b.rows], *(_stack([getattr(b, f) for b in batches], B)
+                       for f in ("tokens", "positions", "attention")),
+                       kinds.pop() if len(kinds) == 1 else "mask",
+                       *(_stack([getattr(b, f) for b in batches], B) for f in ("kv_write", "adapter", "valid")))
         dev = batches[0].tokens.device
         tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
         positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
@@ -129,6 +135,16 @@ class ForwardBatch:
         kinds = {b.kind for b in batches}
         kind = kinds.pop() if len(kinds) == 1 and all(b.tokens.shape[1] == L for b in batches) else "mask"
         return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid)
+
+
+def _stack(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
+    """``parts`` (each ``[k, ...]``) joined along the batch dimension into ``[rows, ...]``: an expanded view
+    when every part is the same one-row memory (the constant masks and flags the policies share), else a cat."""
+    first = parts[0]
+    if first.shape[0] == 1 and all(p.data_ptr() == first.data_ptr() and p.shape == first.shape
+                                   and p.stride() == first.stride() and p.dtype == first.dtype for p in parts):
+        return first.expand(rows, *first.shape[1:])
+    return torch.cat(parts)
 
 
 _ONES: dict[tuple[int, torch.device], torch.Tensor] = {}

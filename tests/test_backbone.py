@@ -169,6 +169,28 @@ def test_forward_batch_single_and_pack() -> None:
         ForwardBatch.pack([])
 
 
+def test_pack_of_equal_lengths_shares_constant_fields() -> None:
+    """Rows of one length pack without padding: per-row fields are concatenated, a field every row shares
+    (the same constant mask or flags) becomes a view of it; values equal the padded packing's."""
+    mask, on, off = causal_mask(1, 2)[0], torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    rows = [ForwardBatch.single(r, torch.tensor([r, r + 1]), torch.tensor([4, 5]), mask, "causal", on, off)
+            for r in range(3)]
+    own = ForwardBatch.single(7, torch.tensor([1, 2]), torch.tensor([0, 1]), mask.clone(), "causal", on.clone(), on)
+    packed = ForwardBatch.pack(rows + [own])
+    assert packed.rows == [0, 1, 2, 7] and packed.kind == "causal"
+    assert packed.tokens.tolist() == [[0, 1], [1, 2], [2, 3], [1, 2]]
+    assert packed.positions.tolist() == [[4, 5]] * 3 + [[0, 1]]
+    assert packed.adapter.tolist() == [[False, False]] * 3 + [[True, True]]
+    assert torch.equal(packed.attention, mask.expand(4, 2, 2)) and packed.kv_write.all() and packed.valid.all()
+    shared = ForwardBatch.pack(rows)
+    assert shared.attention.data_ptr() == mask.data_ptr() and shared.attention.shape == (3, 2, 2)  # a view
+    assert shared.kv_write.data_ptr() == on.data_ptr() and shared.tokens.data_ptr() != rows[0].tokens.data_ptr()
+    mixed = ForwardBatch.pack([rows[0], ForwardBatch.single(5, torch.tensor([3, 3]), torch.tensor([1, 2]),
+                                                            torch.ones(2, 2, dtype=torch.bool), "bidirectional",
+                                                            off, off)])
+    assert mixed.kind == "mask" and mixed.attention[1].all() and not mixed.attention[0, 0, 1]
+
+
 def test_draft_adapter_applies_per_token() -> None:
     model = make_model(seed=8, draft_adapter={"rank": 4, "alpha": 8})
     base = make_model(seed=8)
