@@ -431,9 +431,20 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
             cached[key] = t
         return t
 
+    rows: dict[tuple[int, Any], ForwardBatch] = {}  # one-row batches of the constant fields, per length
+
     def build(cache: Any, tokens: torch.Tensor, positions: torch.Tensor, *extra: torch.Tensor) -> ForwardBatch:
-        ex = dict(zip(names, extra))
         n, dev = tokens.shape[0], tokens.device
+        if not extra:  # every field but tokens and positions is a constant: reuse its one-row views
+            t = rows.get((n, dev))
+            if t is None:
+                t = rows[(n, dev)] = ForwardBatch.single(
+                    -1, tokens, positions, const(kind, n, dev), kind,
+                    const("true" if write == "all" else "false", n, dev),
+                    const("true" if adapter == "all" else "false", n, dev))
+            return ForwardBatch([cache.row], tokens[None], positions[None], t.attention, kind, t.kv_write,
+                                t.adapter, t.valid)
+        ex = dict(zip(names, extra))
         attention = ex["mask"] if kind == "mask" else const(kind, n, dev)
         kv_write = ex["kv_write"] if write == "mask" else const("true" if write == "all" else "false", n, dev)
         ad = ex["adapter"] if adapter == "mask" else const("true" if adapter == "all" else "false", n, dev)

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from graphrt import sampling
+
 F64 = torch.float64
 
 
@@ -87,6 +89,15 @@ def _concat(*xs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return torch.cat(xs, 0, out=out)
 
 
+def _sample(logits: torch.Tensor, positions: torch.Tensor, seed: torch.Tensor, stream: torch.Tensor,
+            temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, purpose: int, *,
+            out: torch.Tensor) -> torch.Tensor:
+    if not float(temperature) > 0:  # greedy, as sampling.sample: the argmax goes straight into the buffer
+        return sampling.argmax_lowest(logits, out=out)
+    return out.copy_(sampling.sample(logits, positions, int(seed), int(stream), purpose, float(temperature),
+                                     int(top_k), float(top_p)))
+
+
 # Registered on the ops' registry entries by :func:`register_builtin_impls`; look them up there.
 OUT_VARIANTS: dict[str, Callable[..., Any]] = {
     "add": _binary(torch.add), "sub": _binary(torch.sub), "mul": _binary(torch.mul), "div": _binary(torch.div),
@@ -111,6 +122,8 @@ OUT_VARIANTS: dict[str, Callable[..., Any]] = {
     "arange": _arange,
     "size": _size,
     "concat": _concat,
+    "argmax": lambda x, *, out: sampling.argmax_lowest(x, out=out),
+    "sample": _sample,
 }
 """Op name -> ``variant(*inputs, out=buffer, **attrs)``."""
 

@@ -27,19 +27,19 @@ TEMPERATURE_FLOOR = 1e-30
 
 
 def clean_logits(logits: torch.Tensor) -> torch.Tensor:
-    """float64 copy of ``logits [..., V]`` with NaN replaced by ``-inf``."""
-    x = logits.to(torch.float64)
-    return torch.where(torch.isnan(x), torch.full_like(x, NEG_INF), x)
+    """float64 copy of ``logits [..., V]`` with NaN replaced by ``-inf`` (infinities kept as they are)."""
+    return torch.nan_to_num(logits.to(torch.float64), nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF)
 
 
-def argmax_lowest(x: torch.Tensor) -> torch.Tensor:
+def argmax_lowest(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``argmax`` over the last dim that returns the lowest index among ties.
 
     NaN counts as ``-inf``; an all ``-inf`` row gives 0. ``torch.argmax`` returns
     the first maximal index (documented), so this is one pass over the row in its
-    own dtype; no float64 copy is needed for a comparison.
+    own dtype; no float64 copy is needed for a comparison. ``out`` (int64, the
+    result's shape) receives the result when given.
     """
-    return torch.nan_to_num(x, nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF).argmax(dim=-1)
+    return torch.argmax(torch.nan_to_num(x, nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF), dim=-1, out=out)
 
 
 def top_k_mask(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -73,8 +73,11 @@ def top_p_mask(x: torch.Tensor, top_p: float) -> torch.Tensor:
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Temperature, then top-k, then top-p filtering, float64 ``[..., V]``; filtered entries are ``-inf``."""
     x = clean_logits(logits) / temperature
-    x = torch.where(top_k_mask(x, top_k), x, torch.full_like(x, NEG_INF))
-    return torch.where(top_p_mask(x, top_p), x, torch.full_like(x, NEG_INF))
+    if 0 < top_k < x.shape[-1]:  # else the mask keeps everything
+        x = torch.where(top_k_mask(x, top_k), x, torch.full_like(x, NEG_INF))
+    if not top_p >= 1.0:  # (a NaN top_p filters, as top_p_mask does)
+        x = torch.where(top_p_mask(x, top_p), x, torch.full_like(x, NEG_INF))
+    return x
 
 
 def sample(
