@@ -83,7 +83,7 @@ def split_of(rel_path: str) -> str:
     Parameters
     ----------
     rel_path : str
-        Path relative to the stdlib root, ``/``-separated.
+        As in :func:`is_test_file`.
 
     Returns
     -------
