@@ -23,7 +23,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--max-seq-len", type=int, default=None, help="KV-cache slots per request")
     p.add_argument("--dtype", default=None, help="float32, float64, bfloat16, float16 (default: as stored)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--compile", action="store_true", help="run the backbone under torch.compile")
+    p.add_argument("--compile", action="store_true",
+                   help="run the backbone under torch.compile, each shape bucket compiled in the background "
+                        "while its first requests run eagerly")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port: expected an int in [0, 65535], found {args.port}")
     model = graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
-                         compile=args.compile, max_seq_len=args.max_seq_len)
+                         compile="background" if args.compile else False, max_seq_len=args.max_seq_len)
     serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.served_model_name,
           max_queue=args.max_queue, default_mode=args.default_mode, block_length=args.block_length,
           threshold=args.threshold)

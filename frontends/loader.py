@@ -32,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None,
-               device: str = "cpu", max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
+               device: str = "cpu", max_batch: int = 8, compile: bool | str = False, max_seq_len: int | None = None,
                adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
     """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
 

@@ -32,6 +32,7 @@ from torch import nn
 from graphrt.backbone import ATTENTION_KINDS, BackboneConfig, ForwardBatch
 from graphrt.kvcache import RowKVCache, SlotPlan
 
+from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
 
 
@@ -382,92 +383,6 @@ def causal_mask(B: int, L: int, device: torch.device | str = "cpu") -> torch.Ten
     return torch.ones(L, L, dtype=torch.bool, device=device).tril().expand(B, L, L)
 
 
-# ----------------------------------------------------------------------------- compiled shapes
-@dataclass(frozen=True)
-class ShapeBuckets:
-    """The static shapes the compiled backbone runs at.
-
-    Attributes
-    ----------
-    widths:
-        Call widths ``L`` (sorted): 1 (AR), the block ``b`` (diffusion, linear
-        self-speculation, short prefills), ``b * (b + 1)`` (quadratic
-        self-speculation), and powers of two from 16 for longer prefills; a call is
-        padded to the smallest width that holds it.
-    min_keys, max_keys:
-        Key spans are rounded up to a power of two of at least ``min_keys``, at most
-        ``max_keys`` (the row's slots).
-    batches:
-        Batch sizes (sorted): powers of two below the cache's row count, and the row count;
-        a call is padded with padding rows to the smallest that holds it.
-    """
-
-    widths: tuple[int, ...]
-    min_keys: int
-    max_keys: int
-    batches: tuple[int, ...] = (1,)
-
-    @classmethod
-    def for_block(cls, block: int, max_keys: int, max_rows: int = 1, min_keys: int = 64) -> "ShapeBuckets":
-        """The buckets for a model of block length ``block``, ``max_keys`` slots per row and
-        ``max_rows`` cache rows."""
-        return cls(tuple(sorted({1, block, block * (block + 1), max_keys} | set(_powers_of_two(16, max_keys)))),
-                   min(min_keys, max_keys), max_keys, tuple(sorted({max_rows} | set(_powers_of_two(1, max_rows)))))
-
-    def batch(self, n: int) -> int:
-        """The bucket batch size for a call of ``n`` rows (``n`` itself past the largest)."""
-        return next((b for b in self.batches if b >= n), n)
-
-    def width(self, n: int) -> int:
-        """The bucket width for a call of ``n`` tokens (``n`` itself past the largest)."""
-        return next((w for w in self.widths if w >= n), n)
-
-    def keys(self, n: int) -> int:
-        """The bucketed key span for ``n`` needed keys."""
-        k = self.min_keys
-        while k < n:
-            k *= 2
-        return min(max(k, n), self.max_keys) if n <= self.max_keys else n
-
-
-def _powers_of_two(start: int, below: int) -> list[int]:
-    """``start, 2 * start, ...`` while below ``below``."""
-    out = []
-    while start < below:
-        out.append(start)
-        start *= 2
-    return out
-
-
-def _pad_width(batch: ForwardBatch, width: int) -> ForwardBatch:
-    """``batch`` right-padded to ``width`` tokens per row (padding: invalid, not written)."""
-    B, L = batch.tokens.shape
-    extra = width - L
-
-    def pad(t: torch.Tensor, value: int | bool) -> torch.Tensor:
-        return F.pad(t, (0, extra), value=value)
-
-    attention = F.pad(batch.attention, (0, extra, 0, extra), value=False)
-    return ForwardBatch(batch.rows, pad(batch.tokens, 0), pad(batch.positions, 0), attention, "mask",
-                        pad(batch.kv_write, False), pad(batch.adapter, False), pad(batch.valid, False))
-
-
-def compile_layers(model: Transformer, freeze: bool = False) -> Callable[..., torch.Tensor]:
-    """``model.run_layers`` under ``torch.compile(fullgraph=True, dynamic=False)``: one graph per
-    static shape (see :class:`ShapeBuckets`), inductor's compiled code cached on disk
-    (``TORCHINDUCTOR_CACHE_DIR``). ``freeze`` turns on inductor's weight freezing
-    (weights folded as constants; the model must not be trained afterwards).
-    """
-    import torch._dynamo
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    if freeze:
-        inductor_config.freezing = True
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    return torch.compile(model.run_layers, fullgraph=True, dynamic=False)
-
-
 # ----------------------------------------------------------------------------- backbone
 class TransformerBackbone:
     """A :class:`Transformer` behind :class:`graphrt.backbone.Backbone`, with its own KV cache.
@@ -486,10 +401,14 @@ class TransformerBackbone:
         the widest built-in forward (quadratic self-speculation).
     compile:
         Run the layer stack compiled (:func:`compile_layers`) at static shapes: each
-        call is padded to its :class:`ShapeBuckets` width and key span, so each bucket
-        compiles once (lazily, on its first call) and never again; ``"freeze"`` also
-        freezes the weights. Inductor's compiled code is cached on disk and reused
-        across runs, so only the first run on a machine pays the full compile.
+        call is padded to its :class:`~graphrt.frontends.compiled_shapes.ShapeBuckets`
+        width, batch size and key span, so each bucket compiles once and never again:
+        ``True`` compiles a bucket on its first call (that call waits), ``"freeze"``
+        likewise with inductor's weight freezing, ``"background"`` on a worker thread
+        (:class:`~graphrt.frontends.compiled_shapes.BackgroundCompiler`) while the calls
+        that need it run eagerly, so no call ever waits for a compile. Inductor's compiled
+        code is cached on disk and reused across runs, so only the first run on a machine
+        pays the full compile.
 
     Notes
     -----
@@ -516,9 +435,13 @@ class TransformerBackbone:
                                 cfg.head_dim, dtype=self.dtype, device=self.device, scratch=scratch)
         self._has_adapter = cfg.draft_adapter is not None
         self._run = model.run_layers
+        if compile not in (False, True, "freeze", "background"):
+            raise ValueError(f"TransformerBackbone: compile expected False, True, 'freeze' or 'background', "
+                             f"found {compile!r}")
         self.compiled = bool(compile)
         self.shapes_seen: set[tuple[int, int, int, bool]] = set()  # compiled: (batch, width, keys, row views)
-        self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.slots, max_rows)
+        self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
+        self.compiler = BackgroundCompiler(self._compile_bucket) if compile == "background" else None
         if compile:
             self._run = compile_layers(model, freeze=compile == "freeze")
 
@@ -586,14 +509,20 @@ class TransformerBackbone:
     def _forward_bucketed(self, batch: ForwardBatch, B: int, L: int) -> torch.Tensor:
         """The compiled path: the call padded to its bucket width and batch (padding rows that never
         write), keys to their bucket, always one mask, so the compiled stack sees a fixed set of static
-        shapes (one graph per bucket, whichever rows the call uses)."""
+        shapes (one graph per bucket, whichever rows the call uses). A bucket still compiling in the
+        background runs the same padded call through the eager stack."""
         Lb, Bb = self.buckets.width(L), self.buckets.batch(B)
         if Lb != L:
-            batch = _pad_width(batch, Lb)
+            batch = pad_width(batch, Lb)
         plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid, batch.valid,
                                pad_rows=Bb - B)
         plan.keys = self.buckets.keys(plan.keys)
-        self.shapes_seen.add((Bb, Lb, plan.keys, plan.gather is None))
+        key = (Bb, Lb, plan.keys, plan.gather is None)
+        if self.compiler is None:
+            self.shapes_seen.add(key)
+            run = self._run
+        else:
+            run = self._run if self.compiler.ready(key) else self.model.run_layers
         dev = self.device
 
         def rows(t: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [Bb, ...] with zero padding rows
@@ -601,15 +530,28 @@ class TransformerBackbone:
 
         tok = rows(batch.tokens.clamp(0, self.config.vocab_size - 1))  # [Bb, Lb]
         pos = rows(batch.positions.clamp_min(0))  # [Bb, Lb]
-        mask = self._mask(batch, plan, B, Lb, allow_none=False)  # [B, 1, g*Lb, keys]
-        if Bb != B:  # a padding row's queries see key 0 only (never NaN, never read)
-            pad = torch.zeros((Bb - B, *mask.shape[1:]), dtype=torch.bool, device=dev)
-            pad[..., 0] = True
-            mask = torch.cat([mask, pad])
+        mask = torch.cat([self._mask(batch, plan, B, Lb, allow_none=False), self._padding_mask(Bb - B, Lb, plan.keys)])
         adapter = rows(batch.adapter) if self._has_adapter else None
-        logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, False))
+        logits = run(tok, pos, mask, adapter, CachedCall.of(plan, False))
         self.cache.commit(plan)
         return logits[:B, :L]
+
+    def _padding_mask(self, rows: int, width: int, keys: int) -> torch.Tensor:
+        """``[rows, 1, g*width, keys]``: padding rows' queries see key 0 only (never NaN, never read)."""
+        mask = torch.zeros((rows, 1, self._groups * width, keys), dtype=torch.bool, device=self.device)
+        mask[..., 0] = True
+        return mask
+
+    def _compile_bucket(self, key: tuple[int, int, int, bool]) -> None:
+        """Compile bucket ``key`` = (batch, width, keys, row views) by running the compiled stack on padding rows
+        laid out as a real call of that bucket: they write only padding slots, so live calls are undisturbed."""
+        Bb, Lb, keys, views = key
+        plan = self.cache.padding_plan(Bb, Lb, views)
+        plan.keys = keys
+        tokens, positions = (torch.zeros((Bb, Lb), dtype=torch.long, device=self.device) for _ in range(2))
+        adapter = torch.zeros((Bb, Lb), dtype=torch.bool, device=self.device) if self._has_adapter else None
+        self._run(tokens, positions, self._padding_mask(Bb, Lb, keys), adapter, CachedCall.of(plan, False))
+        self.shapes_seen.add(key)
 
     def _check(self, batch: ForwardBatch, B: int, L: int) -> None:
         if len(batch.rows) != B:

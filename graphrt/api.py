@@ -47,7 +47,7 @@ class Model:
 
 
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
-         max_batch: int = 8, compile: bool = False, max_seq_len: int | None = None,
+         max_batch: int = 8, compile: bool | str = False, max_seq_len: int | None = None,
          adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
     """Load a checkpoint directory (DESIGN.md's format) as a :class:`Model`.
 
@@ -63,7 +63,10 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
     max_batch:
         Cache rows, i.e. requests that can be active at once.
     compile:
-        Run the backbone under ``torch.compile``.
+        Run the backbone under ``torch.compile`` at static shape buckets: ``True`` compiles
+        each bucket on its first call, ``"freeze"`` likewise with weight freezing,
+        ``"background"`` on a worker thread while that bucket's calls run eagerly (what
+        a server wants); ``False`` runs eagerly.
     max_seq_len:
         KV-cache slots per request (default: the model's positions, at most 8192).
     adapter:

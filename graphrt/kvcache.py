@@ -18,7 +18,9 @@ token therefore has its own slot, even when several share one absolute position
 False) all share the one slot after the row's last scratch slot, so padding a row to a
 wide call costs it one slot, not one per padding token. A plan may also add whole padding
 rows (``pad_rows``, to bring a call to a bucketed batch size): they never write, their
-tokens all sit in the last scratch slot of whatever storage row they borrow.
+tokens all sit in the *padding slot* of whatever storage row they borrow, one slot per row
+after the scratch slots that no real token ever uses (so a compile that runs padding rows
+alone, on another thread, never disturbs a live call).
 
 A plan hands the forward flat tensors: per layer the K and V storage its indices
 address, the ``index_put_`` indices of the new tokens, and, when the call's rows are
@@ -107,7 +109,8 @@ class RowKVCache:
                              f"kv_heads={kv_heads}, capacity={capacity}, head_dim={head_dim}")
         self.rows, self.layers, self.kv_heads = rows, layers, kv_heads
         self.capacity, self.head_dim = capacity, head_dim
-        self.slots = capacity + max(int(scratch), 1)
+        self.pad_slot = capacity + max(int(scratch), 1)  # padding rows' slot, never a real token's
+        self.slots = self.pad_slot + 1
         shape = (rows + 1, kv_heads, self.slots, head_dim)  # row `rows`: padding rows' slots
         self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -234,31 +237,44 @@ class RowKVCache:
             slots_l.append(srow)
             ends.append(end)
         keys = max([max(r) + 1 for r in slots_l if r] + lengths + [0])
-        if keys > self.slots:
+        if keys > self.pad_slot:
             raise ValueError(f"KV cache: a call of {L} tokens needs {keys} slots in rows {rows} (its non-writing "
-                             f"tokens go after the row's end), but a row holds {self.slots} "
-                             f"(capacity {self.capacity} + scratch {self.slots - self.capacity})")
+                             f"tokens go after the row's end), but a row holds {self.pad_slot} "
+                             f"(capacity {self.capacity} + scratch {self.pad_slot - self.capacity})")
         dev = self.device
         slot = torch.tensor(slots_l, dtype=torch.long, device=dev).view(B, L)  # [B, L]
         prefill = (max(lengths, default=0) == 0 and not any(pad) and L > 0
                    and all(srow == list(range(L)) and all(wrow) for srow, wrow in zip(slots_l, write_l)))
-        first, width = (srows[0] if srows else 0), B + pad_rows
-        spare = self.slots - 1  # padding rows' tokens: the last scratch slot of the row they borrow
-        pad_slot = torch.full((pad_rows, L), spare, dtype=torch.long, device=dev)
+        k, v, index, gather = self._layout(srows, slot, pad_rows)
+        return SlotPlan(srows, lengths, ends, slot, keys, k, v, index, gather, prefill)
+
+    def padding_plan(self, batch: int, width: int, views: bool) -> SlotPlan:
+        """A call of ``batch`` padding rows of ``width`` tokens only, laid out as a real call of that size
+        is (row views when ``views``, else gathered rows), with ``keys`` 1: what a compile runs, since it
+        writes nothing but padding slots and its output is never read."""
+        empty = torch.zeros((0, width), dtype=torch.long, device=self.device)
+        k, v, index, gather = self._layout([], empty, batch, gather=not views)
+        return SlotPlan([], [], [], empty, 1, k, v, index, gather, False)
+
+    def _layout(self, srows: list[int], slot: torch.Tensor, pad_rows: int, gather: bool = False,
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """The storage, ``index_put_`` indices and gather rows of a call's rows ``srows`` (slots ``slot``)
+        plus ``pad_rows`` padding rows (see :class:`SlotPlan`)."""
+        dev, B, L = self.device, len(srows), slot.shape[1]
+        first, width = (srows[0] if srows else 0), len(srows) + pad_rows
+        pad_slot = torch.full((width - B, L), self.pad_slot, dtype=torch.long, device=dev)
         index_slot = torch.cat([slot, pad_slot])[:, :, None]  # [B', L, 1]
-        if srows == list(range(first, first + B)) and first + width <= self.rows + 1:
+        if not gather and srows == list(range(first, first + B)) and first + width <= self.rows + 1:
             views = self._views.get((first, width))
             if views is None:
                 views = self._views[(first, width)] = ([k[first:first + width] for k in self._k],
                                                        [v[first:first + width] for v in self._v])
-            k, v, gather = views[0], views[1], None
+            k, v, rows = views[0], views[1], None
             row_index = torch.arange(width, device=dev)
         else:  # scattered rows: write into the whole storage, gather the rows for attention
             k, v = self._k, self._v
-            gather = torch.tensor(srows + [self.rows] * pad_rows, dtype=torch.long, device=dev)  # [B']
-            row_index = gather
-        index = (row_index[:, None, None].expand(width, L, 1), self._kv_index, index_slot)
-        return SlotPlan(srows, lengths, ends, slot, keys, k, v, index, gather, prefill)
+            rows = row_index = torch.tensor(srows + [self.rows] * (width - B), dtype=torch.long, device=dev)
+        return k, v, (row_index[:, None, None].expand(width, L, 1), self._kv_index, index_slot), rows
 
     def commit(self, plan: SlotPlan) -> None:
         """Advance each written row's length to the plan's end (``max(old, last written + 1)``)."""

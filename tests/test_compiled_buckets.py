@@ -12,7 +12,8 @@ import torch
 
 import graphrt
 from decode_oracles import tiny_model
-from graphrt.frontends.transformer import ShapeBuckets, TransformerBackbone
+from graphrt.frontends.compiled_shapes import ShapeBuckets
+from graphrt.frontends.transformer import TransformerBackbone
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 
@@ -75,3 +76,30 @@ def test_compiled_graphs_do_not_depend_on_rows_or_batch_size() -> None:
     assert _mixed_session(compiled, prompts[::-1]) == _mixed_session(eager, prompts[::-1])
     backbone.free_rows(held)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_background_compile_never_blocks_and_gives_the_eager_tokens() -> None:
+    """``compile="background"``: calls whose bucket is still compiling run eagerly at the bucket's shape, the
+    buckets compile on a worker thread (on padding rows only: the decodes running meanwhile are undisturbed),
+    and once compiled a second decode runs every call compiled with the same tokens, compiling nothing new."""
+    from torch._dynamo.utils import counters
+
+    eager = tiny_model(seed=5)
+    backbone = TransformerBackbone(eager.backbone.model, max_rows=6, compile="background")
+    compiled = graphrt.Model(backbone)
+    prompts = [[7, 33, 12, 9], [3, 8], [41, 5, 5], [9]]
+    torch._dynamo.reset()
+    counters.clear()
+    want = _mixed_session(eager, prompts)
+    assert _mixed_session(compiled, prompts) == want  # mostly eager: the compiles run meanwhile
+    backbone.compiler.wait()
+    assert not backbone.compiler.failed and set(backbone.compiler.seconds) == backbone.shapes_seen
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == len(backbone.shapes_seen)
+    calls = []
+    backbone.model.run_layers, plain = (lambda *a: calls.append("eager") or plain(*a)), backbone.model.run_layers
+    try:
+        assert _mixed_session(compiled, prompts) == want
+    finally:
+        del backbone.model.run_layers
+    assert calls == [] and counters["stats"]["unique_graphs"] == graphs  # every call compiled, nothing new
