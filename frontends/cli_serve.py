@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from graphrt.frontends.policies import MODES
 
@@ -25,7 +26,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true",
                    help="run the backbone under torch.compile, each shape bucket compiled in the background "
-                        "while its first requests run eagerly")
+                        "while its first requests run eagerly (with --tp: on its first call, on every rank)")
+    p.add_argument("--tp", type=int, default=1,
+                   help="tensor-parallel ranks (torchrun --nproc-per-node N -m graphrt serve --tp N ...)")
+    p.add_argument("--tp-check", action="store_true", help="debug: compare forward inputs across ranks")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=run)
 
@@ -34,12 +38,20 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt serve``."""
     import graphrt
     from graphrt.frontends.serving import serve
+    from graphrt.frontends.serving.lockstep import LockstepError
 
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port: expected an int in [0, 65535], found {args.port}")
+    # Tensor parallel compiles each bucket on its first call, which every rank makes at the same step: a
+    # background compile would run the collectives of its warm-up calls at a different moment on each rank.
+    compile_mode = False if not args.compile else "background" if args.tp == 1 else True
     model = graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
-                         compile="background" if args.compile else False, max_seq_len=args.max_seq_len)
-    serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.served_model_name,
-          max_queue=args.max_queue, default_mode=args.default_mode, block_length=args.block_length,
-          threshold=args.threshold)
+                         compile=compile_mode, max_seq_len=args.max_seq_len, tp=args.tp, tp_check=args.tp_check)
+    try:
+        serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.served_model_name,
+              max_queue=args.max_queue, default_mode=args.default_mode, block_length=args.block_length,
+              threshold=args.threshold)
+    except LockstepError as exc:
+        print(f"graphrt serve: error: {exc}", file=sys.stderr)
+        return 1
     return 0

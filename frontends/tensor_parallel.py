@@ -1,6 +1,7 @@
 """Tensor parallelism for the backbone on ``torch.distributed`` (DTensor + ``parallelize_module``).
 
-Launch one process per device with ``torchrun --nproc-per-node N -m graphrt generate --tp N ...``.
+Launch one process per device with ``torchrun --nproc-per-node N -m graphrt generate --tp N ...`` (or
+``... -m graphrt serve --tp N``: :mod:`graphrt.frontends.serving.lockstep`).
 Every rank holds ``1/N`` of each sharded weight and runs the same decode graph on
 the same (replicated) logits, so its sampling decisions are the same as every other
 rank's by construction (same seed, same logits); :class:`TensorParallelBackbone`'s
@@ -206,7 +207,7 @@ def init_tensor_parallel(tp: int, device: str = "cpu") -> tuple[DeviceMesh, torc
         Not launched by ``torchrun`` / a world size other than ``tp`` / CUDA asked
         for with fewer GPUs than local ranks.
     """
-    launch = f"torchrun --nproc-per-node {tp} -m graphrt generate --tp {tp} ..."
+    launch = f"torchrun --nproc-per-node {tp} -m graphrt generate|serve --tp {tp} ..."
     if dist.is_initialized():
         world = dist.get_world_size()
     elif "WORLD_SIZE" not in os.environ:
@@ -350,6 +351,10 @@ class TensorParallelBackbone(TransformerBackbone):
     """
 
     def __init__(self, model: Transformer, mesh: DeviceMesh, check: bool = False, **kwargs: Any) -> None:
+        if kwargs.get("compile") == "background":  # its warm-up calls would issue collectives off the step
+            raise ValueError("tensor parallel: expected compile False, True or 'freeze', found 'background' "
+                             "(a bucket compiled on a worker thread runs its collectives at a different moment "
+                             "on each rank)")
         super().__init__(model, **kwargs)
         self.mesh, self.check = mesh, check
         self.tp, self.rank = mesh.size(), mesh.get_local_rank()

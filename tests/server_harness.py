@@ -37,8 +37,22 @@ def server(args: list[str], harness: bool = False, timeout: float = 90.0) -> Ite
 
     ``harness`` runs this module (no chat template, failing backbone) instead of ``graphrt serve``.
     """
-    port = free_port()
     cmd = [sys.executable, __file__] if harness else [sys.executable, "-m", "graphrt.frontends.cli", "serve"]
+    with server_process(cmd, args, timeout) as (url, _):
+        yield url
+
+
+def torchrun_serve(tp: int) -> list[str]:
+    """The command that serves with ``--tp tp`` under torchrun (one process per rank, a free rendezvous port)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp),
+            "-m", "graphrt", "serve", "--tp", str(tp)]
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], args: list[str], timeout: float = 90.0,
+                   ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``cmd --port PORT args``; yields (base URL, process) once ``/health`` answers; terminates it after."""
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd + ["--port", str(port)] + args, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -56,7 +70,7 @@ def server(args: list[str], harness: bool = False, timeout: float = 90.0) -> Ite
             if time.monotonic() > deadline:
                 raise RuntimeError(f"server did not answer /health within {timeout} s")
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

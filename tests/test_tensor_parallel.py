@@ -2,8 +2,9 @@
 
 One launch covers everything (it costs a few seconds of process start-up): each
 rank loads two tiny random float64 checkpoints in cross-rank check mode, decodes
-every mode (at T = 0 and T > 0, and a mixed-mode session) and runs
-``graphrt generate --tp 2`` on the shipped model; the test compares what the ranks
+every mode (at T = 0 and T > 0, and a mixed-mode session), runs
+``graphrt generate --tp 2`` on the shipped model and exchanges a serving engine's turn
+(:mod:`graphrt.frontends.serving.lockstep`); the test compares what the ranks
 wrote with TP = 1 in this process. The checkpoints: ``release``, the release layout
 (YaRN, query scaling, sharded safetensors with an index, the PEFT drafter on
 ``o_proj``, an odd vocabulary of 401 split unevenly); ``tied``, tied embeddings,
@@ -83,7 +84,23 @@ def _worker(root: Path) -> None:
         record[name] = {"decode": got, "weight_bytes": bb.weight_bytes, "full_weight_bytes": bb.full_weight_bytes,
                         "kv_heads": bb.cache.kv_heads}
     record["cli_rc"] = _cli(2, root / "cli_tp2.json")
+    record["lockstep"] = _lockstep(rank)
     (root / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+def _lockstep(rank: int) -> dict[str, object]:
+    """The serving engines' exchange: rank 0's decision reaches every rank; differing step digests raise on all."""
+    from graphrt.frontends.serving.lockstep import Admit, Decision, Lockstep, LockstepError
+
+    lockstep = Lockstep(rank, 2)
+    mine = Decision([Admit(("diffusion", 4, 0.5), [5, 17], GenerationParams(max_new_tokens=3, seed=9))], [2])
+    got = lockstep.share(mine if rank == 0 else None, "same step")
+    out: dict[str, object] = {"shared": got == mine, "error": None}
+    try:
+        lockstep.share(Decision() if rank == 0 else None, f"rank {rank}'s step")
+    except LockstepError as exc:
+        out["error"] = str(exc)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +145,14 @@ def test_cli_generate_tp2_matches_tp1(launched, capsys: pytest.CaptureFixture[st
     capsys.readouterr()
     tp1, tp2 = (json.loads((root / f"cli_tp{n}.json").read_text()) for n in (1, 2))
     assert len(tp2["tokens"]) == 8 and tp2["tokens"] == tp1["tokens"] and tp2["text"] == tp1["text"]
+
+
+def test_serving_lockstep_shares_rank0s_decision_and_notices_a_rank_out_of_step(launched) -> None:
+    _, ranks = launched
+    for rank, record in enumerate(ranks):
+        assert record["lockstep"]["shared"], f"rank {rank} did not get rank 0's decision"
+        error = record["lockstep"]["error"]
+        assert error is not None and f"rank {rank}: expected every rank's step" in error, error
 
 
 def test_errors_name_what_was_expected(monkeypatch: pytest.MonkeyPatch,

@@ -4,11 +4,14 @@
 mount in another app or to run under another ASGI server). The pieces:
 :mod:`.protocol` (request schemas and their translation), :mod:`.responses`
 (response bodies and stream chunks), :mod:`.engine` (the engine thread that
-steps the session), :mod:`.metrics` (Prometheus), :mod:`.app` (the routes).
+steps the session), :mod:`.lockstep` (the engines of a tensor-parallel model's
+ranks in step), :mod:`.metrics` (Prometheus), :mod:`.app` (the routes).
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,8 +53,35 @@ def build_app(model: Model, name: str | None = None, max_active: int | None = No
 
 def serve(model: Model, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning",
           **app_args: object) -> None:
-    """Serve ``model`` with uvicorn until interrupted (``app_args`` go to :func:`build_app`)."""
+    """Serve ``model`` with uvicorn until interrupted (``app_args`` go to :func:`build_app`).
+
+    On a tensor-parallel model call it on every rank (``torchrun ... -m graphrt serve --tp N``):
+    rank 0 serves HTTP; the other ranks serve nothing and step their shard as rank 0
+    decides. SIGINT and SIGTERM stop rank 0 gracefully, and it returns (not killed by the
+    signal, which torchrun would take for a failure and answer by killing the other ranks);
+    the other ranks ignore both and return when rank 0 has stopped them.
+
+    Raises
+    ------
+    LockstepError
+        The tensor-parallel ranks fell out of step or one is gone (rank 0 first fails its
+        requests with a 503 and stops the server); any other error that stopped the engine
+        loop likewise.
+    """
     import uvicorn
 
     app = build_app(model, **app_args)  # type: ignore[arg-type]
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    engine: Engine = app.state.engine
+    if engine.lockstep is not None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):  # uvicorn's handlers replace these while it serves,
+                signal.signal(sig, signal.SIG_IGN)        # then re-raise the signal that stopped it: ignored
+        if not engine.lockstep.leader:
+            engine.follow()
+            return
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                           timeout_graceful_shutdown=2))
+    engine.on_failure = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if engine.failure is not None:
+        raise engine.failure

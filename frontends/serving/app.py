@@ -46,6 +46,7 @@ def create_app(engine: Engine, defaults: Defaults) -> FastAPI:
         await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="graphrt", lifespan=lifespan)
+    app.state.engine = engine
     tokenizer = engine.model.tokenizer
 
     @app.exception_handler(RequestError)

@@ -13,6 +13,11 @@ requests of that step (all of them) are cancelled and answered with a 500,
 and the same session goes on with the next ones. A finished request's result
 is taken with :meth:`graphrt.Session.release`, so the session forgets it and
 memory stays flat however long the server runs.
+
+On a tensor-parallel model every rank runs this loop over its own session; each
+turn rank 0 decides (cancellations, admissions, or stop) and shares the decision
+through :class:`~graphrt.frontends.serving.lockstep.Lockstep`, so every rank
+applies the same one (:mod:`.lockstep` says what happens when a rank falls out).
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from graphrt.api import Model, compile as compile_mode
 from graphrt.compiled import CompiledPolicy
+from graphrt.frontends.serving.lockstep import (IDLE_TICK_S, Admit, Decision, LockstepError, PolicyKey,
+                                                lockstep_for, step_digest)
 from graphrt.frontends.serving.metrics import Metrics
 from graphrt.frontends.serving.protocol import RequestError
 from graphrt.params import GenerationParams, GenerationResult
@@ -64,13 +72,14 @@ class Job:
     policy, prompt, params:
         What :meth:`graphrt.Session.add` gets.
     loop:
-        The event loop of the HTTP handler waiting on :attr:`events`.
+        The event loop of the HTTP handler waiting on :attr:`events` (``None`` on a
+        tensor-parallel rank other than 0, which serves no one: its events go nowhere).
     """
 
     policy: CompiledPolicy
     prompt: list[int]
     params: GenerationParams
-    loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop | None
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     arrived: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -78,6 +87,8 @@ class Job:
 
     def post(self, event: Tokens | Finished | Failed) -> None:
         """Hand ``event`` to the handler's event loop (thread-safe)."""
+        if self.loop is None:
+            return
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the handler's loop is closed: nobody is listening any more
@@ -97,6 +108,10 @@ class Engine:
         Requests that may wait for a row; one more is refused with a 429.
     metrics:
         Where to count (a fresh :class:`Metrics` by default).
+
+    On a tensor-parallel model (:mod:`.lockstep`) the engine of every rank is built
+    at the same time (a collective); rank 0's serves HTTP (:meth:`start`), the others
+    :meth:`follow` rank 0's decisions.
     """
 
     def __init__(self, model: Model, max_active: int | None = None, max_queue: int = 64,
@@ -116,15 +131,35 @@ class Engine:
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancels: list[Job] = []
-        self._policies: dict[tuple[str, int | None, float | None], CompiledPolicy] = {}
+        self._policies: dict[PolicyKey, CompiledPolicy] = {}
+        self._keys: dict[int, PolicyKey] = {}  # id(policy) -> its key in self._policies
         self._compile_lock = threading.Lock()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="graphrt-engine", daemon=True)
+        self.lockstep = lockstep_for(model.backbone)
+        self.failure: Exception | None = None  # why the engine loop stopped on its own (ranks out of step, a bug)
+        self.on_failure: Callable[[], None] | None = None  # called (engine thread) when it does
 
     # ------------------------------------------------------------------ HTTP side
     def start(self) -> None:
-        """Start the engine thread."""
+        """Start the engine thread (on a tensor-parallel model: rank 0's only)."""
+        if self.lockstep is not None and not self.lockstep.leader:
+            raise ValueError(f"Engine.start: expected rank 0 (the rank serving HTTP), found rank "
+                             f"{self.lockstep.rank}; the other ranks call Engine.follow")
         self._thread.start()
+
+    def follow(self) -> None:
+        """Tensor-parallel ranks other than 0: apply rank 0's decisions until it stops (blocks).
+
+        Raises :class:`~graphrt.frontends.serving.lockstep.LockstepError` when the ranks fell out of
+        step or rank 0 is gone (or whatever else stopped the loop).
+        """
+        if self.lockstep is None or self.lockstep.leader:
+            raise ValueError("Engine.follow: expected a tensor-parallel rank other than 0, found "
+                             + ("a single-device model" if self.lockstep is None else "rank 0"))
+        self._run()
+        if self.failure is not None:
+            raise self.failure
 
     def stop(self) -> None:
         """Stop the engine thread (jobs still running are failed with a 503)."""
@@ -147,11 +182,12 @@ class Engine:
         with self._compile_lock:
             if key not in self._policies:
                 try:
-                    self._policies[key] = compile_mode(mode, self.model, block_length=block_length,
+                    self._policies[key] = policy = compile_mode(mode, self.model, block_length=block_length,
                                                        threshold=threshold)
                 except ValueError as exc:
                     param = next((p for p in ("block_length", "threshold") if p in str(exc)), "mode")
                     raise RequestError(400, str(exc), param) from exc
+                self._keys[id(policy)] = key
             return self._policies[key]
 
     def check_fits(self, policy: CompiledPolicy, prompt_len: int, max_tokens: int) -> None:
@@ -188,29 +224,73 @@ class Engine:
 
     # ------------------------------------------------------------------ engine thread
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._stop or self._waiting or self._cancels or self._jobs):
-                    self._cond.wait()
-                if self._stop:
+        """The engine loop: decide (rank 0), share the decision (tensor parallel), apply it and step."""
+        digest = ""
+        try:
+            while True:
+                decision, jobs = self._decide()
+                if self.lockstep is not None:
+                    decision = self.lockstep.share(decision if self.lockstep.leader else None, digest)
+                if decision.stop:
                     break
-                cancels, self._cancels = self._cancels, []
-                admit = []
-                while self._waiting and len(self._jobs) + len(admit) < self.max_active:
-                    admit.append(self._waiting.popleft())
-                self.metrics.queue_depth.set(len(self._waiting))
-            for job in cancels:
-                self._cancel(job)
-            for job in admit:
-                self._add(job)
-            if self._jobs:
-                self._step()
-            self.metrics.active.set(len(self._jobs))
-        self._fail_active(RequestError(503, "the server is shutting down", kind="server_error"))
+                if self.lockstep is not None and not self.lockstep.leader:  # a follower makes its own jobs
+                    jobs = [Job(self.policy(*a.key), a.prompt, a.params, loop=None) for a in decision.admit]
+                emitted = self._apply(decision, jobs)
+                digest = step_digest(emitted) if self.lockstep is not None else ""
+        except Exception as exc:  # noqa: BLE001 - out of step, or a bug: stop, and say why
+            if isinstance(exc, LockstepError):
+                log.error("tensor parallel: %s; stopping", exc)
+            else:
+                log.exception("the engine loop failed; stopping")
+            self.failure = exc
+            if self.on_failure is not None:
+                self.on_failure()
+        reason = "the server is shutting down" if self.failure is None else \
+            f"the engine stopped: {type(self.failure).__name__}: {self.failure}"
+        self._fail_active(RequestError(503, reason, kind="server_error"))
         with self._cond:
+            self._stop = True
             waiting, self._waiting = list(self._waiting), deque()
         for job in waiting:
-            self._fail(job, RequestError(503, "the server is shutting down", kind="server_error"))
+            self._fail(job, RequestError(503, reason, kind="server_error"))
+
+    def _decide(self) -> tuple[Decision | None, list[Job]]:
+        """Rank 0 (and a single-device engine): this turn's decision from the queues, and the jobs it admits.
+
+        Waits until there is something to do (in lockstep, at most :data:`IDLE_TICK_S`: an empty
+        decision then keeps the other ranks' exchange alive). Cancelled jobs still waiting are
+        dropped here; those holding a row are in the decision. Other ranks: ``(None, [])``.
+        """
+        if self.lockstep is not None and not self.lockstep.leader:
+            return None, []
+        tick = IDLE_TICK_S if self.lockstep is not None else None
+        with self._cond:
+            if not (self._stop or self._waiting or self._cancels or self._jobs):
+                self._cond.wait(tick)
+            if self._stop:
+                return Decision(stop=True), []
+            cancels, self._cancels = self._cancels, []
+            admit: list[Job] = []
+            while self._waiting and len(self._jobs) + len(admit) < self.max_active:
+                admit.append(self._waiting.popleft())
+            for job in cancels:
+                if job.request_id is None and (job in self._waiting or job in admit):
+                    (self._waiting if job in self._waiting else admit).remove(job)
+                    self.metrics.requests.labels(job.policy.name, "cancelled").inc()
+            self.metrics.queue_depth.set(len(self._waiting))
+        cancel = [job.request_id for job in cancels if job.request_id in self._jobs]
+        decision = Decision([Admit(self._keys[id(job.policy)], job.prompt, job.params) for job in admit], cancel)
+        return decision, admit
+
+    def _apply(self, decision: Decision, jobs: list[Job]) -> dict[int, list[int]] | None:
+        """Cancel, admit ``jobs`` (``decision.admit``'s), step; returns the step's tokens (``None``: it failed)."""
+        for rid in decision.cancel:
+            self._cancel(rid)
+        for job in jobs:
+            self._add(job)
+        emitted = self._step() if self._jobs else {}
+        self.metrics.active.set(len(self._jobs))
+        return emitted
 
     def _add(self, job: Job) -> None:
         try:
@@ -221,18 +301,13 @@ class Engine:
         job.request_id = rid
         self._jobs[rid] = job
 
-    def _cancel(self, job: Job) -> None:
-        if job.request_id is None:
-            with self._cond:
-                if job in self._waiting:
-                    self._waiting.remove(job)
-                    self.metrics.requests.labels(job.policy.name, "cancelled").inc()
-            return
-        if self._jobs.pop(job.request_id, None) is not None:
-            self.session.cancel(job.request_id)
-            self._finish(job, self.session.release(job.request_id))
+    def _cancel(self, rid: int) -> None:
+        job = self._jobs.pop(rid, None)
+        if job is not None:
+            self.session.cancel(rid)
+            self._finish(job, self.session.release(rid))
 
-    def _step(self) -> None:
+    def _step(self) -> dict[int, list[int]] | None:
         session = self.session
         calls = session.backbone_calls
         start = time.perf_counter()
@@ -243,7 +318,7 @@ class Engine:
             self.metrics.failed_steps.inc()
             self._fail_active(RequestError(500, f"the engine step running this request failed: "
                                                 f"{type(exc).__name__}: {exc}", kind="server_error"))
-            return
+            return None
         finally:
             self.metrics.steps.inc()
             self.metrics.step_seconds.observe(time.perf_counter() - start)
@@ -258,6 +333,7 @@ class Engine:
                 job.post(Tokens(ids))
         for rid in [rid for rid in self._jobs if session.done(rid)]:
             self._finish(self._jobs.pop(rid), session.release(rid))
+        return emitted
 
     def _finish(self, job: Job, result: GenerationResult) -> None:
         self.metrics.finished(result, time.perf_counter() - job.arrived)
