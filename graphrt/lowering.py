@@ -374,7 +374,9 @@ def _control(w: _Writer, lowered: "LoweredGraph", ins: Any, args: list[str], out
             w.line(f"{outs[0]} = yield {req}({', '.join(args)})", node, gname, "forward (suspends)")
             w.line(f"{outs[1]} = {args[0]}")
     elif node.op == "emit":
-        em = w.const("emit", functools.partial(_emit_request, node.name))
+        from graphrt.executor import EmitRequest
+
+        em = w.const("emit", functools.partial(_emit_request, EmitRequest, node.name))
         w.line(f"_outbox.append({em}({', '.join(args)}))", node, gname, "emit (to the outbox)")
         w.line(f"{target} = {w.const('false', _FALSE)}")
     elif node.op == "commit":
@@ -453,13 +455,14 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
     return build
 
 
-def _emit_request(name: str, tokens: torch.Tensor, count: torch.Tensor | None = None,
+def _emit_request(request: Any, name: str, tokens: torch.Tensor, count: torch.Tensor | None = None,
                   logprobs: torch.Tensor | None = None) -> Any:
-    from graphrt.executor import EmitRequest
-
-    n = int(count) if count is not None else tokens.shape[0]
-    # Copies: the outbox is read later, after the program may have reused these buffers.
-    return EmitRequest(tokens[:n].clone(), logprobs[:n].clone() if logprobs is not None else None, name)
+    """``request(tokens[:count], logprobs[:count], name)`` (an ``EmitRequest``) of copies: the outbox is
+    read later, after the program may have reused these buffers."""
+    n = tokens.shape[0] if count is None else int(count)
+    if n != tokens.shape[0]:
+        tokens, logprobs = tokens[:n], logprobs[:n] if logprobs is not None else None
+    return request(tokens.clone(), logprobs.clone() if logprobs is not None else None, name)
 
 
 def _commit_request(name: str, length: torch.Tensor) -> Any:

@@ -306,12 +306,13 @@ def _slice_infer(ts: list[Type], attrs: dict) -> list[Type]:
 
 
 def _slice_ref(x: torch.Tensor, start: int, stop: int | None, squeeze: bool) -> torch.Tensor:
-    out = x[start:stop]
-    if squeeze:
-        if out.shape[0] != 1:
-            raise ValueError(f"slice: squeeze expected length 1, found {out.shape[0]} (x of length {x.shape[0]})")
-        return out[0]
-    return out
+    if squeeze:  # x[start:stop][0], as one select
+        first, end, _ = slice(start, stop).indices(x.shape[0])
+        if max(end - first, 0) != 1:
+            raise ValueError(f"slice: squeeze expected length 1, found {max(end - first, 0)} "
+                             f"(x of length {x.shape[0]})")
+        return x.select(0, first)
+    return x[start:stop]
 
 
 _prim("slice", ("x",), _slice_infer, _slice_ref, {"start": 0, "stop": None, "squeeze": False},

@@ -64,7 +64,7 @@ def _cast(x: torch.Tensor, dtype: str, *, out: torch.Tensor) -> torch.Tensor:
 
 def _ban(x: torch.Tensor, index: int, *, out: torch.Tensor) -> torch.Tensor:
     out.copy_(x)
-    out[..., index] = float("-inf")
+    out.select(-1, index).fill_(float("-inf"))  # out[..., index] = -inf, without Python indexing
     return out
 
 
