@@ -4,10 +4,11 @@
 (the registry's torch reference on CPU; a CUDA kernel where one is registered
 for CUDA tensors, chosen in :func:`resolve_impl`). It runs until it reaches a
 ``forward`` and suspends with the request's one-row
-:class:`~graphrt.backbone.ForwardBatch`; the caller resumes it with the logits. ``emit`` suspends with an :class:`EmitRequest`; the caller
-answers whether the request is finished. ``loop`` regions run as nested,
-equally resumable interpretations, so a program is a Python generator all the
-way down and there is no second, run-to-completion interpreter.
+:class:`~graphrt.backbone.ForwardBatch`; the caller resumes it with the
+logits. ``emit`` suspends with an :class:`EmitRequest`; the caller answers
+whether the request is finished. ``loop`` regions run as nested, equally
+resumable interpretations, so a program is a Python generator all the way down
+and there is no second, run-to-completion interpreter.
 
 Failures name the node: :class:`ExecutionError` says which node of which graph
 failed and why.
