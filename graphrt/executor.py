@@ -33,6 +33,7 @@ the schedule allows.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Generator
@@ -371,6 +372,33 @@ class Arena:
         self.misses = 0
         self.events: dict[tuple[int, int], Any] = {}
         self.segments: dict[Any, Any] = {}
+        self._calls: list[Callable[..., Any]] = []
+        self._planned: list[_Instr] | None = None
+
+    def calls(self, planned: list[_Instr]) -> list[Callable[..., Any]]:
+        """One callable per instruction of ``planned`` (the generated code's planned nodes, in the
+        order it calls them as ``_R[k](*args)``). Each starts as :meth:`run` and, once the
+        instruction is bound to its buffer, becomes the direct call :meth:`run` would make: the
+        out-variant with ``out=`` the buffer, or the buffer itself for a ``once`` value. Other
+        instructions (compute, then copy) keep going through :meth:`run`."""
+        if self._planned is not planned:
+            self._planned = planned
+            self._calls = [functools.partial(self._first, k, ins) for k, ins in enumerate(planned)]
+        return self._calls
+
+    def _first(self, k: int, ins: _Instr, *args: Any) -> torch.Tensor:
+        result = self.run(ins, list(args))
+        buf = self.bound.get(id(ins))
+        if buf is not None and ins.mode == "once":
+            self._calls[k] = functools.partial(_constant, buf)
+        elif buf is not None and ins.out_impl is not None:
+            self._calls[k] = functools.partial(ins.out_impl, out=buf, **ins.attrs)
+        else:
+            self._calls[k] = functools.partial(self._again, ins)
+        return result
+
+    def _again(self, ins: _Instr, *args: Any) -> torch.Tensor:
+        return self.run(ins, list(args))
 
     def segment(self, key: Any) -> Any:
         """This program's :class:`graphrt.lowering.SegmentGraph` of the captured run ``key``."""
@@ -401,6 +429,11 @@ class Arena:
             buf = self.buffers[key] = torch.empty(result.shape, dtype=result.dtype, device=result.device)
         self.bound[id(ins)] = buf
         return buf.copy_(result)
+
+
+def _constant(buf: torch.Tensor, *args: Any) -> torch.Tensor:
+    """A ``once`` value after its first run: its buffer, whatever the inputs."""
+    return buf
 
 
 def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None) -> Generator[Event, Any, list[Any]]:

@@ -7,13 +7,20 @@ GraphModule's code: one line per node, loops as ``while`` statements with their
 body inlined (values are SSA-named, so inlining cannot clash), and no per-node
 dispatch at run time. The code prints (:attr:`GeneratedStep.code`)::
 
-    def ar(prompt, cache, seed, ..., _arena, _outbox):
-        size = _f0(prompt)                                   # size
-        arange = _arena.run(_i1, [size])                     # arange (planned)
-        forward, cache_1 = (yield _forward2(cache, prompt, arange)), cache
+    def ar(prompt, cache, seed, ..., _arena, _outbox, _logprobs=True):
+        _R = _arena.calls(_planned0)                         # planned nodes, bound to their buffers
+        v0 = _R[0](prompt)                                   # size (planned)
+        v2 = _f1(prompt, v1)                                 # arange_like
+        v3 = yield _forward2(cache, prompt, v2)              # forward (suspends)
         ...
-        while cond:
+        v35 = _R[7](v7) if _logprobs else None               # log_softmax (log-probs only)
+        while loop_cond:
             ...
+
+A planned node is called as ``_R[k](...)``: its first run goes through
+:meth:`graphrt.executor.Arena.run` (which binds its buffer), later runs call its
+out-variant on that buffer directly (:meth:`~graphrt.executor.Arena.calls`).
+Nodes only ``emit``'s log-probs read run only when ``_logprobs`` is true.
 
 Compared with the interpreter (:func:`graphrt.executor._run`, the reference):
 
@@ -93,6 +100,7 @@ class _Writer:
         self.count = 0
         self.capture = False
         self.optional: frozenset[str] = frozenset()  # nodes computed only when ``_logprobs`` is true
+        self.direct: list[Any] | None = None  # planned instructions called through ``_R[k]`` (see Arena.calls)
 
     def line(self, text: str, node: Any = None, graph: str = "", comment: str = "") -> None:
         pad = "    " * self.indent
@@ -144,9 +152,11 @@ def generate_step(lowered: "LoweredGraph") -> GeneratedStep:
     """
     w = _Writer()
     w.capture = lowered.capture
-    w.taken.update({"_arena", "_outbox", "_logprobs"})
+    w.taken.update({"_arena", "_outbox", "_logprobs", "_R"})
     if not lowered.capture and not _has_streams(lowered):  # captured or multi-stream code runs every node
         w.optional = logprob_only_nodes(lowered.graph)
+        w.direct = []
+        w.line(f"_R = _arena.calls({w.const('planned', w.direct)})  # planned nodes, bound to their buffers")
     params = [w.var(v) for v in lowered.graph.inputs]
     fname = re.sub(r"\W", "_", lowered.graph.name) or "step"
     if fname[0].isdigit():
@@ -358,6 +368,9 @@ def _compute_call(w: _Writer, ins: Any, index: int, args: list[str], runner: str
     arglist = "[" + ", ".join(args) + "]"
     if runner is not None:
         return f"{runner}.compute({index}, {w.const('i', ins)}, {arglist}, _arena)"
+    if ins.slot is not None and w.direct is not None:
+        w.direct.append(ins)
+        return f"_R[{len(w.direct) - 1}]({', '.join(args)})"
     if ins.slot is not None:
         return f"_arena.run({w.const('i', ins)}, {arglist})"
     fn = functools.partial(ins.impl, **ins.attrs) if ins.attrs else ins.impl

@@ -26,13 +26,6 @@ from graphrt import sampling
 F64 = torch.float64
 
 
-def _binary(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def out_variant(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-        return fn(a, b, out=out)
-
-    return out_variant
-
-
 def _where(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
     if a.is_floating_point() and b.is_floating_point() and a.dtype != b.dtype:
         a, b = a.to(F64), b.to(F64)
@@ -100,13 +93,11 @@ def _sample(logits: torch.Tensor, positions: torch.Tensor, seed: torch.Tensor, s
 
 # Registered on the ops' registry entries by :func:`register_builtin_impls`; look them up there.
 OUT_VARIANTS: dict[str, Callable[..., Any]] = {
-    "add": _binary(torch.add), "sub": _binary(torch.sub), "mul": _binary(torch.mul), "div": _binary(torch.div),
-    "maximum": _binary(torch.maximum), "minimum": _binary(torch.minimum),
-    "eq": _binary(torch.eq), "ne": _binary(torch.ne), "lt": _binary(torch.lt), "le": _binary(torch.le),
-    "gt": _binary(torch.gt), "ge": _binary(torch.ge),
-    "and": _binary(torch.logical_and), "or": _binary(torch.logical_or),
-    "not": lambda x, *, out: torch.logical_not(x, out=out),
-    "neg": lambda x, *, out: torch.neg(x, out=out),
+    # torch's own functions take ``out=`` (called with the op's inputs only: no extra argument reaches them)
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+    "maximum": torch.maximum, "minimum": torch.minimum,
+    "eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
+    "and": torch.logical_and, "or": torch.logical_or, "not": torch.logical_not, "neg": torch.neg,
     "where": _where,
     "cumsum": lambda x, *, out: torch.cumsum(x, -1, out=out),
     "cumprod": lambda x, *, out: torch.cumprod(x, -1, out=out),

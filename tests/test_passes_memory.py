@@ -110,17 +110,40 @@ def _planned_instrs(lowered) -> list:
 
 
 def test_planned_nodes_write_into_their_buffer_every_step(monkeypatch) -> None:
-    """Spy on the arena: in steady state each planned instruction returns the very buffer it was bound to."""
+    """Spy on the planned instructions: every run after the first writes into, and returns, the very
+    buffer the instruction was bound to, whether it goes through Arena.run or is called directly."""
     model = tiny_model(seed=0)
+    policy = graphrt.compile("self-spec", model)
+    lowered = policy.lowered(torch.device("cpu"))
     seen: dict[int, set[int]] = {}
+    runs: dict[int, int] = {}
+
+    def spying(ins):
+        variant = ins.out_impl
+
+        def spy(*args, out, **attrs):
+            result = variant(*args, out=out, **attrs)
+            assert result is out
+            seen.setdefault(id(ins), set()).add(out.data_ptr())
+            return result
+        return spy
+
     original = Arena.run
 
-    def spy(self, ins, args):
+    def count(self, ins, args):
+        runs[id(ins)] = runs.get(id(ins), 0) + 1
         result = original(self, ins, args)
-        seen.setdefault(id(ins), set()).add(result.data_ptr())
         assert result is self.bound[id(ins)]
         return result
 
-    monkeypatch.setattr(Arena, "run", spy)
-    graphrt.generate(model, [9, 8, 7], mode="self-spec", max_new_tokens=20, ignore_eos=True)
+    planned = _planned_instrs(lowered)
+    for ins in planned:
+        if ins.out_impl is not None:
+            monkeypatch.setattr(ins, "out_impl", spying(ins))
+    monkeypatch.setattr(Arena, "run", count)
+    session = graphrt.Session(model.backbone)
+    session.add(policy, [9, 8, 7], graphrt.GenerationParams(max_new_tokens=20, ignore_eos=True))
+    session.run()
     assert seen and all(len(ptrs) == 1 for ptrs in seen.values())
+    direct = [ins for ins in planned if ins.out_impl is not None or ins.mode == "once"]
+    assert direct and all(runs.get(id(ins), 0) <= 1 for ins in direct)  # after binding: called directly
