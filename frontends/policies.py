@@ -80,7 +80,7 @@ def _denoise_block(b: GraphBuilder, io: DecodeInputs, cache: Var, block: Var, po
         if eos_id is None:
             return masked.any()
         is_eos = b.cast(block == eos_id, dtype="i64")
-        no_eos_before = (is_eos.cumsum() - is_eos) == 0
+        no_eos_before = is_eos.cumsum() == is_eos  # none before this slot
         return (masked & no_eos_before).any()
 
     n_masks = length - 1

@@ -77,7 +77,7 @@ def force_end_of_thinking(b: GraphBuilder, tokens: Var, positions: Var, io: Deco
     at = positions == io.force_pos
     if tokens.type.shape:  # type: ignore[union-attr]
         seen = b.cast(tokens == io.force_id, dtype="i64")
-        at = at & ((seen.cumsum() - seen) == 0)
+        at = at & (seen.cumsum() == seen)                   # no force_id before (counts are exact ints)
     return b.where(at, io.force_id, tokens)
 
 
