@@ -157,7 +157,10 @@ def test_serving_lockstep_shares_rank0s_decision_and_notices_a_rank_out_of_step(
 
 def test_errors_name_what_was_expected(monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from graphrt.frontends.tensor_parallel import check_shardable, init_tensor_parallel
+    from graphrt.frontends.tensor_parallel import TensorParallelBackbone, check_shardable, init_tensor_parallel
+
+    with pytest.raises(ValueError, match="expected compile False, True or 'freeze', found 'background'"):
+        TensorParallelBackbone(None, None, compile="background")  # type: ignore[arg-type]
 
     with pytest.raises(ValueError, match="--tp 3 must divide num_attention_heads"):
         check_shardable(default_test_config(), 3)
