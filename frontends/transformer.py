@@ -439,7 +439,7 @@ class TransformerBackbone:
             raise ValueError(f"TransformerBackbone: compile expected False, True, 'freeze' or 'background', "
                              f"found {compile!r}")
         self.compiled = bool(compile)
-        self.shapes_seen: set[tuple[int, int, int, bool]] = set()  # compiled: (batch, width, keys, row views)
+        self.shapes_seen: set[tuple[int, int, int, bool, bool]] = set()  # (batch, width, keys, views, causal)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
         self.compiler = BackgroundCompiler(self._compile_bucket) if compile == "background" else None
         if compile:
@@ -499,7 +499,7 @@ class TransformerBackbone:
         plan = self.cache.plan(batch.rows, batch.positions, write, batch.valid)
         tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
         pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
-        causal = plan.contiguous_prefill and batch.kind == "causal"
+        causal = self._causal_prefill(batch, plan)
         mask = None if causal else self._mask(batch, plan, B, L)
         adapter = batch.adapter.to(dev) if self._has_adapter else None
         logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal))
@@ -508,16 +508,17 @@ class TransformerBackbone:
 
     def _forward_bucketed(self, batch: ForwardBatch, B: int, L: int) -> torch.Tensor:
         """The compiled path: the call padded to its bucket width and batch (padding rows that never
-        write), keys to their bucket, always one mask, so the compiled stack sees a fixed set of static
-        shapes (one graph per bucket, whichever rows the call uses). A bucket still compiling in the
+        write), keys to their bucket, one mask (none for a prefill of empty rows), so the compiled stack
+        sees a fixed set of static shapes (one graph per bucket, whichever rows the call uses). A bucket still compiling in the
         background runs the same padded call through the eager stack."""
         Lb, Bb = self.buckets.width(L), self.buckets.batch(B)
         if Lb != L:
             batch = pad_width(batch, Lb)
         plan = self.cache.plan(batch.rows, batch.positions, batch.kv_write & batch.valid, batch.valid,
                                pad_rows=Bb - B)
-        plan.keys = self.buckets.keys(plan.keys)
-        key = (Bb, Lb, plan.keys, plan.gather is None)
+        causal = self._causal_prefill(batch, plan)  # no mask, no key span
+        plan.keys = 0 if causal else self.buckets.keys(plan.keys)
+        key = (Bb, Lb, plan.keys, plan.gather is None, causal)
         if self.compiler is None:
             self.shapes_seen.add(key)
             run = self._run
@@ -530,11 +531,26 @@ class TransformerBackbone:
 
         tok = rows(batch.tokens.clamp(0, self.config.vocab_size - 1))  # [Bb, Lb]
         pos = rows(batch.positions.clamp_min(0))  # [Bb, Lb]
-        mask = torch.cat([self._mask(batch, plan, B, Lb, allow_none=False), self._padding_mask(Bb - B, Lb, plan.keys)])
+        mask = None if causal else torch.cat([self._mask(batch, plan, B, Lb, allow_none=False),
+                                              self._padding_mask(Bb - B, Lb, plan.keys)])
         adapter = rows(batch.adapter) if self._has_adapter else None
-        logits = run(tok, pos, mask, adapter, CachedCall.of(plan, False))
+        logits = run(tok, pos, mask, adapter, CachedCall.of(plan, causal))
         self.cache.commit(plan)
         return logits[:B, :L]
+
+    @staticmethod
+    def _causal_prefill(batch: ForwardBatch, plan: SlotPlan) -> bool:
+        """Whether the call is a prefill of empty rows whose valid tokens attend causally among themselves
+        (kind ``"causal"``, or a ``"mask"`` of right-padded causal rows): then attention is causal
+        self-attention over the new tokens, with no mask."""
+        if not plan.contiguous_prefill or batch.kind not in ("causal", "mask"):
+            return False
+        if batch.kind == "causal":
+            return True
+        L = batch.tokens.shape[1]
+        pair = batch.valid[:, :, None] & batch.valid[:, None, :]  # [B, L, L]: query and key both valid
+        causal = torch.ones(L, L, dtype=torch.bool, device=pair.device).tril()
+        return bool(((batch.attention & pair) == (causal & pair)).all())
 
     def _padding_mask(self, rows: int, width: int, keys: int) -> torch.Tensor:
         """``[rows, 1, g*width, keys]``: padding rows' queries see key 0 only (never NaN, never read)."""
@@ -542,15 +558,17 @@ class TransformerBackbone:
         mask[..., 0] = True
         return mask
 
-    def _compile_bucket(self, key: tuple[int, int, int, bool]) -> None:
-        """Compile bucket ``key`` = (batch, width, keys, row views) by running the compiled stack on padding rows
-        laid out as a real call of that bucket: they write only padding slots, so live calls are undisturbed."""
-        Bb, Lb, keys, views = key
+    def _compile_bucket(self, key: tuple[int, int, int, bool, bool]) -> None:
+        """Compile bucket ``key`` = (batch, width, keys, row views, causal) by running the compiled stack on
+        padding rows laid out as a real call of that bucket: they write only padding slots, so live calls are
+        undisturbed."""
+        Bb, Lb, keys, views, causal = key
         plan = self.cache.padding_plan(Bb, Lb, views)
         plan.keys = keys
         tokens, positions = (torch.zeros((Bb, Lb), dtype=torch.long, device=self.device) for _ in range(2))
+        mask = None if causal else self._padding_mask(Bb, Lb, keys)
         adapter = torch.zeros((Bb, Lb), dtype=torch.bool, device=self.device) if self._has_adapter else None
-        self._run(tokens, positions, self._padding_mask(Bb, Lb, keys), adapter, CachedCall.of(plan, False))
+        self._run(tokens, positions, mask, adapter, CachedCall.of(plan, causal))
         self.shapes_seen.add(key)
 
     def _check(self, batch: ForwardBatch, B: int, L: int) -> None:

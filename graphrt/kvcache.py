@@ -66,7 +66,8 @@ class SlotPlan:
         None when ``k``/``v`` are views of the call's rows; else the ``[B + pad_rows]``
         storage rows to gather for attention.
     contiguous_prefill:
-        Every row starts empty and writes all of its tokens at ``0..L-1``: attention is
+        Every row starts empty and its valid tokens, which come first in the row, all
+        write at ``0..n-1`` (only padding after them): attention of the valid tokens is
         then plain causal self-attention over the new tokens.
     """
 
@@ -243,8 +244,9 @@ class RowKVCache:
                              f"(capacity {self.capacity} + scratch {self.pad_slot - self.capacity})")
         dev = self.device
         slot = torch.tensor(slots_l, dtype=torch.long, device=dev).view(B, L)  # [B, L]
-        prefill = (max(lengths, default=0) == 0 and not any(pad) and L > 0
-                   and all(srow == list(range(L)) and all(wrow) for srow, wrow in zip(slots_l, write_l)))
+        prefill = L > 0 and max(lengths, default=0) == 0 and all(
+            vrow == [True] * n + [False] * (L - n) and srow[:n] == list(range(n)) and all(wrow[:n])
+            for srow, wrow, vrow, n in zip(slots_l, write_l, valid_l, (sum(v) for v in valid_l)))
         k, v, index, gather = self._layout(srows, slot, pad_rows)
         return SlotPlan(srows, lengths, ends, slot, keys, k, v, index, gather, prefill)
 

@@ -42,6 +42,7 @@ def test_compiled_backbone_compiles_each_bucket_once() -> None:
         assert (got.tokens, got.forwards) == (want.tokens, want.forwards), mode
     graphs = counters["stats"]["unique_graphs"]
     assert graphs == len(compiled.backbone.shapes_seen), (graphs, compiled.backbone.shapes_seen)
+    assert any(causal for *_, causal in compiled.backbone.shapes_seen)  # the prefills: causal, no mask
     for mode in MODES:  # steady state: a whole second decode of every mode, other prompt, compiles nothing
         graphrt.generate(compiled, [3, 8, 41], mode=mode, **params)
     assert counters["stats"]["unique_graphs"] == graphs
