@@ -13,9 +13,13 @@ integer key of ``clean(logits)`` (:func:`_device.ordered_key`):
   its ``x`` is the k-th largest ``x``; ties at that value keep the lowest
   indices, found by a 16-ary search on the index (``log16 V`` passes, only
   when the tie class straddles the cut);
-* top-p: the same search on ``key`` with the probability mass
-  ``sum(softmax(x)[key >= t])`` over the top-k survivors, then the tie class at
-  the cut kept in index order while the mass before a token is ``< top_p``;
+* top-p, on the unnormalised weights ``w = exp(x - max x)`` of the top-k
+  survivors, ``W`` their sum: the same search on ``key`` with the weight
+  ``sum(w[key >= t])`` against ``top_p * W``, then, in the tie class at the
+  cut (``m`` survivors of weight ``w_c`` each, ``A`` the weight above them),
+  the ranks ``r < m`` with ``r * w_c < top_p * W - A`` kept in index order:
+  the comparisons of :func:`graphrt.sampling.top_p_mask`, with nothing summed
+  inside the tie class;
 * the token is ``argmax(x + gumbel)`` over the survivors (lowest index on ties).
 """
 
@@ -99,41 +103,56 @@ def x_at_key(logits, r, width, shift, key, temperature, fbuf, ctr):
 
 
 @device
-def count_x(logits, r, width, temperature, tau, strict, ibuf, ctr):
-    """Number of entries with ``x > tau`` (``strict``) or ``x == tau``."""
+def tie_ranks_kept(ties, weight, room):
+    """Number of ranks ``r`` in ``[0, ties)`` with ``r * weight < room`` (a prefix: the product grows
+    with ``r``), by bisection; every thread computes the same value."""
+    lo = 0
+    hi = ties
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if float(mid) * weight < room:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@device
+def count_x(logits, r, width, temperature, tau, strict, k_on, k_tau, k_cut, ibuf, ctr):
+    """Number of top-k survivors (every entry when ``k_on`` is false) with ``x > tau`` (``strict``)
+    or ``x == tau``."""
     c = 0
     i = cuda.threadIdx.x
     while i < width:
         x = x_of(logits[r, i], temperature)
-        if (strict and x > tau) or (not strict and x == tau):
+        if ((strict and x > tau) or (not strict and x == tau)) and in_set(x, i, k_on, k_tau, k_cut):
             c += 1
         i += cuda.blockDim.x
     return reduce_i64(c, OP_SUM, ibuf, ctr)
 
 
 @device
-def total_mass(logits, r, width, temperature, big, norm, above, k_on, k_tau, k_cut, fbuf, ctr):
-    """``sum exp(x - big) / norm`` over the top-k survivors, all (``above`` false) or those with
-    ``x > above`` (``above`` a float)."""
+def total_weight(logits, r, width, temperature, big, above, k_on, k_tau, k_cut, fbuf, ctr):
+    """``sum exp(x - big)`` over the top-k survivors with ``x > above`` (all of them for ``-inf``)."""
     s = 0.0
     i = cuda.threadIdx.x
     while i < width:
         x = x_of(logits[r, i], temperature)
         if x != NEG_INF and in_set(x, i, k_on, k_tau, k_cut) and x > above:
-            s += math.exp(x - big) / norm
+            s += math.exp(x - big)
         i += cuda.blockDim.x
     return reduce_f64(s, OP_SUM, fbuf, ctr)
 
 
 @device
-def measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, tau, big, norm,
+def measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, tau, big,
                  k_on, k_tau, k_cut, acc, vbuf, ctr):
     """One pass of a 16-ary search: ``acc[j]`` = block-wide measure at candidate ``c_j = lo + (j+1) step``
     (candidates ``>= hi`` get 0).
 
-    mode 0: #entries with ``key >= c_j``;  mode 1: softmax mass of top-k survivors with ``key >= c_j``;
-    mode 2: #entries with ``x == tau`` and index ``< c_j``;
-    mode 3: mass of top-k survivors with ``x == tau`` and index ``< c_j``.
+    mode 0: #entries with ``key >= c_j``;  mode 1: weight ``sum exp(x - big)`` of top-k survivors
+    with ``key >= c_j``; mode 2: #entries with ``x == tau`` and index ``< c_j``;
+    mode 3: #top-k survivors with ``x == tau`` and index ``< c_j``.
     """
     for j in range(NCAND):
         acc[j] = 0.0
@@ -148,8 +167,8 @@ def measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, tau, 
             member = member and x != NEG_INF and in_set(x, i, k_on, k_tau, k_cut)
         if member:
             w = 1.0
-            if mode == 1 or mode == 3:
-                w = math.exp(x - big) / norm
+            if mode == 1:
+                w = math.exp(x - big)
             c = lo
             if mode <= 1:
                 key = ordered_key(v, shift)
@@ -170,13 +189,13 @@ def measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, tau, 
 
 
 @device
-def key_search(logits, r, width, shift, temperature, mode, lo, hi, target, big, norm,
+def key_search(logits, r, width, shift, temperature, mode, lo, hi, target, big,
                k_on, k_tau, k_cut, acc, vbuf, ctr):
     """Largest key ``t`` in ``[lo, hi)`` whose measure (``key >= t``, mode 0 or 1) is ``>= target``,
     given measure(lo) >= target > measure(hi); about ``log16(hi - lo)`` passes."""
     while lo < hi - 1:
         step = max((hi >> 4) - (lo >> 4), 1)  # ~(hi - lo) / 16 without overflow
-        measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, 0.0, big, norm,
+        measure_pass(logits, r, width, shift, temperature, mode, lo, step, hi, 0.0, big,
                      k_on, k_tau, k_cut, acc, vbuf, ctr)
         new_lo = lo
         new_hi = hi
@@ -196,15 +215,14 @@ def key_search(logits, r, width, shift, temperature, mode, lo, hi, target, big, 
 
 
 @device
-def index_search(logits, r, width, temperature, mode, tau, offset, target, big, norm,
-                 k_on, k_tau, k_cut, acc, vbuf, ctr):
-    """Smallest ``J`` in ``[1, V]`` with ``offset + F(J) >= target``, ``F`` the tie measure of mode 2
-    or 3 (non-decreasing in ``J``); ``V`` if none."""
+def index_search(logits, r, width, temperature, mode, tau, target, k_on, k_tau, k_cut, acc, vbuf, ctr):
+    """Smallest ``J`` in ``[1, V]`` with ``F(J) >= target``, ``F`` the tie count of mode 2 or 3
+    (non-decreasing in ``J``); ``V`` if none."""
     lo = 0
     hi = width
     while hi - lo > 1:
         step = max((hi - lo) // 16, 1)
-        measure_pass(logits, r, width, 0, temperature, mode, lo, step, hi, tau, big, norm,
+        measure_pass(logits, r, width, 0, temperature, mode, lo, step, hi, tau, 0.0,
                      k_on, k_tau, k_cut, acc, vbuf, ctr)
         new_lo = lo
         new_hi = hi
@@ -213,7 +231,7 @@ def index_search(logits, r, width, temperature, mode, tau, offset, target, big, 
             c += step
             if c >= hi:
                 break
-            if offset + acc[j] >= target:
+            if acc[j] >= target:
                 new_hi = c
                 break
             new_lo = c
@@ -284,30 +302,33 @@ def sample_kernel(logits, positions, out,
     k_tau = NEG_INF
     k_cut = width
     if k_on:
-        t_key = key_search(logits, r, width, shift, temperature, 0, key_lo, key_hi, float(top_k), 0.0, 1.0,
+        t_key = key_search(logits, r, width, shift, temperature, 0, key_lo, key_hi, float(top_k), 0.0,
                            False, 0.0, 0, acc, vbuf, ctr)
         k_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
-        need = top_k - count_x(logits, r, width, temperature, k_tau, True, ibuf, ctr)
-        ties = count_x(logits, r, width, temperature, k_tau, False, ibuf, ctr)
+        need = top_k - count_x(logits, r, width, temperature, k_tau, True, False, 0.0, 0, ibuf, ctr)
+        ties = count_x(logits, r, width, temperature, k_tau, False, False, 0.0, 0, ibuf, ctr)
         if ties > need:
-            k_cut = index_search(logits, r, width, temperature, 2, k_tau, 0.0, float(need), 0.0, 1.0,
-                                 False, 0.0, 0, acc, vbuf, ctr)
+            k_cut = index_search(logits, r, width, temperature, 2, k_tau, float(need), False, 0.0, 0,
+                                 acc, vbuf, ctr)
 
-    # top-p: largest key t with mass(key >= t) >= top_p, then the tie class while mass before < top_p.
+    # top-p on the weights w = exp(x - big): largest key t with w(key >= t) >= top_p * W, then the
+    # ranks r of the tie class at the cut with r * w_c < top_p * W - (weight above), as top_p_mask.
     p_tau = NEG_INF
     p_cut = width
     if p_on:
-        norm = total_mass(logits, r, width, temperature, big, 1.0, NEG_INF, k_on, k_tau, k_cut, fbuf, ctr)
-        total = total_mass(logits, r, width, temperature, big, norm, NEG_INF, k_on, k_tau, k_cut, fbuf, ctr)
-        if total >= top_p:
-            t_key = key_search(logits, r, width, shift, temperature, 1, key_lo, key_hi, top_p, big, norm,
-                               k_on, k_tau, k_cut, acc, vbuf, ctr)
-            p_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
-            above = total_mass(logits, r, width, temperature, big, norm, p_tau, k_on, k_tau, k_cut, fbuf, ctr)
-            p_cut = index_search(logits, r, width, temperature, 3, p_tau, above, top_p, big, norm,
-                                 k_on, k_tau, k_cut, acc, vbuf, ctr)
-        else:
-            p_on = False
+        room = top_p * total_weight(logits, r, width, temperature, big, NEG_INF, k_on, k_tau, k_cut, fbuf, ctr)
+        t_key = key_search(logits, r, width, shift, temperature, 1, key_lo, key_hi, room, big,
+                           k_on, k_tau, k_cut, acc, vbuf, ctr)
+        p_tau = x_at_key(logits, r, width, shift, t_key, temperature, fbuf, ctr)
+        # (a GPU may fuse this into one multiply-add: the same value when nothing is above, A = 0)
+        room = room - total_weight(logits, r, width, temperature, big, p_tau, k_on, k_tau, k_cut, fbuf, ctr)
+        ties = count_x(logits, r, width, temperature, p_tau, False, k_on, k_tau, k_cut, ibuf, ctr)
+        kept = tie_ranks_kept(ties, math.exp(p_tau - big), room)
+        if kept == 0:
+            p_cut = 0
+        elif kept < ties:
+            p_cut = index_search(logits, r, width, temperature, 3, p_tau, float(kept), k_on, k_tau, k_cut,
+                                 acc, vbuf, ctr)
 
     # Gumbel-max over the survivors.
     seed_lo = int_word(seed_a[r // seed_p]) if seed_p > 0 else int_word(seed_lo_s)

@@ -17,11 +17,15 @@ Equivalences with :func:`sample_reference` (a loop over
   ``-log(-log u)`` agree to about 1 ulp (device ``log`` vs torch's);
 * the top-k survivor set is **bitwise** equal (integer counts on exact float64
   comparisons; the tie rule of the stable sort is reproduced);
-* the top-p survivor set is equal except when the probability mass before a
-  token is within float64 rounding (about ``V * 2**-53``) of ``top_p``: the
-  kernel sums probabilities in a different order than torch's ``cumsum``;
+* the top-p survivor set: inside the tie class at the cut, the same float64
+  comparisons ``r * w_c < top_p * W - A`` of :func:`graphrt.sampling.top_p_mask`
+  (nothing summed within the class), so equal logits are cut identically; it
+  can differ only where the summed weights ``W`` or ``A`` (added in another
+  order than torch's ``sum`` / ``cumsum``) put a class boundary within float64
+  rounding (about ``V * 2**-53``) of ``top_p * W``. Sums of weights that are
+  all 1 or 0 (equal logits, the rest underflowing) are exact in any order;
 * hence sampled tokens are equal unless two candidates' ``x + g`` lie within a
-  few ulp of each other, or a top-p boundary is within rounding of ``top_p``.
+  few ulp of each other, or a top-p class boundary is within rounding of ``top_p``.
   In distribution the kernel is exact: Gumbel-max over the survivors samples
   ``softmax`` of the filtered logits, up to the ``2**-32`` resolution of ``u``.
 

@@ -64,13 +64,29 @@ def top_p_mask(x: torch.Tensor, top_p: float) -> torch.Tensor:
     Keeps the smallest prefix of the tokens sorted by probability (ties: lowest
     index) whose mass reaches ``top_p``; the most probable token is always kept.
     ``top_p >= 1`` keeps everything.
+
+    The rule is evaluated on the unnormalised weights ``w = exp(x - max x)``
+    with ``W = sum(w)``: the token of rank ``r`` in its tie class (entries of
+    equal ``x``, each of weight ``w_c``) is kept iff
+    ``r * w_c < top_p * W - A``, where ``A`` is the cumulative weight of the
+    classes above it. Within a tie class nothing is summed, so the cut does not
+    depend on an order of summation: ``m`` equal entries keep the
+    ``ceil(top_p * m)`` lowest indices (the product rounded once to float64),
+    and the kernel (``graphrt.cuda_kernels.sample``) makes the same comparisons.
+    A row without finite weight (all ``-inf``, or a ``+inf``) keeps its first
+    sorted entry only.
     """
     if top_p >= 1.0:
         return torch.ones_like(x, dtype=torch.bool)
     order = torch.sort(x, dim=-1, descending=True, stable=True).indices
-    probs = torch.softmax(x.to(torch.float64), dim=-1).nan_to_num(0.0).gather(-1, order)
-    mass_before = torch.cumsum(probs, dim=-1) - probs
-    keep_sorted = mass_before < top_p
+    xs = x.to(torch.float64).gather(-1, order)
+    w = torch.exp(xs - xs[..., :1]).nan_to_num(0.0)
+    room = top_p * w.sum(-1, keepdim=True)
+    before = torch.cumsum(torch.cat([torch.zeros_like(w[..., :1]), w[..., :-1]], dim=-1), dim=-1)  # exclusive
+    slot = torch.arange(xs.shape[-1], device=x.device).expand(xs.shape)
+    new_class = torch.cat([torch.ones_like(xs[..., :1], dtype=torch.bool), xs[..., 1:] != xs[..., :-1]], dim=-1)
+    start = torch.where(new_class, slot, 0).cummax(-1).values  # the first slot of each entry's tie class
+    keep_sorted = (slot - start) * w.gather(-1, start) < room - before.gather(-1, start)
     keep_sorted[..., 0] = True
     return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 

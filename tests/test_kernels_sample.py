@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,6 +85,45 @@ def test_sample_ties_keep_lowest_indices():
     for kw in ({"top_k": 2}, {"top_p": 0.5}, {"top_k": 3, "top_p": 0.6}):
         tokens = check_kernel(sample, sample_reference, x, pos, seed=3, temperature=1.0, threads=8, **kw).kernel_out
         assert set(tokens.tolist()) == {0, 1}, kw
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_top_p_cut_exactly_at_the_mass_of_equal_logits(dtype):
+    """A case hypothesis found: 31 equal logits, T = 0.5, top-k 30, top-p 0.5. The 15 lowest indices
+    hold mass 15/30 = 0.5 exactly, so top-p keeps them and no more; a running sum of 15 copies of
+    1/30 is 0.5 - 2**-54 and kept a 16th token. Positions 5, 17 and 20 draw index 15 among 0..15."""
+    n = 24
+    x = torch.zeros(n, 31, dtype=dtype)
+    kept = sampling.filter_logits(x[0], 0.5, 30, 0.5) > float("-inf")
+    assert kept.nonzero().flatten().tolist() == list(range(15))
+    tokens = check_kernel(sample, sample_reference, x, torch.arange(n), seed=0, temperature=0.5, top_k=30,
+                          top_p=0.5, threads=8).kernel_out
+    assert int(tokens.max()) <= 14 and {5, 17, 20} <= {i for i in range(n) if tokens[i] != 15}
+
+
+def test_top_p_on_equal_logits_keeps_ceil_of_top_p_times_count():
+    """Among ``m`` equal logits top-p keeps the ``ceil(top_p * m)`` lowest indices (the product
+    rounded once to float64), whatever the order of summation: the reference's rule."""
+    for m in range(1, 65):
+        for top_p in sorted({j / m for j in range(1, m)} | {1e-6, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 1 - 2**-53}):
+            kept = sampling.top_p_mask(torch.full((m,), 1.25, dtype=torch.float64), top_p)
+            want = max(math.ceil(top_p * m), 1)
+            assert kept.tolist() == [True] * want + [False] * (m - want), (m, top_p)
+
+
+def test_top_p_ties_at_the_cut_match_the_reference():
+    """Equal logits whose top-k survivors' mass reaches top-p exactly at a token (and top-p values
+    just off such a mass): per-row top-k and top-p in one launch, 8 positions per case. With seed 2
+    the first token past the cut wins some rows of (0, 0.45), (36, 0.5 + 2**-53) and (30, 0.5), where
+    a summed mass put the cut one token off."""
+    cases = [(0, 0.45), (36, 0.5 + 2**-53), (30, 0.5), (12, 0.25), (12, 0.75), (24, 1 / 3), (20, 0.1),
+             (0, 0.9), (10, 0.3), (36, 0.5 - 2**-54), (7, 3 / 7)]
+    reps = 8
+    top_k = torch.tensor([k for k, _ in cases for _ in range(reps)])
+    top_p = torch.tensor([p for _, p in cases for _ in range(reps)], dtype=torch.float64)
+    n = top_k.numel()
+    check_kernel(sample, sample_reference, torch.full((n, 40), -0.75), torch.arange(n), seed=2, temperature=1.0,
+                 top_k=top_k, top_p=top_p, threads=8)
 
 
 def test_edge_rows_documented_results():
