@@ -152,7 +152,7 @@ class HandLoopContender:
             causal = torch.ones(P, P, dtype=torch.bool).tril().expand(B, P, P).clone()  # [B, P, P]
             logits = bb.forward(ForwardBatch(rows=rows, tokens=tokens, positions=torch.arange(P).expand(B, P).clone(),
                                              attention=causal, kind="causal", kv_write=ones,
-                                             adapter=torch.zeros_like(ones), valid=ones))  # [B, P, V]
+                                             adapter=torch.zeros_like(ones), valid=ones, logits="last"))  # [B, 1, V]
             one = torch.ones(B, 1, dtype=torch.bool)
             one_attn, no_adapter = torch.ones(B, 1, 1, dtype=torch.bool), torch.zeros(B, 1, dtype=torch.bool)
             out = torch.empty(B, max_new, dtype=torch.int64)

@@ -93,7 +93,7 @@ def pad_width(batch: ForwardBatch, width: int) -> ForwardBatch:
 
     attention = F.pad(batch.attention, (0, extra, 0, extra), value=False)
     return ForwardBatch(batch.rows, pad(batch.tokens, 0), pad(batch.positions, 0), attention, "mask",
-                        pad(batch.kv_write, False), pad(batch.adapter, False), pad(batch.valid, False))
+                        pad(batch.kv_write, False), pad(batch.adapter, False), pad(batch.valid, False), batch.logits)
 
 
 def compile_layers(model: "Transformer", freeze: bool = False) -> Callable[..., torch.Tensor]:

@@ -219,9 +219,10 @@ def merge_forward_graph(graph: Graph, config: BackboneConfig) -> Graph:
     layout_mask, is_prompt, is_mask = b.draft_layout(io.prompt, length=blen)
     logits, cache = b.forward(io.cache, tokens, b.arange_like(tokens, 0), layout_mask, is_prompt, is_mask,
                               attention="mask", write="mask", adapter="mask")       # [P+b, V]
-    vmap[id(shape.prefill.outputs[0])] = b.take(logits, b.arange_like(io.prompt, 0)).value  # [P, V]
-    vmap[id(shape.prefill.outputs[1])] = cache.value
     n = b.size(io.prompt)
+    prompt_rows = (n - 1).unsqueeze() if shape.prefill.attrs.get("logits") == "last" else b.arange_like(io.prompt, 0)
+    vmap[id(shape.prefill.outputs[0])] = b.take(logits, prompt_rows).value  # the prefill's logits: [1, V] or [P, V]
+    vmap[id(shape.prefill.outputs[1])] = cache.value
     mask_slots = n + b.arange(b.const(0), length=blen)                     # rows = positions P..P+b-1
     first_preds = _draft_predictions(b, io, logits, mask_slots, mask_slots, mask_id)
     init = []

@@ -35,8 +35,9 @@ def prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, 
         ``(cache, seed, seed_logprob, prompt_len)``; ``seed`` is the token at position ``prompt_len``.
     """
     n = b.size(io.prompt)
-    logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all")
-    last = ban_mask(b, logits[-1], mask_id)                        # [V]
+    logits, cache = b.forward(io.cache, io.prompt, b.arange_like(io.prompt, 0), attention="causal", write="all",
+                              logits="last")                       # [1, V]: the head runs on the last token only
+    last = ban_mask(b, logits[0], mask_id)                         # [V]
     seed = next_tokens(b, last, n, io)                             # token at position n
     return cache, seed, token_logprobs(b, last, seed), n
 

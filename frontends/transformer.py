@@ -323,7 +323,8 @@ class Transformer(nn.Module):
         return (1 + beta * torch.log(1 + torch.floor(positions / orig))).to(dtype)
 
     def run_layers(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
-                   adapter: torch.Tensor | None = None, cached: CachedCall | None = None) -> torch.Tensor:
+                   adapter: torch.Tensor | None = None, cached: CachedCall | None = None,
+                   last: torch.Tensor | None = None) -> torch.Tensor:
         """The whole stack, shared by the dense and the cached path (and what gets compiled).
 
         Parameters
@@ -333,10 +334,12 @@ class Transformer(nn.Module):
             (every query sees every key); ``S`` = L without a cache, else ``cached.plan.keys``.
         adapter: ``[B, L]`` bool or None.
         cached: the call's cache and slot plan (None: no cache).
+        last: ``[B]`` int64 or None: the one token per row whose logits to return (the output
+            head then runs on ``B`` tokens, not ``B * L``).
 
         Returns
         -------
-        logits ``[B, L, V]``.
+        logits ``[B, L, V]``, or ``[B, 1, V]`` with ``last``.
         """
         h = self.encoder.embed_tokens(tokens)  # [B, L, hidden]
         cos, sin = self.rope_tables(positions, h.dtype)  # [B, L, d]
@@ -345,7 +348,9 @@ class Transformer(nn.Module):
             adapter = None
         for i, layer in enumerate(self.encoder.layers):
             h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
-        return self.diffusion_head(self.encoder.norm(h))  # [B, L, V]
+        if last is not None:
+            h = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1]))  # [B, 1, hidden]
+        return self.diffusion_head(self.encoder.norm(h))  # [B, L or 1, V]
 
     # ------------------------------------------------------------------ entry points
     def forward_dense(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
@@ -384,6 +389,13 @@ def causal_mask(B: int, L: int, device: torch.device | str = "cpu") -> torch.Ten
 
 
 # ----------------------------------------------------------------------------- backbone
+def _last(batch: ForwardBatch, device: torch.device) -> torch.Tensor | None:
+    """``[B]`` index of each row's last valid token when the batch wants only those logits, else None."""
+    if batch.logits != "last":
+        return None
+    return (batch.valid.sum(dim=1) - 1).clamp_min(0).to(device)
+
+
 class TransformerBackbone:
     """A :class:`Transformer` behind :class:`graphrt.backbone.Backbone`, with its own KV cache.
 
@@ -439,7 +451,7 @@ class TransformerBackbone:
             raise ValueError(f"TransformerBackbone: compile expected False, True, 'freeze' or 'background', "
                              f"found {compile!r}")
         self.compiled = bool(compile)
-        self.shapes_seen: set[tuple[int, int, int, bool, bool]] = set()  # (batch, width, keys, views, causal)
+        self.shapes_seen: set[tuple[int, ...]] = set()  # (batch, width, keys, views, causal, last only)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
         self.compiler = BackgroundCompiler(self._compile_bucket) if compile == "background" else None
         if compile:
@@ -502,7 +514,7 @@ class TransformerBackbone:
         causal = self._causal_prefill(batch, plan)
         mask = None if causal else self._mask(batch, plan, B, L)
         adapter = batch.adapter.to(dev) if self._has_adapter else None
-        logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal))
+        logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal), _last(batch, dev))
         self.cache.commit(plan)
         return logits
 
@@ -518,13 +530,14 @@ class TransformerBackbone:
                                pad_rows=Bb - B)
         causal = self._causal_prefill(batch, plan)  # no mask, no key span
         plan.keys = 0 if causal else self.buckets.keys(plan.keys)
-        key = (Bb, Lb, plan.keys, plan.gather is None, causal)
+        dev = self.device
+        last = _last(batch, dev)
+        key = (Bb, Lb, plan.keys, plan.gather is None, causal, last is not None)
         if self.compiler is None:
             self.shapes_seen.add(key)
             run = self._run
         else:
             run = self._run if self.compiler.ready(key) else self.model.run_layers
-        dev = self.device
 
         def rows(t: torch.Tensor) -> torch.Tensor:  # [B, ...] -> [Bb, ...] with zero padding rows
             return F.pad(t.to(dev), (0, 0) * (t.dim() - 1) + (0, Bb - B))
@@ -534,9 +547,9 @@ class TransformerBackbone:
         mask = None if causal else torch.cat([self._mask(batch, plan, B, Lb, allow_none=False),
                                               self._padding_mask(Bb - B, Lb, plan.keys)])
         adapter = rows(batch.adapter) if self._has_adapter else None
-        logits = run(tok, pos, mask, adapter, CachedCall.of(plan, causal))
+        logits = run(tok, pos, mask, adapter, CachedCall.of(plan, causal), None if last is None else rows(last))
         self.cache.commit(plan)
-        return logits[:B, :L]
+        return logits[:B] if last is not None else logits[:B, :L]
 
     @staticmethod
     def _causal_prefill(batch: ForwardBatch, plan: SlotPlan) -> bool:
@@ -558,17 +571,18 @@ class TransformerBackbone:
         mask[..., 0] = True
         return mask
 
-    def _compile_bucket(self, key: tuple[int, int, int, bool, bool]) -> None:
-        """Compile bucket ``key`` = (batch, width, keys, row views, causal) by running the compiled stack on
-        padding rows laid out as a real call of that bucket: they write only padding slots, so live calls are
-        undisturbed."""
-        Bb, Lb, keys, views, causal = key
+    def _compile_bucket(self, key: tuple[int, int, int, bool, bool, bool]) -> None:
+        """Compile bucket ``key`` = (batch, width, keys, row views, causal, last only) by running the compiled
+        stack on padding rows laid out as a real call of that bucket: they write only padding slots, so live
+        calls are undisturbed."""
+        Bb, Lb, keys, views, causal, last = key
         plan = self.cache.padding_plan(Bb, Lb, views)
         plan.keys = keys
         tokens, positions = (torch.zeros((Bb, Lb), dtype=torch.long, device=self.device) for _ in range(2))
         mask = None if causal else self._padding_mask(Bb, Lb, keys)
         adapter = torch.zeros((Bb, Lb), dtype=torch.bool, device=self.device) if self._has_adapter else None
-        self._run(tokens, positions, mask, adapter, CachedCall.of(plan, causal))
+        rows = torch.zeros(Bb, dtype=torch.long, device=self.device) if last else None
+        self._run(tokens, positions, mask, adapter, CachedCall.of(plan, causal), rows)
         self.shapes_seen.add(key)
 
     def _check(self, batch: ForwardBatch, B: int, L: int) -> None:

@@ -72,6 +72,10 @@ class ForwardBatch:
         ``[B, L]`` bool, which tokens run with the draft adapter (if the model has one).
     valid:
         ``[B, L]`` bool, ``False`` for padding.
+    logits:
+        ``"all"``, or ``"last"``: only each row's last valid token's logits are needed, so a
+        backbone may return ``[B, 1, V]`` holding those (running its output head on one
+        token per row) instead of ``[B, L, V]``.
     """
 
     rows: list[int]
@@ -82,22 +86,23 @@ class ForwardBatch:
     kv_write: torch.Tensor
     adapter: torch.Tensor
     valid: torch.Tensor
+    logits: str = "all"
 
     @classmethod
     def single(cls, row: int, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, kind: str,
-               kv_write: torch.Tensor, adapter: torch.Tensor) -> "ForwardBatch":
+               kv_write: torch.Tensor, adapter: torch.Tensor, logits: str = "all") -> "ForwardBatch":
         """One request's forward as a one-row batch (what a program suspends with at a ``forward``):
         ``tokens``, ``positions``, ``kv_write``, ``adapter`` ``[L]`` and ``attention`` ``[L, L]``
         become views with a batch dimension of one (no copy), every token valid."""
         valid = _ones(tokens.shape[0], tokens.device)
         return cls([row], tokens[None], positions[None], attention[None], kind, kv_write[None], adapter[None],
-                   valid[None])
+                   valid[None], logits)
 
     @classmethod
     def pack(cls, batches: Sequence["ForwardBatch"]) -> "ForwardBatch":
         """Pack batches (the requests' one-row forwards) into one call, right-padded to the longest;
-        ``kind`` is their common kind when all have the same length, else ``"mask"``. One batch
-        packs into itself (no copy).
+        ``kind`` is their common kind when all have the same length, else ``"mask"``; ``logits`` is
+        ``"last"`` when every batch needs only its last token's. One batch packs into itself (no copy).
 
         Raises
         ------
@@ -109,12 +114,14 @@ class ForwardBatch:
         if len(batches) == 1:
             return batches[0]
         B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
+        logits = "last" if all(b.logits == "last" for b in batches) else "all"
         if all(b.tokens.shape[1] == L for b in batches):  # no padding: one cat (or a shared view) per field
             kinds = {b.kind for b in batches}
             return cls([r for b in batches for r in b.rows], *(_stack([getattr(b, f) for b in batches], B)
                        for f in ("tokens", "positions", "attention")),
                        kinds.pop() if len(kinds) == 1 else "mask",
-                       *(_stack([getattr(b, f) for b in batches], B) for f in ("kv_write", "adapter", "valid")))
+                       *(_stack([getattr(b, f) for b in batches], B) for f in ("kv_write", "adapter", "valid")),
+                       logits)
         dev = batches[0].tokens.device
         tokens = torch.zeros(B, L, dtype=torch.int64, device=dev)
         positions = torch.zeros(B, L, dtype=torch.int64, device=dev)
@@ -134,7 +141,8 @@ class ForwardBatch:
             i += k
         kinds = {b.kind for b in batches}
         kind = kinds.pop() if len(kinds) == 1 and all(b.tokens.shape[1] == L for b in batches) else "mask"
-        return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid)
+        return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid,
+                   logits)
 
 
 def _stack(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
@@ -165,7 +173,8 @@ class Backbone(Protocol):
     config: BackboneConfig
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
-        """Run one packed call and return logits ``[B, L, V]``.
+        """Run one packed call and return logits ``[B, L, V]`` (or ``[B, 1, V]``, each row's last
+        valid token's, when ``batch.logits == "last"``; returning all is also correct).
 
         Queries attend to their row's cached prefix ``[0, cache_length(row))``
         plus the new tokens allowed by ``batch.attention``. Tokens with

@@ -494,7 +494,8 @@ def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Ev
         attention = extra["mask"]
     kv_write = extra["kv_write"] if attrs["write"] == "mask" else _flags(n, attrs["write"] == "all", dev)
     adapter = extra["adapter"] if attrs["adapter"] == "mask" else _flags(n, attrs["adapter"] == "all", dev)
-    logits = yield ForwardBatch.single(cache.row, tokens, positions, attention, attrs["attention"], kv_write, adapter)
+    logits = yield ForwardBatch.single(cache.row, tokens, positions, attention, attrs["attention"], kv_write, adapter,
+                                       attrs["logits"])
     if attrs["write"] == "none":
         return logits
     return logits, cache

@@ -430,7 +430,7 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
     from graphrt.ops import forward_extra_inputs
 
     names = forward_extra_inputs(attrs)
-    kind, write, adapter = attrs["attention"], attrs["write"], attrs["adapter"]
+    kind, write, adapter, logits = attrs["attention"], attrs["write"], attrs["adapter"], attrs["logits"]
     cached: dict[tuple[str, int, Any], torch.Tensor] = {}
 
     def const(what: str, n: int, dev: torch.device) -> torch.Tensor:
@@ -456,14 +456,14 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
                 t = rows[(n, dev)] = ForwardBatch.single(
                     -1, tokens, positions, const(kind, n, dev), kind,
                     const("true" if write == "all" else "false", n, dev),
-                    const("true" if adapter == "all" else "false", n, dev))
+                    const("true" if adapter == "all" else "false", n, dev), logits)
             return ForwardBatch([cache.row], tokens[None], positions[None], t.attention, kind, t.kv_write,
-                                t.adapter, t.valid)
+                                t.adapter, t.valid, logits)
         ex = dict(zip(names, extra))
         attention = ex["mask"] if kind == "mask" else const(kind, n, dev)
         kv_write = ex["kv_write"] if write == "mask" else const("true" if write == "all" else "false", n, dev)
         ad = ex["adapter"] if adapter == "mask" else const("true" if adapter == "all" else "false", n, dev)
-        return ForwardBatch.single(cache.row, tokens, positions, attention, kind, kv_write, ad)
+        return ForwardBatch.single(cache.row, tokens, positions, attention, kind, kv_write, ad, logits)
 
     return build
 

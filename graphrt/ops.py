@@ -21,6 +21,7 @@ from graphrt.types import CACHE, CacheType, Dim, TensorType, Type, merge_dims, s
 ATTENTION = ("causal", "bidirectional", "mask")
 WRITE = ("all", "none", "mask")
 ADAPTER = ("none", "all", "mask")
+LOGITS = ("all", "last")
 
 
 # ----------------------------------------------------------------------------- type rules
@@ -557,7 +558,7 @@ def _forward_infer(ts: list[Type], attrs: dict) -> list[Type]:
     positions = _dtype(ts[2], ("i64",), "positions")
     if not shapes_compatible(positions.shape, tokens.shape):
         raise ValueError(f"positions: expected shape {tokens.shape}, found {positions}")
-    for key, allowed in (("attention", ATTENTION), ("write", WRITE), ("adapter", ADAPTER)):
+    for key, allowed in (("attention", ATTENTION), ("write", WRITE), ("adapter", ADAPTER), ("logits", LOGITS)):
         if attrs[key] not in allowed:
             raise ValueError(f"attribute {key}: expected one of {allowed}, found {attrs[key]!r}")
     extra = forward_extra_inputs(attrs)
@@ -570,7 +571,7 @@ def _forward_infer(ts: list[Type], attrs: dict) -> list[Type]:
         t = _dtype(t, ("bool",), name)
         if not shapes_compatible(t.shape, want):
             raise ValueError(f"{name}: expected bool{list(want)}, found {t}")
-    out: list[Type] = [TensorType("float", (n, "V"))]
+    out: list[Type] = [TensorType("float", (1 if attrs["logits"] == "last" else n, "V"))]
     if attrs["write"] != "none":
         out.append(CACHE)
     return out
@@ -590,12 +591,13 @@ def forward_extra_inputs(attrs: dict[str, Any]) -> list[str]:
 
 register_op(OpDef(
     "forward", ("cache", "tokens", "positions", "*extra"),
-    {"attention": "causal", "write": "all", "adapter": "none"}, _forward_infer, None,
+    {"attention": "causal", "write": "all", "adapter": "none", "logits": "all"}, _forward_infer, None,
     frozenset({"reads_cache", "writes_cache", "host_sync"}), "control",
     "Backbone call: logits [L, V] for tokens at absolute positions; attends to the cached prefix plus the "
     "attention pattern among these tokens. write=all/mask stores K/V (and yields the new cache); "
     "write=none is read-only. Extra inputs by attribute: mask [L, L] (attention=mask), kv_write [L] "
-    "(write=mask), adapter [L] (adapter=mask).",
+    "(write=mask), adapter [L] (adapter=mask). logits=last returns only the last token's logits [1, V] "
+    "(a prefill that samples from its last position: the output head runs on one token, not L).",
 ))
 
 

@@ -138,12 +138,14 @@ class Session:
         self._admit()
         batch_reqs = sorted((r for r in self._active.values() if r.pending is not None), key=lambda r: r.row)
         if batch_reqs:
-            logits = self._forward(batch_reqs)  # [B, L, V]
+            logits = self._forward(batch_reqs)  # [B, L, V], or [B, 1, V] when every request wants its last only
             for i, req in enumerate(batch_reqs):
                 req.forwards += 1
                 n = req.pending.tokens.shape[1]  # type: ignore[union-attr]
+                last = req.pending.logits == "last"  # type: ignore[union-attr]
+                x = logits[i] if last and logits.shape[1] == 1 else logits[i, n - 1:n] if last else logits[i, :n]
                 req.pending = None
-                self._drive(req, lambda r=req, x=logits[i, :n]: r.program.resume(x))  # type: ignore[union-attr]
+                self._drive(req, lambda r=req, x=x: r.program.resume(x))  # type: ignore[union-attr]
         out: dict[int, list[int]] = {}
         for req in list(self._active.values()) + list(self._done.values()):
             if req.new:

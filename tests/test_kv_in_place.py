@@ -87,3 +87,32 @@ def test_padding_of_a_long_row_needs_no_scratch_slots() -> None:
     solo_next = call([a], [nxt], [60])
     torch.testing.assert_close(packed[0, :1], solo_next[0], rtol=0, atol=1e-12)
     torch.testing.assert_close(packed[1], solo_short[0], rtol=0, atol=1e-12)
+
+
+def test_last_only_logits_equal_the_last_valid_rows_of_all_logits() -> None:
+    """``logits="last"``: the head runs on each row's last valid token only; ragged rows (right-padded,
+    attended causally without a mask) give the rows ``logits="all"`` gives at those tokens, and so does
+    the same prefill attended through the explicit mask."""
+    cfg = default_test_config(max_position_embeddings=64)
+    bb = TransformerBackbone(init_random_(Transformer(cfg), 0).to(F64).eval(), max_rows=2)
+    g = torch.Generator().manual_seed(1)
+    lengths = [9, 5]
+    L, B = max(lengths), len(lengths)
+    tokens = torch.randint(0, 90, (B, L), generator=g)
+    valid = torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]  # [B, L], right-padded
+    causal = torch.ones(L, L, dtype=torch.bool).tril().expand(B, L, L)
+
+    def prefill(logits: str, attention: torch.Tensor) -> torch.Tensor:
+        rows = bb.alloc_rows(B)
+        out = bb.forward(ForwardBatch(rows, tokens, torch.arange(L).expand(B, L), attention, "mask", valid.clone(),
+                                      torch.zeros(B, L, dtype=torch.bool), valid, logits))
+        assert [bb.cache_length(r) for r in rows] == lengths
+        bb.free_rows(rows)
+        return out
+
+    everything, last = prefill("all", causal), prefill("last", causal)
+    assert last.shape == (B, 1, cfg.vocab_size)
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(last[b, 0], everything[b, n - 1], rtol=0, atol=1e-12)
+    bb._causal_prefill = lambda batch, plan: False  # the same prefill through the explicit mask
+    torch.testing.assert_close(prefill("last", causal), last, rtol=0, atol=1e-12)
