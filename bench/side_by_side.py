@@ -174,8 +174,9 @@ def build_contenders(args: argparse.Namespace) -> tuple[dict[int, list[Any]], di
     models: dict[str, graphrt.Model] = {}
     for backend in ("eager", "compiled"):
         if {f"graphrt-{backend}", f"hand-loop-{backend}"} & chosen:
+            compiled = "freeze" if args.compile_mode == "freeze" else True
             models[backend] = graphrt.load(args.model, dtype=dtype, max_batch=max_batch,
-                                           compile=backend == "compiled")
+                                           compile=compiled if backend == "compiled" else False)
     any_model = next(iter(models.values()), None) or graphrt.load(args.model, dtype=dtype, max_batch=1)
     path, cfg = any_model.path, any_model.config
     tdtype = parse_dtype(dtype) or torch.float32
@@ -375,6 +376,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--forward-cost-repeats", type=int, default=30, help="0 skips the forward-cost probe")
+    p.add_argument("--compile-mode", default="default", choices=("default", "freeze"),
+                   help="the compiled contenders' backbone: compile=True, or compile=\"freeze\" (weight freezing)")
     p.add_argument("--no-sweep", action="store_true", help="skip the context-length sweep")
     p.add_argument("--sweep-lengths", default="64,1024,2048,3968")
     p.add_argument("--sweep-positions", type=int, default=4096)
