@@ -4,7 +4,8 @@
 chains (the ones fusion must recognise) mixed with constant/shape arithmetic,
 duplicates, dead code and pure loops, plus inputs with ties, -inf and NaN.
 :func:`evaluate` runs a graph to completion with the executor; :func:`same`
-compares results bit for bit.
+compares results bit for bit; :func:`run_session` runs requests in one session,
+lowered or interpreted.
 """
 
 from __future__ import annotations
@@ -204,3 +205,15 @@ def _loop(b: GraphBuilder, io: Any, banned: Var, block: Var, k_dyn: Var, positio
     first = b.const(limit > 0, "bool") if draw(st.booleans()) else k_dyn < limit
     blk, _, _ = b.loop(first, [block, b.const(0), k_dyn], body, name="steps")
     return [blk]
+
+
+def run_session(model: graphrt.Model, monkeypatch: Any, interpret: bool,
+                requests: list[tuple[str, list[int], dict[str, Any]]]) -> list[graphrt.GenerationResult]:
+    """The results of ``requests`` ``(mode, prompt, params)`` decoded together in one session, by the
+    lowered step or (``interpret``) the interpreter, in request order."""
+    monkeypatch.setenv("GRAPHRT_INTERPRET", "1" if interpret else "0")
+    session = graphrt.Session(model.backbone)
+    ids = [session.add(graphrt.compile(mode, model), prompt, graphrt.GenerationParams(**params))
+           for mode, prompt, params in requests]
+    results = session.run()
+    return [results[i] for i in ids]

@@ -16,7 +16,7 @@ import graphrt
 from decode_oracles import tiny_model
 from graphrt.types import tensor
 from graphrt.executor import ExecutionError, LoweredGraph, Program
-from pass_programs import pure_programs, same
+from pass_programs import pure_programs, run_session, same
 
 CPU = torch.device("cpu")
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
@@ -44,13 +44,8 @@ def model():
 
 
 def _session_results(model, monkeypatch, interpret: bool, requests) -> list:
-    monkeypatch.setenv("GRAPHRT_INTERPRET", "1" if interpret else "0")
-    session = graphrt.Session(model.backbone)
-    ids = [session.add(graphrt.compile(mode, model), prompt, graphrt.GenerationParams(**params))
-           for mode, prompt, params in requests]
-    results = session.run()
-    return [(results[i].tokens, results[i].forwards, results[i].emit_sizes, results[i].finish_reason,
-             [float(x) for x in results[i].logprobs or []]) for i in ids]
+    return [(r.tokens, r.forwards, r.emit_sizes, r.finish_reason, [float(x) for x in r.logprobs or []])
+            for r in run_session(model, monkeypatch, interpret, requests)]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -17,7 +17,7 @@ from graphrt import executor
 from graphrt.analysis import logprob_only_nodes
 from graphrt.library import token_logprobs
 from graphrt.types import tensor
-from pass_programs import same
+from pass_programs import run_session, same
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 
@@ -25,15 +25,6 @@ MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 @pytest.fixture(scope="module")
 def model():
     return tiny_model(seed=5)
-
-
-def _run(model, monkeypatch, interpret: bool, requests) -> list:
-    monkeypatch.setenv("GRAPHRT_INTERPRET", "1" if interpret else "0")
-    session = graphrt.Session(model.backbone)
-    ids = [session.add(graphrt.compile(mode, model), prompt, graphrt.GenerationParams(**params))
-           for mode, prompt, params in requests]
-    results = session.run()
-    return [results[i] for i in ids]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -49,8 +40,8 @@ def test_mixed_session_with_and_without_logprobs_equals_the_interpreter(model, m
     reqs = [(mode, [9 + i, 30, 2 * i + 1], dict(max_new_tokens=10 + i, temperature=0.8 * (i % 2), seed=i,
                                                ignore_eos=True, logprobs=i % 3 == 0))
             for i, mode in enumerate(MODES + MODES)]
-    got = _run(model, monkeypatch, False, reqs)
-    want = _run(model, monkeypatch, True, reqs)
+    got = run_session(model, monkeypatch, False, reqs)
+    want = run_session(model, monkeypatch, True, reqs)
     for (_, _, params), g, w in zip(reqs, got, want):
         assert (g.tokens, g.forwards, g.emit_sizes, g.finish_reason) == (w.tokens, w.forwards, w.emit_sizes,
                                                                          w.finish_reason)
@@ -70,7 +61,7 @@ def test_skipped_nodes_run_exactly_when_logprobs_are_asked_for(model, monkeypatc
         return original(self, ins, args)
 
     monkeypatch.setattr(executor.Arena, "run", spy)
-    _run(model, monkeypatch, False, [("diffusion", [4, 5, 6], dict(max_new_tokens=12, logprobs=logprobs))])
+    run_session(model, monkeypatch, False, [("diffusion", [4, 5, 6], dict(max_new_tokens=12, logprobs=logprobs))])
     skipped = logprob_only_nodes(graphrt.compile("diffusion", model).lowered(torch.device("cpu")).graph)
     planned_skipped = {n for n in skipped if "log_softmax" in n or "clean" in n}
     assert planned_skipped and (planned_skipped <= ran if logprobs else not ran & skipped)
