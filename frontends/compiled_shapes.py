@@ -58,6 +58,12 @@ class ShapeBuckets:
         return cls(tuple(sorted({1, block, block * (block + 1), max_keys} | set(_powers_of_two(16, max_keys)))),
                    min(min_keys, max_keys), max_keys, tuple(sorted({max_rows} | set(_powers_of_two(1, max_rows)))))
 
+    def graphs(self) -> int:
+        """An upper bound on the graphs these buckets compile: every batch, width and key span (plus the
+        causal prefill's none), with either row layout and either logits request."""
+        spans = len(_powers_of_two(self.min_keys, self.max_keys)) + 1
+        return len(self.batches) * len(self.widths) * (spans + 1) * 2 * 2
+
     def batch(self, n: int) -> int:
         """The bucket batch size for a call of ``n`` rows (``n`` itself past the largest)."""
         return next((b for b in self.batches if b >= n), n)
@@ -96,11 +102,12 @@ def pad_width(batch: ForwardBatch, width: int) -> ForwardBatch:
                         pad(batch.kv_write, False), pad(batch.adapter, False), pad(batch.valid, False), batch.logits)
 
 
-def compile_layers(model: "Transformer", freeze: bool = False) -> Callable[..., torch.Tensor]:
+def compile_layers(model: "Transformer", buckets: ShapeBuckets, freeze: bool = False) -> Callable[..., torch.Tensor]:
     """``model.run_layers`` under ``torch.compile(fullgraph=True, dynamic=False)``: one graph per
-    static shape (see :class:`ShapeBuckets`), inductor's compiled code cached on disk
-    (``TORCHINDUCTOR_CACHE_DIR``). ``freeze`` turns on inductor's weight freezing
-    (weights folded as constants; the model must not be trained afterwards).
+    static shape of ``buckets`` (dynamo's recompile limits raised to hold them all, so no bucket
+    falls back to eager), inductor's compiled code cached on disk (``TORCHINDUCTOR_CACHE_DIR``).
+    ``freeze`` turns on inductor's weight freezing (weights folded as constants; the model must
+    not be trained afterwards).
     """
     import torch._dynamo
     import torch._inductor.config as inductor_config
@@ -108,7 +115,9 @@ def compile_layers(model: "Transformer", freeze: bool = False) -> Callable[..., 
     inductor_config.fx_graph_cache = True
     if freeze:
         inductor_config.freezing = True
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    config = torch._dynamo.config
+    config.cache_size_limit = max(config.cache_size_limit, buckets.graphs())
+    config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit, buckets.graphs())
     return torch.compile(model.run_layers, fullgraph=True, dynamic=False)
 
 

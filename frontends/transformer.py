@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -331,9 +330,9 @@ class Transformer(nn.Module):
         ----------
         tokens, positions: ``[B, L]`` int64.
         mask: ``[B, 1, g*L, S]`` bool from :func:`group_mask`, True = may attend, or None
-            (every query sees every key); ``S`` = L without a cache, else ``cached.plan.keys``.
+            (every query sees every key); ``S`` = L without a cache, else ``cached.keys``.
         adapter: ``[B, L]`` bool or None.
-        cached: the call's cache and slot plan (None: no cache).
+        cached: the call's cache tensors and indices (None: no cache).
         last: ``[B]`` int64 or None: the one token per row whose logits to return (the output
             head then runs on ``B`` tokens, not ``B * L``).
 
@@ -455,7 +454,7 @@ class TransformerBackbone:
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
         self.compiler = BackgroundCompiler(self._compile_bucket) if compile == "background" else None
         if compile:
-            self._run = compile_layers(model, freeze=compile == "freeze")
+            self._run = compile_layers(model, self.buckets, freeze=compile == "freeze")
 
     # ------------------------------------------------------------------ rows
     @property
