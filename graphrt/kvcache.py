@@ -120,7 +120,7 @@ class RowKVCache:
         self.lengths: list[int] = [0] * rows
         self._free: list[int] = list(range(rows))
         self._allocated: set[int] = set()
-        self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._views: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]] = {}
 
     @property
     def k(self) -> torch.Tensor:
@@ -264,15 +264,17 @@ class RowKVCache:
         plus ``pad_rows`` padding rows (see :class:`SlotPlan`)."""
         dev, B, L = self.device, len(srows), slot.shape[1]
         first, width = (srows[0] if srows else 0), len(srows) + pad_rows
-        pad_slot = torch.full((width - B, L), self.pad_slot, dtype=torch.long, device=dev)
-        index_slot = torch.cat([slot, pad_slot])[:, :, None]  # [B', L, 1]
+        if width > B:  # padding rows' tokens: the padding slot
+            slot = torch.cat([slot, torch.full((width - B, L), self.pad_slot, dtype=torch.long, device=dev)])
+        index_slot = slot[:, :, None]  # [B', L, 1]
         if not gather and srows == list(range(first, first + B)) and first + width <= self.rows + 1:
             views = self._views.get((first, width))
             if views is None:
                 views = self._views[(first, width)] = ([k[first:first + width] for k in self._k],
-                                                       [v[first:first + width] for v in self._v])
-            k, v, rows = views[0], views[1], None
-            row_index = torch.arange(width, device=dev)
+                                                       [v[first:first + width] for v in self._v],
+                                                       torch.arange(width, device=dev))
+            k, v, row_index = views
+            rows = None
         else:  # scattered rows: write into the whole storage, gather the rows for attention
             k, v = self._k, self._v
             rows = row_index = torch.tensor(srows + [self.rows] * (width - B), dtype=torch.long, device=dev)
