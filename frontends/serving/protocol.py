@@ -13,14 +13,44 @@ penalties 0, ...), otherwise the answer is a 400 that says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from graphrt.frontends.policies import MODES
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
 MAX_STOP_STRINGS = 4     # OpenAI's limit
+
+
+# OpenAI request fields graphrt accepts only at their no-op value: field -> (is it the no-op, the error).
+NO_OP_ONLY: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "n": (lambda v: v == 1, "graphrt returns one choice per request: expected 1, found {v}"),
+    "presence_penalty": (lambda v: v == 0, "penalties are not implemented: expected 0, found {v}"),
+    "frequency_penalty": (lambda v: v == 0, "penalties are not implemented: expected 0, found {v}"),
+    "logit_bias": (lambda v: not v, "logit_bias is not implemented: expected null or {{}}, found a non-empty map"),
+    "logprobs": (lambda v: v in (None, 0), "graphrt returns the chosen token's log-probability only: expected 0 "
+                                           "or null (no alternatives), found {v}"),
+    "top_logprobs": (lambda v: v in (None, 0), "graphrt returns the chosen token's log-probability only: "
+                                               "expected 0 or null, found {v}"),
+    "echo": (lambda v: not v, "echo is not implemented: expected false, found true"),
+    "suffix": (lambda v: not v, "suffix (insertion) is not implemented: expected null"),
+    "best_of": (lambda v: v in (None, 1), "graphrt returns one choice per request: expected 1 or null, found {v}"),
+}
+
+
+def no_op_only(value: Any, field: str) -> Any:
+    """``value`` of request field ``field`` if it is the field's no-op (see :data:`NO_OP_ONLY`).
+
+    Raises
+    ------
+    ValueError
+        Another value: graphrt does not implement what it asks for.
+    """
+    accepted, message = NO_OP_ONLY[field]
+    if not accepted(value):
+        raise ValueError(message.format(v=value))
+    return value
 
 
 class RequestError(ValueError):
@@ -93,27 +123,10 @@ class _Sampling(BaseModel):
             raise ValueError("expected non-empty stop strings, found an empty string")
         return v
 
-    @field_validator("n")
+    @field_validator("n", "presence_penalty", "frequency_penalty", "logit_bias")
     @classmethod
-    def _n(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError(f"graphrt returns one choice per request: expected 1, found {v}")
-        return v
-
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _penalty(cls, v: float) -> float:
-        if v != 0:
-            raise ValueError(f"penalties are not implemented: expected 0, found {v}")
-        return v
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _logit_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
-        if v:
-            raise ValueError("logit_bias is not implemented: expected null or {}, found a non-empty map")
-        return v
-
+    def _sampling_no_ops(cls, v: Any, info: ValidationInfo) -> Any:
+        return no_op_only(v, info.field_name)
 
 class CompletionRequest(_Sampling):
     """``POST /v1/completions``: one prompt (text, or token ids)."""
@@ -124,35 +137,10 @@ class CompletionRequest(_Sampling):
     suffix: str | None = None
     best_of: int | None = None
 
-    @field_validator("logprobs")
+    @field_validator("logprobs", "echo", "suffix", "best_of")
     @classmethod
-    def _logprobs(cls, v: int | None) -> int | None:
-        if v not in (None, 0):
-            raise ValueError(f"graphrt returns the chosen token's log-probability only: expected 0 or null "
-                             f"(no alternatives), found {v}")
-        return v
-
-    @field_validator("echo")
-    @classmethod
-    def _echo(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("echo is not implemented: expected false, found true")
-        return v
-
-    @field_validator("suffix")
-    @classmethod
-    def _suffix(cls, v: str | None) -> str | None:
-        if v:
-            raise ValueError("suffix (insertion) is not implemented: expected null")
-        return v
-
-    @field_validator("best_of")
-    @classmethod
-    def _best_of(cls, v: int | None) -> int | None:
-        if v not in (None, 1):
-            raise ValueError(f"graphrt returns one choice per request: expected 1 or null, found {v}")
-        return v
-
+    def _completion_no_ops(cls, v: Any, info: ValidationInfo) -> Any:
+        return no_op_only(v, info.field_name)
 
 class ChatMessage(BaseModel):
     """One chat message; ``content`` is text or a list of text parts."""
@@ -186,11 +174,8 @@ class ChatRequest(_Sampling):
 
     @field_validator("top_logprobs")
     @classmethod
-    def _top_logprobs(cls, v: int | None) -> int | None:
-        if v not in (None, 0):
-            raise ValueError(f"graphrt returns the chosen token's log-probability only: expected 0 or null, found {v}")
-        return v
-
+    def _chat_no_ops(cls, v: Any, info: ValidationInfo) -> Any:
+        return no_op_only(v, info.field_name)
 
 @dataclass(frozen=True)
 class Defaults:
