@@ -9,7 +9,7 @@ from graphrt.api import Model, chat, compile, generate, load
 from graphrt.backbone import Backbone, BackboneConfig, ForwardBatch
 from graphrt.builder import GraphBuilder, Var
 from graphrt.compiled import CompiledPolicy
-from graphrt.executor import ExecutionError
+from graphrt.events import ExecutionError
 from graphrt.ir import Graph, GraphError, Node, Value
 from graphrt.params import GenerationParams, GenerationResult
 from graphrt.policy import Policy

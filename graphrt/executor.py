@@ -5,8 +5,9 @@
 for CUDA tensors, chosen in :func:`resolve_impl`). It runs until it reaches a
 ``forward`` and suspends with the request's one-row
 :class:`~graphrt.backbone.ForwardBatch`; the caller resumes it with the
-logits. ``emit`` suspends with an :class:`EmitRequest`; the caller answers
-whether the request is finished. ``loop`` regions run as nested, equally
+logits. ``emit`` writes an :class:`~graphrt.events.Emission` to the program's
+outbox and goes on; ``commit`` suspends with a :class:`~graphrt.events.CacheCrop`
+(:mod:`graphrt.events` states the protocol). ``loop`` regions run as nested, equally
 resumable interpretations, so a program is a Python generator all the way down
 and there is no second, run-to-completion interpreter.
 
@@ -41,40 +42,17 @@ from typing import Any, Callable, Generator
 import torch
 
 from graphrt.backbone import ForwardBatch
+from graphrt.events import (NOT_FINISHED, CacheCrop, CacheHandle, Emission, Event, ExecutionError, causal_mask,
+                            emission, flags)
 from graphrt.ir import Graph, Node
+from graphrt.lowering import SegmentGraph, generate_step, run_generated
 from graphrt.ops import forward_extra_inputs
 from graphrt.registry import get_op
 
-
-class ExecutionError(RuntimeError):
-    """An op failed at run time; the message names the node."""
-
-
-@dataclass
-class EmitRequest:
-    """A suspended ``emit``: tokens (and their log-probs) handed to the caller."""
-
-    tokens: torch.Tensor
-    logprobs: torch.Tensor | None
-    node: str
+__all__ = ["Arena", "CacheCrop", "CacheHandle", "Emission", "Event", "ExecutionError", "LoweredGraph", "Program",
+           "StreamRunner", "causal_mask", "make_stream_runner", "resolve_impl"]
 
 
-@dataclass
-class CommitRequest:
-    """A suspended ``commit``: the caller crops the request's cache to ``length``."""
-
-    length: int
-    node: str
-
-
-@dataclass
-class CacheHandle:
-    """Run-time value of a ``cache`` typed SSA value: the request's cache row."""
-
-    row: int
-
-
-Event = ForwardBatch | EmitRequest | CommitRequest
 Impl = Callable[..., Any]
 
 
@@ -88,11 +66,6 @@ def resolve_impl(op: str, device: torch.device, kernels: str = "auto") -> Impl:
     impl = get_op(op).implementation(device, kernels)
     assert impl is not None, f"op '{op}' has no reference"
     return impl
-
-
-def causal_mask(n: int, device: torch.device | None = None) -> torch.Tensor:
-    """``[n, n]`` lower-triangular bool mask."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 @dataclass
@@ -150,8 +123,6 @@ class LoweredGraph:
     def generated(self) -> Any:
         """The graph as generated straight-line Python (:mod:`graphrt.lowering`), built on first use."""
         if self._generated is None:
-            from graphrt.lowering import generate_step
-
             self._generated = generate_step(self)
         return self._generated
 
@@ -278,8 +249,8 @@ def _compute(ins: _Instr, args: list[Any], arena: "Arena") -> Any:
 
 
 class Program:
-    """One request's run of a lowered graph, resumable at ``forward`` (and ``commit``, and ``emit``
-    when interpreted).
+    """One request's run of a lowered graph, resumable at ``forward`` and ``commit``; ``emit`` writes to
+    :attr:`outbox` (the protocol of :mod:`graphrt.events`, the same for both ways of running).
 
     Parameters
     ----------
@@ -288,8 +259,8 @@ class Program:
     inputs:
         Graph input name -> value.
     interpret:
-        Run the reference interpreter (every node dispatched, ``emit`` suspends) instead of
-        the generated code (``emit`` writes to :attr:`outbox`); default: ``lowered.interpret``,
+        Run the reference interpreter (every node dispatched) instead of the generated
+        code; default: ``lowered.interpret``,
         or the interpreter when the environment sets ``GRAPHRT_INTERPRET=1`` (a debug switch).
     logprobs:
         Whether the caller reads emitted log-probabilities. ``False`` lets the generated code
@@ -299,7 +270,7 @@ class Program:
     Attributes
     ----------
     outbox:
-        :class:`EmitRequest` s the generated code emitted since the caller last cleared it.
+        :class:`~graphrt.events.Emission` s the program emitted since the caller last cleared it.
 
     >>> # prog = Program(lowered, {"prompt": ids, ...}); ev = prog.start(); ev = prog.resume(logits)
     """
@@ -313,16 +284,14 @@ class Program:
             raise ValueError(f"graph '{lowered.graph.name}' inputs: expected {names}, "
                              f"missing {missing}, unexpected {extra}")
         self.arena = Arena()
-        self.outbox: list[EmitRequest] = []
+        self.outbox: list[Emission] = []
         if interpret is None:
             interpret = lowered.interpret or os.environ.get("GRAPHRT_INTERPRET", "") == "1"
         self.interpreted = interpret
         if interpret:
             env = {vid: inputs[v.name] for vid, v in zip(lowered.inputs, lowered.graph.inputs)}
-            self._gen = _run(lowered, env, self.arena)
+            self._gen = _run(lowered, env, self.arena, self.outbox)
         else:
-            from graphrt.lowering import run_generated
-
             self._gen = run_generated(lowered.generated, [inputs[v.name] for v in lowered.graph.inputs],
                                       self.arena, self.outbox, logprobs)
         self.finished = False
@@ -333,7 +302,7 @@ class Program:
         return self._advance(None, first=True)
 
     def resume(self, value: Any) -> Event | None:
-        """Resume with logits (after a forward), the finished flag (after an emit), ``None`` (after a commit)."""
+        """Resume with logits (after a forward) or ``None`` (after a commit)."""
         return self._advance(value, first=False)
 
     def close(self) -> None:
@@ -404,8 +373,6 @@ class Arena:
         """This program's :class:`graphrt.lowering.SegmentGraph` of the captured run ``key``."""
         seg = self.segments.get(key)
         if seg is None:
-            from graphrt.lowering import SegmentGraph
-
             seg = self.segments[key] = SegmentGraph()
         return seg
 
@@ -436,8 +403,10 @@ def _constant(buf: torch.Tensor, *args: Any) -> torch.Tensor:
     return buf
 
 
-def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None) -> Generator[Event, Any, list[Any]]:
+def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None,
+         outbox: list[Emission] | None = None) -> Generator[Event, Any, list[Any]]:
     arena = arena if arena is not None else Arena()
+    outbox = outbox if outbox is not None else []
     streams = lowered.streams
     if streams is not None:
         streams.fork()
@@ -450,7 +419,7 @@ def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None)
             else:
                 if streams is not None:
                     streams.join()  # a host sync sees every stream's work
-                result = yield from _control(lowered, node, args, ins.attrs, env, arena)
+                result = yield from _control(lowered, node, args, ins.attrs, env, arena, outbox)
                 if streams is not None and ins.record:
                     streams.record(index, ins, arena)
         except (ExecutionError, GeneratorExit):
@@ -469,15 +438,18 @@ def _run(lowered: LoweredGraph, env: dict[int, Any], arena: Arena | None = None)
 
 
 def _control(lowered: LoweredGraph, node: Node, args: list[Any], attrs: dict[str, Any], env: dict[int, Any],
-             arena: Arena) -> Generator[Event, Any, Any]:
+             arena: Arena, outbox: list[Emission]) -> Generator[Event, Any, Any]:
     if node.op == "forward":
         return (yield from _forward(node, args, attrs))
-    if node.op == "emit":
-        return (yield from _emit(node, args))
+    if node.op == "emit":  # to the outbox, as the generated code does; the caller reads it at the next suspension
+        outbox.append(emission(node.name, *args))
+        return NOT_FINISHED
     if node.op == "commit":
-        return (yield from _commit(node, args))
+        cache, length = args
+        yield CacheCrop(int(length), node.name)
+        return cache
     if node.op == "loop":
-        return (yield from _loop(lowered.regions[id(node.regions[0])], args, env, arena))
+        return (yield from _loop(lowered.regions[id(node.regions[0])], args, env, arena, outbox))
     raise ExecutionError(f"node '{node.name}': control op '{node.op}' has no interpreter")
 
 
@@ -492,8 +464,8 @@ def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Ev
         attention = torch.ones(n, n, dtype=torch.bool, device=dev)
     else:
         attention = extra["mask"]
-    kv_write = extra["kv_write"] if attrs["write"] == "mask" else _flags(n, attrs["write"] == "all", dev)
-    adapter = extra["adapter"] if attrs["adapter"] == "mask" else _flags(n, attrs["adapter"] == "all", dev)
+    kv_write = extra["kv_write"] if attrs["write"] == "mask" else flags(n, attrs["write"] == "all", dev)
+    adapter = extra["adapter"] if attrs["adapter"] == "mask" else flags(n, attrs["adapter"] == "all", dev)
     logits = yield ForwardBatch.single(cache.row, tokens, positions, attention, attrs["attention"], kv_write, adapter,
                                        attrs["logits"])
     if attrs["write"] == "none":
@@ -501,32 +473,14 @@ def _forward(node: Node, args: list[Any], attrs: dict[str, Any]) -> Generator[Ev
     return logits, cache
 
 
-def _flags(n: int, value: bool, device: torch.device) -> torch.Tensor:
-    """``[n]`` bool tensor filled with ``value``."""
-    return torch.full((n,), value, dtype=torch.bool, device=device)
-
-
-def _emit(node: Node, args: list[Any]) -> Generator[Event, Any, Any]:
-    tokens = args[0]
-    count = int(args[1]) if len(args) > 1 else tokens.shape[0]
-    logprobs = args[2][:count] if len(args) > 2 else None
-    done = yield EmitRequest(tokens[:count], logprobs, node.name)
-    return torch.tensor(bool(done))
-
-
-def _commit(node: Node, args: list[Any]) -> Generator[Event, Any, Any]:
-    cache, length = args
-    yield CommitRequest(int(length), node.name)
-    return cache
-
-
-def _loop(body: LoweredGraph, args: list[Any], outer: dict[int, Any], arena: Arena) -> Generator[Event, Any, Any]:
+def _loop(body: LoweredGraph, args: list[Any], outer: dict[int, Any], arena: Arena,
+          outbox: list[Emission]) -> Generator[Event, Any, Any]:
     cond, carried = args[0], list(args[1:])
     # Values are SSA and uniquely named, so the body may bind into the enclosing
     # environment directly: each iteration rebinds the same names.
     while bool(cond):
         outer.update(zip(body.inputs, carried))
-        results = yield from _run(body, outer, arena)
+        results = yield from _run(body, outer, arena, outbox)
         cond, carried = results[0], results[1:]
     if len(carried) == 1:
         return carried[0]

@@ -9,6 +9,11 @@ value defined inside it.
 
 Values are named uniquely within a top-level graph (SSA). Node names are unique
 as well and are what errors, printers and schedules refer to.
+
+The structure queries (:func:`region_reads`, :func:`node_reads`, the networkx
+dataflow of :meth:`Graph.to_networkx`) and the stable text form
+(:func:`format_graph`, what ``str(graph)`` and the golden files show) live here,
+beside the IR they read, so the IR depends on no other graphrt module.
 """
 
 from __future__ import annotations
@@ -161,13 +166,9 @@ class Graph:
         ``u -> v`` carries attribute ``values`` (names of values flowing from
         ``u`` to ``v``). Reads by a nested region of ``v`` count as reads by ``v``.
         """
-        from graphrt.analysis import dataflow_graph
-
         return dataflow_graph(self)
 
     def __str__(self) -> str:
-        from graphrt.printer import format_graph
-
         return format_graph(self)
 
 
@@ -200,3 +201,98 @@ class NameGen:
             for region in node.regions:
                 taken.update(v.name for v in region.inputs)
         return cls(taken)
+
+
+# ----------------------------------------------------------------------------- structure queries
+
+def region_reads(node: Node) -> list[Value]:
+    """Values read by ``node``'s regions that are defined outside them (captures)."""
+    inner: set[int] = set()
+    reads: list[Value] = []
+    seen: set[int] = set()
+    for region in node.regions:
+        inner.update(id(v) for v in region.inputs)
+        for n in region.walk():
+            inner.update(id(v) for v in n.outputs)
+            for r in n.regions:
+                inner.update(id(v) for v in r.inputs)
+        for n in region.walk():
+            for v in n.inputs:
+                if id(v) not in inner and id(v) not in seen:
+                    seen.add(id(v))
+                    reads.append(v)
+        for v in region.outputs:
+            if id(v) not in inner and id(v) not in seen:
+                seen.add(id(v))
+                reads.append(v)
+    return reads
+
+
+def node_reads(node: Node) -> list[Value]:
+    """Every value ``node`` reads: its inputs, then its regions' captures."""
+    return list(node.inputs) + [v for v in region_reads(node) if all(v is not w for w in node.inputs)]
+
+
+def dataflow_graph(graph: Graph) -> Any:
+    """``networkx.DiGraph`` of ``graph``'s own nodes (see :meth:`Graph.to_networkx`)."""
+    import networkx as nx
+
+    dg = nx.DiGraph()
+    producer: dict[int, str] = {}
+    for v in graph.inputs:
+        key = f"input:{v.name}"
+        dg.add_node(key, op="input", value=v.name)
+        producer[id(v)] = key
+    for node in graph.nodes:
+        dg.add_node(node.name, op=node.op)
+        for v in node.outputs:
+            producer[id(v)] = node.name
+    for node in graph.nodes:
+        for v in node_reads(node):
+            src = producer.get(id(v))
+            if src is None:
+                continue  # defined in an enclosing graph
+            if dg.has_edge(src, node.name):
+                dg.edges[src, node.name]["values"].append(v.name)
+            else:
+                dg.add_edge(src, node.name, values=[v.name])
+    return dg
+
+
+# ----------------------------------------------------------------------------- text form
+
+def _attr(v: Any) -> str:
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return v
+    return str(v)
+
+
+def format_node(node: Node, indent: str = "  ") -> list[str]:
+    """Lines of one node (and its regions)."""
+    outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
+    ins = ", ".join(f"%{v.name}" for v in node.inputs)
+    attrs = ", ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items()))
+    head = f"{outs} = " if outs else ""
+    line = f"{indent}{head}{node.op}({ins})" + (f" {{{attrs}}}" if attrs else "") + f"  # {node.name}"
+    lines = [line]
+    for region in node.regions:
+        params = ", ".join(f"%{v.name}: {v.type}" for v in region.inputs)
+        lines.append(f"{indent}  region {region.name}({params}) {{")
+        for inner in region.nodes:
+            lines.extend(format_node(inner, indent + "    "))
+        lines.append(f"{indent}    yield " + ", ".join(f"%{v.name}" for v in region.outputs))
+        lines.append(f"{indent}  }}")
+    return lines
+
+
+def format_graph(graph: Graph) -> str:
+    """The whole graph as text."""
+    params = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
+    lines = [f"graph {graph.name}({params}) {{"]
+    for node in graph.nodes:
+        lines.extend(format_node(node))
+    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
+    lines.append("}")
+    return "\n".join(lines)

@@ -22,13 +22,10 @@ A planned node is called as ``_R[k](...)``: its first run goes through
 out-variant on that buffer directly (:meth:`~graphrt.executor.Arena.calls`).
 Nodes only ``emit``'s log-probs read run only when ``_logprobs`` is true.
 
-Compared with the interpreter (:func:`graphrt.executor._run`, the reference):
-
-* ``emit`` does not suspend: the tokens go to the program's outbox, which the
-  session reads at the next suspension, and the emit's ``done`` is ``False``
-  (the session closes the program when the outbox says it is finished, before
-  any later forward runs, so forward counts and tokens are the same);
-* ``forward`` and ``commit`` suspend exactly as in the interpreter.
+It speaks the interpreter's protocol (:func:`graphrt.executor._run`, the
+reference; :mod:`graphrt.events`): ``emit`` writes an
+:class:`~graphrt.events.Emission` to the program's outbox, built by the same
+helper, and returns ``False``; ``forward`` and ``commit`` suspend.
 
 A failure names the node: the generated lines map back to their nodes.
 """
@@ -46,12 +43,14 @@ from typing import TYPE_CHECKING, Any, Generator
 import torch
 
 from graphrt.analysis import logprob_only_nodes
+from graphrt.backbone import ForwardBatch
+from graphrt.events import NOT_FINISHED, CacheCrop, ExecutionError, causal_mask, emission, flags
+from graphrt.ops import forward_extra_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphrt.executor import LoweredGraph
 
 _FILENAME = "<graphrt-lowered>"
-_FALSE = torch.tensor(False)
 
 
 @dataclass
@@ -387,13 +386,11 @@ def _control(w: _Writer, lowered: "LoweredGraph", ins: Any, args: list[str], out
             w.line(f"{outs[0]} = yield {req}({', '.join(args)})", node, gname, "forward (suspends)")
             w.line(f"{outs[1]} = {args[0]}")
     elif node.op == "emit":
-        from graphrt.executor import EmitRequest
-
-        em = w.const("emit", functools.partial(_emit_request, EmitRequest, node.name))
+        em = w.const("emit", functools.partial(emission, node.name))
         w.line(f"_outbox.append({em}({', '.join(args)}))", node, gname, "emit (to the outbox)")
-        w.line(f"{target} = {w.const('false', _FALSE)}")
+        w.line(f"{target} = {w.const('false', NOT_FINISHED)}")
     elif node.op == "commit":
-        cm = w.const("commit", functools.partial(_commit_request, node.name))
+        cm = w.const("commit", functools.partial(_cache_crop, node.name))
         w.line(f"yield {cm}({args[1]})", node, gname, "commit (suspends: the backbone crops)")
         w.line(f"{target} = {args[0]}")
     elif node.op == "loop":
@@ -425,10 +422,6 @@ class _Named:
 def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
     """``build(cache, tokens, positions, *extra) -> ForwardBatch`` (the request's one row), with constant
     masks/flags cached per length."""
-    from graphrt.backbone import ForwardBatch
-    from graphrt.executor import _flags, causal_mask
-    from graphrt.ops import forward_extra_inputs
-
     names = forward_extra_inputs(attrs)
     kind, write, adapter, logits = attrs["attention"], attrs["write"], attrs["adapter"], attrs["logits"]
     cached: dict[tuple[str, int, Any], torch.Tensor] = {}
@@ -442,7 +435,7 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
             elif what == "bidirectional":
                 t = torch.ones(n, n, dtype=torch.bool, device=dev)
             else:
-                t = _flags(n, what == "true", dev)
+                t = flags(n, what == "true", dev)
             cached[key] = t
         return t
 
@@ -468,20 +461,8 @@ def _forward_builder(node: Any, attrs: dict[str, Any]) -> Any:
     return build
 
 
-def _emit_request(request: Any, name: str, tokens: torch.Tensor, count: torch.Tensor | None = None,
-                  logprobs: torch.Tensor | None = None) -> Any:
-    """``request(tokens[:count], logprobs[:count], name)`` (an ``EmitRequest``) of copies: the outbox is
-    read later, after the program may have reused these buffers."""
-    n = tokens.shape[0] if count is None else int(count)
-    if n != tokens.shape[0]:
-        tokens, logprobs = tokens[:n], logprobs[:n] if logprobs is not None else None
-    return request(tokens.clone(), logprobs.clone() if logprobs is not None else None, name)
-
-
-def _commit_request(name: str, length: torch.Tensor) -> Any:
-    from graphrt.executor import CommitRequest
-
-    return CommitRequest(int(length), name)
+def _cache_crop(name: str, length: torch.Tensor) -> CacheCrop:
+    return CacheCrop(int(length), name)
 
 
 def run_generated(step: GeneratedStep, inputs: list[Any], arena: Any, outbox: list[Any],
@@ -491,8 +472,6 @@ def run_generated(step: GeneratedStep, inputs: list[Any], arena: Any, outbox: li
     ``logprobs=False`` skips the nodes only ``emit``'s log-probabilities read
     (:func:`graphrt.analysis.logprob_only_nodes`); the emits then carry none.
     """
-    from graphrt.executor import ExecutionError
-
     gen = step.fn(*inputs, _arena=arena, _outbox=outbox, _logprobs=logprobs)
     value: Any = None
     first = True

@@ -1,6 +1,6 @@
 """Text and DOT renderings of graphs.
 
-Text form (stable; golden files depend on it)::
+The text form is defined beside the IR (:func:`graphrt.ir.format_graph`) and re-exported here. Text form (stable; golden files depend on it)::
 
     graph ar(%prompt: i64[P], %cache: cache, ...) {
       %3: float[P,V], %4: cache = forward(%cache, %prompt, %2) {attention=causal, write=all}  # forward
@@ -11,46 +11,9 @@ Text form (stable; golden files depend on it)::
 
 from __future__ import annotations
 
-from typing import Any
+from graphrt.ir import Graph, Node, format_graph, format_node
 
-from graphrt.ir import Graph, Node
-
-
-def _attr(v: Any) -> str:
-    if isinstance(v, float):
-        return repr(v)
-    if isinstance(v, str):
-        return v
-    return str(v)
-
-
-def format_node(node: Node, indent: str = "  ") -> list[str]:
-    """Lines of one node (and its regions)."""
-    outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
-    ins = ", ".join(f"%{v.name}" for v in node.inputs)
-    attrs = ", ".join(f"{k}={_attr(v)}" for k, v in sorted(node.attrs.items()))
-    head = f"{outs} = " if outs else ""
-    line = f"{indent}{head}{node.op}({ins})" + (f" {{{attrs}}}" if attrs else "") + f"  # {node.name}"
-    lines = [line]
-    for region in node.regions:
-        params = ", ".join(f"%{v.name}: {v.type}" for v in region.inputs)
-        lines.append(f"{indent}  region {region.name}({params}) {{")
-        for inner in region.nodes:
-            lines.extend(format_node(inner, indent + "    "))
-        lines.append(f"{indent}    yield " + ", ".join(f"%{v.name}" for v in region.outputs))
-        lines.append(f"{indent}  }}")
-    return lines
-
-
-def format_graph(graph: Graph) -> str:
-    """The whole graph as text."""
-    params = ", ".join(f"%{v.name}: {v.type}" for v in graph.inputs)
-    lines = [f"graph {graph.name}({params}) {{"]
-    for node in graph.nodes:
-        lines.extend(format_node(node))
-    lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
-    lines.append("}")
-    return "\n".join(lines)
+__all__ = ["format_graph", "format_node", "to_dot"]
 
 
 def to_dot(graph: Graph) -> str:

@@ -22,7 +22,8 @@ import torch
 
 from graphrt.backbone import Backbone, ForwardBatch
 from graphrt.compiled import CompiledPolicy
-from graphrt.executor import CacheHandle, CommitRequest, EmitRequest, Event, Program
+from graphrt.events import CacheCrop, CacheHandle, Emission, Event
+from graphrt.executor import Program
 from graphrt.params import GenerationParams, GenerationResult
 
 
@@ -227,10 +228,9 @@ class Session:
     def _drive(self, req: _Request, resume: Any) -> None:
         """Advance a request until it waits for a forward or finishes.
 
-        Emitted tokens come as suspensions (interpreted programs) or through the
-        program's outbox (generated code), read at every suspension before anything
-        else happens: a request whose budget or stop the outbox reaches finishes
-        there, before the forward or crop it suspended at runs.
+        The one protocol of :mod:`graphrt.events`: at every suspension (and at the end) the
+        program's outbox is read first, so a request whose budget or stop an emission reaches
+        finishes there, before the forward or crop it suspended at runs.
         """
         program = req.program
         event: Event | None = resume()
@@ -247,18 +247,12 @@ class Session:
             if isinstance(event, ForwardBatch):
                 req.pending = event
                 return
-            if isinstance(event, EmitRequest):
-                if self._on_emit(req, event):
-                    self._finish(req, req.finish_reason)
-                    return
-                event = program.resume(False)  # type: ignore[union-attr]
-            elif isinstance(event, CommitRequest):
-                self.backbone.crop(req.row, event.length)
-                event = program.resume(None)  # type: ignore[union-attr]
-            else:  # pragma: no cover - Program yields only the three events
-                raise TypeError(f"unexpected event {event!r}")
+            if not isinstance(event, CacheCrop):  # pragma: no cover - programs suspend with the two events only
+                raise TypeError(f"request {req.id}: expected a ForwardBatch or CacheCrop suspension, found {event!r}")
+            self.backbone.crop(req.row, event.length)
+            event = program.resume(None)  # type: ignore[union-attr]
 
-    def _on_emit(self, req: _Request, event: EmitRequest) -> bool:
+    def _on_emit(self, req: _Request, event: Emission) -> bool:
         """Record emitted tokens; returns True when the request is finished."""
         p = req.params
         toks = event.tokens.tolist()
