@@ -8,9 +8,14 @@ rows are free; each step's emitted tokens are posted to their jobs at once; a
 finished job gets its :class:`~graphrt.GenerationResult` and frees its row.
 
 A job is added to the session only when a row is free for it, so every
-request the session holds is active in its next step: when a step raises, the
-requests of that step (all of them) are cancelled and answered with a 500,
-and the same session goes on with the next ones. A finished request's result
+request the session holds is active in its next step. The session is an
+:class:`~graphrt.frontends.serving.isolation.IsolatingSession`: a request whose
+own work raises (its admission, its program, its forward alone) fails alone with
+a 500 and its row freed, and its batch mates go on unchanged; when a step raises
+all the same, the requests of that step are cancelled and answered with a 500,
+and the same session goes on with the next ones. :attr:`Engine.stalled` says
+when requests are held but the engine has made no progress for a while
+(``/health`` then reports it). A finished request's result
 is taken with :meth:`graphrt.Session.release`, so the session forgets it and
 memory stays flat however long the server runs.
 
@@ -23,10 +28,11 @@ applies the same one (:mod:`.lockstep` says what happens when a rank falls out).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,10 +40,13 @@ from graphrt.api import Model, compile as compile_mode
 from graphrt.compiled import CompiledPolicy
 from graphrt.frontends.serving.lockstep import (IDLE_TICK_S, Admit, Decision, LockstepError, PolicyKey,
                                                 lockstep_for, step_digest)
+from graphrt.frontends.serving.isolation import IsolatingSession
 from graphrt.frontends.serving.metrics import Metrics
 from graphrt.frontends.serving.protocol import RequestError
 from graphrt.params import GenerationParams, GenerationResult
-from graphrt.session import Session
+
+POLICY_CACHE_SIZE = 32  # compiled policies kept (least recently used dropped first)
+STALL_S = 60.0  # requests held this long without any progress: the engine is stalled
 
 log = logging.getLogger("graphrt.serve")
 
@@ -74,12 +83,18 @@ class Job:
     loop:
         The event loop of the HTTP handler waiting on :attr:`events` (``None`` on a
         tensor-parallel rank other than 0, which serves no one: its events go nowhere).
+    key:
+        The policy's key in the engine's cache (what another rank compiles it from).
+    deadline:
+        ``time.monotonic()`` by which the HTTP side gives up on it (cancels it).
     """
 
     policy: CompiledPolicy
     prompt: list[int]
     params: GenerationParams
     loop: asyncio.AbstractEventLoop | None
+    key: PolicyKey | None = None
+    deadline: float = float("inf")
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     arrived: float = field(default_factory=time.perf_counter)
     first_token: float | None = None
@@ -108,6 +123,10 @@ class Engine:
         Requests that may wait for a row; one more is refused with a 429.
     metrics:
         Where to count (a fresh :class:`Metrics` by default).
+    policy_cache:
+        Compiled policies kept (one per mode and knobs asked for; least recently used dropped).
+    stall_s:
+        Seconds without progress, with requests held, after which :attr:`stalled` says so.
 
     On a tensor-parallel model (:mod:`.lockstep`) the engine of every rank is built
     at the same time (a collective); rank 0's serves HTTP (:meth:`start`), the others
@@ -115,7 +134,8 @@ class Engine:
     """
 
     def __init__(self, model: Model, max_active: int | None = None, max_queue: int = 64,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, policy_cache: int = POLICY_CACHE_SIZE,
+                 stall_s: float = STALL_S) -> None:
         rows = model.backbone.free_row_count()
         if max_active is not None and not 0 < max_active <= rows:
             raise ValueError(f"max_active: expected an int in [1, {rows}] (the backbone's free cache rows), "
@@ -126,14 +146,19 @@ class Engine:
         self.max_active = max_active or rows
         self.max_queue = max_queue
         self.metrics = metrics or Metrics()
-        self.session = Session(model.backbone, model.tokenizer)
+        if not isinstance(policy_cache, int) or policy_cache < 1:
+            raise ValueError(f"policy_cache: expected an int >= 1, found {policy_cache!r}")
+        self.session = IsolatingSession(model.backbone, model.tokenizer)
         self._jobs: dict[int, Job] = {}  # request id -> job holding a row (engine thread only)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._cancels: list[Job] = []
-        self._policies: dict[PolicyKey, CompiledPolicy] = {}
-        self._keys: dict[int, PolicyKey] = {}  # id(policy) -> its key in self._policies
-        self._compile_lock = threading.Lock()
+        self._policies: OrderedDict[PolicyKey, CompiledPolicy] = OrderedDict()  # least recently used first
+        self.policy_cache = policy_cache
+        self._policies_lock = threading.Lock()  # guards self._policies (held for a lookup, never for a compile)
+        self._compile_lock = threading.Lock()  # one compile at a time
+        self.stall_s = stall_s
+        self._progress = time.monotonic()  # the last time a job moved (tokens, finished, failed) or none was held
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="graphrt-engine", daemon=True)
         self.lockstep = lockstep_for(model.backbone)
@@ -173,22 +198,55 @@ class Engine:
         """Whether the engine thread runs."""
         return self._thread.is_alive()
 
+    @property
+    def stalled(self) -> str | None:
+        """Why the engine cannot make progress, or ``None`` when it can.
+
+        Stalled: its thread has stopped, or requests are held (active or waiting) and none has
+        moved for :attr:`stall_s` seconds (a step that does not return, rows that never free).
+        """
+        if not self.alive:
+            return "engine stopped"
+        with self._cond:
+            held = len(self._jobs) + len(self._waiting)
+            idle_for = time.monotonic() - self._progress
+        if held and idle_for > self.stall_s:
+            return f"engine stalled: {held} requests held and none has progressed for {idle_for:.0f} s"
+        return None
+
     def policy(self, mode: str, block_length: int | None, threshold: float | None) -> CompiledPolicy:
         """The compiled policy for a mode and its knobs (compiled once, then cached).
+
+        The cache keeps the :attr:`policy_cache` most recently used policies; a cached policy is
+        served while another one compiles.
 
         Raises ``RequestError`` (400) naming the knob a policy rejects.
         """
         key = (mode, block_length, threshold)
+        policy = self._cached_policy(key)
+        if policy is not None:
+            return policy
         with self._compile_lock:
-            if key not in self._policies:
-                try:
-                    self._policies[key] = policy = compile_mode(mode, self.model, block_length=block_length,
-                                                       threshold=threshold)
-                except ValueError as exc:
-                    param = next((p for p in ("block_length", "threshold") if p in str(exc)), "mode")
-                    raise RequestError(400, str(exc), param) from exc
-                self._keys[id(policy)] = key
-            return self._policies[key]
+            policy = self._cached_policy(key)  # compiled while this call waited
+            if policy is not None:
+                return policy
+            try:
+                policy = compile_mode(mode, self.model, block_length=block_length, threshold=threshold)
+            except ValueError as exc:
+                param = next((p for p in ("block_length", "threshold") if p in str(exc)), "mode")
+                raise RequestError(400, str(exc), param) from exc
+        with self._policies_lock:
+            self._policies[key] = policy
+            while len(self._policies) > self.policy_cache:
+                self._policies.popitem(last=False)
+        return policy
+
+    def _cached_policy(self, key: PolicyKey) -> CompiledPolicy | None:
+        with self._policies_lock:
+            policy = self._policies.get(key)
+            if policy is not None:
+                self._policies.move_to_end(key)
+            return policy
 
     def check_fits(self, policy: CompiledPolicy, prompt_len: int, max_tokens: int) -> None:
         """Refuse (400) a request that can never be admitted: too long for the model or a cache row."""
@@ -212,6 +270,8 @@ class Engine:
             if len(self._waiting) >= self.max_queue + free_rows:
                 raise RequestError(429, f"the waiting queue is full ({self.max_queue} requests); retry later",
                                    kind="rate_limit_error", code="queue_full")
+            if not self._jobs and not self._waiting:  # nothing was held: the wait for progress starts now
+                self._progress = time.monotonic()
             self._waiting.append(job)
             self.metrics.queue_depth.set(len(self._waiting))
             self._cond.notify()
@@ -234,7 +294,8 @@ class Engine:
                 if decision.stop:
                     break
                 if self.lockstep is not None and not self.lockstep.leader:  # a follower makes its own jobs
-                    jobs = [Job(self.policy(*a.key), a.prompt, a.params, loop=None) for a in decision.admit]
+                    jobs = [Job(self.policy(*a.key), a.prompt, a.params, loop=None, key=a.key)
+                            for a in decision.admit]
                 emitted = self._apply(decision, jobs)
                 digest = step_digest(emitted) if self.lockstep is not None else ""
         except Exception as exc:  # noqa: BLE001 - out of step, or a bug: stop, and say why
@@ -279,7 +340,7 @@ class Engine:
                     self.metrics.requests.labels(job.policy.name, "cancelled").inc()
             self.metrics.queue_depth.set(len(self._waiting))
         cancel = [job.request_id for job in cancels if job.request_id in self._jobs]
-        decision = Decision([Admit(self._keys[id(job.policy)], job.prompt, job.params) for job in admit], cancel)
+        decision = Decision([Admit(job.key, job.prompt, job.params) for job in admit], cancel)  # type: ignore
         return decision, admit
 
     def _apply(self, decision: Decision, jobs: list[Job]) -> dict[int, list[int]] | None:
@@ -295,17 +356,27 @@ class Engine:
     def _add(self, job: Job) -> None:
         try:
             rid = self.session.add(job.policy, job.prompt, job.params)
-        except ValueError as exc:
-            self._fail(job, RequestError(400, str(exc), "prompt"))
+        except Exception as exc:  # noqa: BLE001 - this request's, checked before it came here; fail it alone
+            status = 400 if isinstance(exc, ValueError) else 500
+            self._fail(job, RequestError(status, str(exc), "prompt" if status == 400 else None,
+                                         kind="invalid_request_error" if status == 400 else "server_error"))
             return
         job.request_id = rid
         self._jobs[rid] = job
 
     def _cancel(self, rid: int) -> None:
         job = self._jobs.pop(rid, None)
-        if job is not None:
+        if job is None:
+            return
+        try:
             self.session.cancel(rid)
-            self._finish(job, self.session.release(rid))
+            result = self.session.release(rid)
+        except Exception as exc:  # noqa: BLE001 - the job is gone either way
+            log.exception("cancelling request %d", rid)
+            self._fail(job, RequestError(500, f"cancelling the request failed: {type(exc).__name__}: {exc}",
+                                         kind="server_error"))
+            return
+        self._finish(job, result)
 
     def _step(self) -> dict[int, list[int]] | None:
         session = self.session
@@ -323,10 +394,20 @@ class Engine:
             self.metrics.steps.inc()
             self.metrics.step_seconds.observe(time.perf_counter() - start)
             self.metrics.backbone_calls.inc(session.backbone_calls - calls)
+        for rid, exc in self.session.take_failed().items():  # failed alone: their batch mates go on
+            self.metrics.failed_steps.inc()
+            emitted.pop(rid, None)
+            job = self._jobs.pop(rid, None)
+            with contextlib.suppress(KeyError):
+                self.session.release(rid)
+            if job is not None:
+                self._fail(job, RequestError(500, f"running this request failed: {type(exc).__name__}: {exc}",
+                                             kind="server_error"))
         now = time.perf_counter()
         for rid, ids in emitted.items():
             job = self._jobs.get(rid)
             if job is not None and ids:
+                self._progress = time.monotonic()
                 if job.first_token is None:
                     job.first_token = now
                     self.metrics.ttft.labels(job.policy.name).observe(now - job.arrived)
@@ -336,10 +417,12 @@ class Engine:
         return emitted
 
     def _finish(self, job: Job, result: GenerationResult) -> None:
+        self._progress = time.monotonic()
         self.metrics.finished(result, time.perf_counter() - job.arrived)
         job.post(Finished(result))
 
     def _fail(self, job: Job, error: RequestError) -> None:
+        self._progress = time.monotonic()
         self.metrics.requests.labels(job.policy.name, "error").inc()
         job.post(Failed(error))
 

@@ -2,10 +2,13 @@
 
 The bodies are pydantic models in strict mode (``"3"`` is not an int, ``true``
 is not a number) that forbid unknown fields, so a misspelt knob is a 400 that
-names it rather than a silently ignored setting. graphrt's own knobs are extra
+names it rather than a silently ignored setting. Every integer field must fit
+int64 and every float be finite; :func:`check_request` then checks what depends on
+the model and the server (:class:`Limits`: vocabulary, positions, maxima) before a
+request reaches the engine. graphrt's own knobs are extra
 body fields (the ``openai`` client's ``extra_body``): ``mode``,
 ``block_length``, ``threshold``, ``thinking_budget``, ``end_think_token_id``,
-``top_k``, ``min_tokens``, ``ignore_eos``. OpenAI fields graphrt does not
+``top_k``, ``min_tokens``, ``ignore_eos``, ``timeout``. OpenAI fields graphrt does not
 implement are accepted only at their neutral value (``n=1``, ``echo=false``,
 penalties 0, ...), otherwise the answer is a 400 that says so.
 """
@@ -21,6 +24,7 @@ from graphrt.frontends.policies import MODES
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
 MAX_STOP_STRINGS = 4     # OpenAI's limit
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # every integer field must fit the int64 tensors it becomes
 
 
 # OpenAI request fields graphrt accepts only at their no-op value: field -> (is it the no-op, the error).
@@ -86,15 +90,15 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields shared by completions and chat completions."""
+    """Fields shared by completions and chat completions (integers within int64, floats finite)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
     model: str
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=INT64_MAX)
     temperature: float = Field(default=1.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: Union[str, list[str], None] = None
     n: int = 1
     stream: bool = False
@@ -105,13 +109,14 @@ class _Sampling(BaseModel):
     logit_bias: dict[str, float] | None = None
     # graphrt's knobs (extra body fields)
     mode: Literal[MODES] | None = None  # type: ignore[valid-type]
-    block_length: int | None = Field(default=None, gt=0)
+    block_length: int | None = Field(default=None, gt=0, le=INT64_MAX)
     threshold: float | None = Field(default=None, ge=0, le=1)
-    thinking_budget: int | None = Field(default=None, ge=0)
-    end_think_token_id: int | None = Field(default=None, ge=0)
-    top_k: int = Field(default=0, ge=0)
-    min_tokens: int = Field(default=0, ge=0)
+    thinking_budget: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    end_think_token_id: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    top_k: int = Field(default=0, ge=0, le=INT64_MAX)
+    min_tokens: int = Field(default=0, ge=0, le=INT64_MAX)
     ignore_eos: bool = False
+    timeout: float | None = Field(default=None, gt=0)  # seconds from arrival to the last token
 
     @field_validator("stop")
     @classmethod
@@ -132,10 +137,10 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``: one prompt (text, or token ids)."""
 
     prompt: Union[str, list[int], list[str], list[list[int]]]
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
 
     @field_validator("logprobs", "echo", "suffix", "best_of")
     @classmethod
@@ -169,8 +174,8 @@ class ChatRequest(_Sampling):
 
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = None
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    top_logprobs: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
+    max_completion_tokens: int | None = Field(default=None, gt=0, le=INT64_MAX)
 
     @field_validator("top_logprobs")
     @classmethod
@@ -202,6 +207,7 @@ class Decode:
     params: dict[str, Any]
     stream: bool
     include_usage: bool
+    timeout: float | None = None
 
 
 def completion_prompt(req: CompletionRequest) -> str | list[int]:
@@ -258,10 +264,100 @@ def decode_settings(req: CompletionRequest | ChatRequest, defaults: Defaults) ->
     return Decode(req.mode or defaults.mode,
                   req.block_length if req.block_length is not None else defaults.block_length,
                   req.threshold if req.threshold is not None else defaults.threshold,
-                  params, req.stream, include_usage)
+                  params, req.stream, include_usage, req.timeout)
 
 
 def _fresh_seed() -> int:
     import secrets
 
     return secrets.randbits(31)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of a server: the model's ranges and the server's own maxima.
+
+    Parameters
+    ----------
+    vocab_size, max_positions:
+        The model's (token ids, ``top_k``, ``end_think_token_id``; prompt length, ``block_length``,
+        ``thinking_budget``).
+    max_token_chars:
+        The longest text one token stands for (a text prompt longer than ``max_positions`` of them
+        cannot fit, and is refused before it is tokenized).
+    max_tokens:
+        The largest ``max_tokens`` (``None``: what fits the model).
+    max_messages:
+        The most chat messages in one request.
+    request_timeout:
+        The longest (and default) ``timeout`` of a request, in seconds.
+    """
+
+    vocab_size: int
+    max_positions: int
+    max_token_chars: int = 64
+    max_tokens: int | None = None
+    max_messages: int = 256
+    request_timeout: float = 600.0
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """The longest prompt text (characters, all messages together) that may still fit the model."""
+        return self.max_positions * self.max_token_chars
+
+
+def check_request(req: CompletionRequest | ChatRequest, limits: Limits) -> None:
+    """Check the fields whose ranges depend on the model or the server (after the schema's own checks).
+
+    Raises
+    ------
+    RequestError
+        400 naming the field: a token id outside the vocabulary, a length beyond the model's
+        positions, a value above a server maximum.
+    """
+    vocab, positions = limits.vocab_size, limits.max_positions
+    _at_most(req.top_k, vocab, "top_k", f"the vocabulary's {vocab} tokens; 0 disables")
+    if req.end_think_token_id is not None and req.end_think_token_id >= vocab:
+        raise RequestError(400, f"end_think_token_id: expected a token id in [0, {vocab}) (the vocabulary), found "
+                                f"{req.end_think_token_id}", "end_think_token_id")
+    _at_most(req.block_length, positions, "block_length", "the model's positions")
+    _at_most(req.thinking_budget, positions, "thinking_budget", "the model's positions")
+    for name in ("max_tokens", "max_completion_tokens"):
+        if limits.max_tokens is not None:  # (the model's own bound: Engine.check_fits, after tokenizing)
+            _at_most(getattr(req, name, None), limits.max_tokens, name, "this server's --max-tokens")
+    if req.timeout is not None and req.timeout > limits.request_timeout:
+        raise RequestError(400, f"timeout: expected at most {limits.request_timeout:g} s (this server's "
+                                f"--request-timeout), found {req.timeout:g}", "timeout")
+    if isinstance(req, ChatRequest):
+        if len(req.messages) > limits.max_messages:
+            raise RequestError(400, f"messages: expected at most {limits.max_messages} messages (this server's "
+                                    f"--max-messages), found {len(req.messages)}", "messages")
+        return
+    prompt = req.prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # a batch of one (longer batches are refused by completion_prompt)
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        where = "prompt" if prompt is req.prompt else "prompt[0]"
+        if len(prompt) >= positions:
+            raise RequestError(400, f"{where}: {len(prompt)} tokens, but the model has {positions} positions",
+                               "prompt", code="context_length_exceeded")
+        for i, t in enumerate(prompt):
+            if not 0 <= t < vocab:
+                raise RequestError(400, f"{where}[{i}]: expected a token id in [0, {vocab}), found {t}, outside "
+                                        f"the vocabulary", "prompt")
+    elif isinstance(prompt, str):
+        check_text_size(len(prompt), limits, "prompt")
+
+
+def check_text_size(chars: int, limits: Limits, where: str) -> None:
+    """Refuse (400) prompt text too long to fit the model whatever its tokens (checked before tokenizing)."""
+    if chars > limits.max_prompt_chars:
+        raise RequestError(400, f"{where}: expected at most {limits.max_prompt_chars} characters (the model's "
+                                f"{limits.max_positions} positions of at most {limits.max_token_chars} characters "
+                                f"each), found {chars}", where.split("[", 1)[0].split(".", 1)[0],
+                           code="context_length_exceeded")
+
+
+def _at_most(value: int | None, bound: int, name: str, what: str) -> None:
+    if value is not None and value > bound:
+        raise RequestError(400, f"{name}: expected at most {bound} ({what}), found {value}", name)
