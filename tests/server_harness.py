@@ -2,7 +2,9 @@
 
 Run as a script, this module serves the shipped model (float64) with two test
 changes: its tokenizer has no chat template, and its backbone's ``forward`` raises for any batch
-holding the token id :data:`POISON` or reaching :data:`POISON_POSITION` (a failing step, injected).
+holding the token id :data:`POISON` or reaching :data:`POISON_POSITION` (a failing step, injected),
+and sleeps :data:`HANG_S` seconds for one holding :data:`HANG` (a stuck step). It takes
+``graphrt serve``'s access and limit options (``--api-key``, ``--max-body-bytes``, ...).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import httpx
 
 POISON = 4095  # a batch holding this token id makes the harness backbone's forward raise
 POISON_POSITION = 150  # ... and so does one that reaches this position
+HANG = 4094  # a batch holding this token id makes the harness backbone's forward sleep HANG_S seconds
+HANG_S = 3.0
 MODEL_NAME = "model"  # the shipped model's directory name, which the server serves it under
 
 
@@ -98,6 +102,8 @@ class FailingBackbone:
     def forward(self, batch: Any) -> Any:
         if bool((batch.tokens == POISON).any()) or bool((batch.positions == POISON_POSITION).any()):
             raise RuntimeError("injected backbone failure")
+        if bool((batch.tokens == HANG).any()):
+            time.sleep(HANG_S)
         return self._inner.forward(batch)
 
     def __getattr__(self, name: str) -> Any:
@@ -106,17 +112,20 @@ class FailingBackbone:
 
 def main() -> None:
     """Serve the shipped model without its chat template, with the failing backbone."""
+    import graphrt
+    from graphrt.frontends.cli_serve import add_guard_arguments, guard_options
+    from graphrt.frontends.serving import serve
+
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=4)
+    p.add_argument("--max-queue", type=int, default=64)
+    add_guard_arguments(p)
     args = p.parse_args()
-    import graphrt
-    from graphrt.frontends.serving import serve
-
     model = graphrt.load(dtype="float64", max_batch=args.max_batch)
     model.tokenizer.hf.chat_template = None
     model.backbone = FailingBackbone(model.backbone)
-    serve(model, port=args.port, name=Path(model.path).name)
+    serve(model, port=args.port, name=Path(model.path).name, max_queue=args.max_queue, **guard_options(args))
 
 
 if __name__ == "__main__":
