@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import MODEL_TYPE, ModelConfig, default_test_config
+from .config import ADAPTER_MODULES, MODEL_TYPE, ModelConfig, default_test_config
 from .transformer import Transformer
 
 CONFIG_NAME = "config.json"
@@ -103,12 +103,9 @@ def _map_ar_config(raw: dict[str, Any], model_type: str, source: str) -> ModelCo
     if use_sw and sw is not None and sw < d.get("max_position_embeddings", 0):
         warnings.warn(f"{source}: sliding_window={sw} is ignored (full attention is used)", stacklevel=3)
     eos = d.get("eos_token_id")
-    if d.get("mask_token_id") is None:
+    if d.get("mask_token_id") is None:  # a placeholder: the mask-drafted modes are refused by name (api.compile)
         vocab = d.get("vocab_size")
         d["mask_token_id"] = vocab - 1 if isinstance(vocab, int) else 0
-        warnings.warn(f"{source}: no mask_token_id in a {model_type} checkpoint; using vocab_size-1="
-                      f"{d['mask_token_id']} (diffusion modes need a model trained with a mask token)",
-                      stacklevel=3)
     d.setdefault("block_size", DEFAULT_AR_BLOCK_SIZE)
     d.setdefault("dlm_paradigm", "autoregressive")
     d.setdefault("tie_word_embeddings", False)
@@ -269,6 +266,9 @@ def checkpoint_sources(path: str | os.PathLike[str], adapter: str | os.PathLike[
         config.tie_word_embeddings = True  # AR checkpoints without lm_head tie it to the embedding
     if adapter is not None:
         config.draft_adapter, adapter_sources = read_peft_adapter(adapter)
+        if "mask_token_id" in config.draft_adapter:  # the adapter brings the mask token
+            config.mask_token_id = config.draft_adapter.pop("mask_token_id")
+        config.validate(str(adapter))
         sources.update(adapter_sources)
     return config, sources
 
@@ -301,19 +301,24 @@ def check_tensor_names(want: dict[str, tuple[int, ...]], sources: dict[str, tupl
 
 
 def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[Path, str]]]:
-    """Read a PEFT LoRA adapter on ``o_proj`` (the released drafter's format).
+    """Read a PEFT LoRA draft adapter (the released drafter's format, or what ``graphrt train`` writes).
+
+    A plain LoRA on any of :data:`~graphrt.frontends.config.ADAPTER_MODULES` (the released
+    drafter adapts ``o_proj`` only), optionally with PEFT's trainable tokens on ``embed_tokens``
+    for exactly one id: the mask token's input embedding of a base model that never saw one.
 
     Returns
     -------
     (draft_adapter, sources)
-        ``{"rank": r, "alpha": lora_alpha}`` and mapped tensor name ->
+        ``{"rank": r, "alpha": lora_alpha, "target_modules": [...]}`` (plus ``"mask_embedding":
+        True`` and ``"mask_token_id": id`` with trainable tokens) and mapped tensor name ->
         (file, stored name), e.g. ``base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight``
         -> ``encoder.layers.0.self_attn.o_proj.lora_A.weight``.
 
     Raises
     ------
     ValueError
-        Missing/corrupt files, or an adapter other than a plain LoRA on ``o_proj``.
+        Missing/corrupt files, or an adapter graphrt cannot apply (naming the field or module).
     """
     root = Path(path)
     cfg_path, weights = root / "adapter_config.json", root / "adapter_model.safetensors"
@@ -323,12 +328,20 @@ def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     acfg = _read_json(cfg_path)
     targets = acfg.get("target_modules")
     targets = [targets] if isinstance(targets, str) else targets
+    unknown = [t for t in (targets or []) if t not in ADAPTER_MODULES]
+    if unknown:
+        raise ValueError(f"{cfg_path}: field 'target_modules': cannot apply a LoRA to module {unknown[0]!r}; "
+                         f"expected modules among {list(ADAPTER_MODULES)}")
+    tokens = acfg.get("trainable_token_indices") or {}
     checks = [("peft_type", acfg.get("peft_type", "LORA") == "LORA", "LORA"),
-              ("target_modules", targets == ["o_proj"], "['o_proj']"),
+              ("target_modules", bool(targets), "a non-empty list"),
               ("r", isinstance(acfg.get("r"), int) and acfg["r"] > 0, "a positive int"),
               ("lora_alpha", isinstance(acfg.get("lora_alpha"), (int, float)), "a number"),
               ("use_rslora", not acfg.get("use_rslora"), "false"),
-              ("use_dora", not acfg.get("use_dora"), "false")]
+              ("use_dora", not acfg.get("use_dora"), "false"),
+              ("trainable_token_indices", not tokens or (list(tokens) == ["embed_tokens"]
+                                                         and len(tokens["embed_tokens"]) == 1),
+               "absent, or {'embed_tokens': [mask_token_id]}")]
     for key, ok, expected in checks:
         if not ok:
             raise ValueError(f"{cfg_path}: field {key!r}: expected {expected}, found {acfg.get(key)!r}")
@@ -336,8 +349,64 @@ def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dic
     for stored in _safetensors_keys(weights):
         name = stored.removeprefix("base_model.model.")
         name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
-        sources[_map_ar_name(name)] = (weights, stored)
-    return {"rank": int(acfg["r"]), "alpha": float(acfg["lora_alpha"])}, sources
+        name = _map_ar_name(name)
+        if name.startswith("encoder.embed_tokens.token_adapter.trainable_tokens_delta"):
+            name = "encoder.mask_embedding"
+        sources[name] = (weights, stored)
+    adapter: dict[str, Any] = {"rank": int(acfg["r"]), "alpha": float(acfg["lora_alpha"]),
+                               "target_modules": list(targets)}
+    if tokens:
+        adapter.update(mask_embedding=True, mask_token_id=int(tokens["embed_tokens"][0]))
+    return adapter, sources
+
+
+def save_adapter(model: Transformer, path: str | os.PathLike[str], metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model``'s draft adapter as a PEFT LoRA directory (what :func:`read_peft_adapter` reads).
+
+    Parameters
+    ----------
+    model:
+        A model whose config has a ``draft_adapter``.
+    path:
+        The adapter directory (``adapter_config.json``, ``adapter_model.safetensors``), replaced whole.
+    metadata:
+        Extra JSON fields for ``adapter_config.json`` (e.g. ``base_model_name_or_path``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        If the model has no draft adapter.
+    """
+    ad = model.config.draft_adapter
+    if ad is None:
+        raise ValueError("save_adapter: expected a model with a draft adapter, found draft_adapter=None")
+    tensors: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if ".lora_" in name:
+            stored = "base_model.model." + name.replace("encoder.", "model.", 1)
+        elif name == "encoder.mask_embedding":
+            stored = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+        else:
+            continue
+        tensors[stored] = t.detach().to(torch.float32).contiguous().cpu()
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(ad["rank"]), "lora_alpha": ad["alpha"],
+           "target_modules": list(model.config.adapter_targets), "lora_dropout": 0.0, "bias": "none",
+           "use_rslora": False, "use_dora": False, **(metadata or {})}
+    if ad.get("mask_embedding"):
+        cfg["trainable_token_indices"] = {"embed_tokens": [model.config.mask_token_id]}
+    root = Path(path)
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    _swap_into_place(tmp, root)
+    return root
 
 
 def find_adapter(root: str | os.PathLike[str]) -> Path | None:

@@ -26,6 +26,8 @@ from graphrt.backbone import BackboneConfig
 MODEL_TYPE = "nemotron_labs_diffusion"
 DLM_PARADIGMS = ("bidirectional", "autoregressive", "block_diff")
 ROPE_TYPES = ("default", "yarn")
+#: The projections a draft adapter may adapt (PEFT ``target_modules`` names).
+ADAPTER_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -63,8 +65,11 @@ class ModelConfig:
     qk_norm:
         RMSNorm over each head of q and k before RoPE (Qwen3).
     draft_adapter:
-        ``None`` or ``{"rank": r, "alpha": a}``: a LoRA on ``o_proj`` applied to
-        draft tokens, scaled by ``alpha / rank``.
+        ``None`` or ``{"rank": r, "alpha": a, "target_modules": [...], "mask_embedding": bool}``:
+        a LoRA (scaled by ``alpha / rank``) on the named projections (default ``["o_proj"]``; any of
+        :data:`ADAPTER_MODULES`) applied to draft tokens only, and optionally a trained input
+        embedding for ``mask_token_id`` (for a base model that never saw the mask token; the
+        output head is untouched, so AR decoding is the base model's).
     """
 
     vocab_size: int
@@ -108,6 +113,13 @@ class ModelConfig:
         """``original_max_position_embeddings`` (YaRN / query scaling), else ``max_position_embeddings``."""
         rp = self.rope_parameters or {}
         return int(rp.get("original_max_position_embeddings") or self.max_position_embeddings)
+
+    @property
+    def adapter_targets(self) -> tuple[str, ...]:
+        """The projections the draft adapter adapts (empty without an adapter)."""
+        if self.draft_adapter is None:
+            return ()
+        return tuple(self.draft_adapter.get("target_modules", ["o_proj"]))
 
     @property
     def first_eos_token_id(self) -> int | None:
@@ -219,6 +231,11 @@ class ModelConfig:
             if not _is_int(self.draft_adapter["rank"]):
                 raise ValueError(f"{source}: field 'draft_adapter.rank': expected an int, "
                                  f"found {self.draft_adapter['rank']!r}")
+            targets = self.draft_adapter.get("target_modules", ["o_proj"])
+            if (not isinstance(targets, list) or not targets
+                    or any(t not in ADAPTER_MODULES for t in targets)):
+                raise ValueError(f"{source}: field 'draft_adapter.target_modules': expected a non-empty list "
+                                 f"of {ADAPTER_MODULES}, found {targets!r}")
 
 
 def _is_int(v: Any) -> bool:

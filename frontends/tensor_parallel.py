@@ -268,6 +268,11 @@ def load_sharded_transformer(path: str | os.PathLike[str], mesh: DeviceMesh, dty
     tp, rank = mesh.size(), mesh.get_local_rank()
     config, sources = checkpoint_sources(root, adapter)
     check_shardable(config, tp, str(root / "config.json"))
+    if config.adapter_targets not in ((), ("o_proj",)) or (config.draft_adapter or {}).get("mask_embedding"):
+        raise ValueError(f"{adapter}: tensor parallel shards a draft adapter on o_proj only; expected "
+                         f"target_modules ['o_proj'] without a mask embedding, found "
+                         f"{list(config.adapter_targets)}, mask_embedding="
+                         f"{bool((config.draft_adapter or {}).get('mask_embedding'))}")
     with torch.device("meta"):
         want = expected_shapes(Transformer(config))  # the full model's names and shapes
         model = Transformer(local_config(config, tp))

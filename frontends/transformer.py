@@ -117,15 +117,16 @@ class RMSNorm(nn.Module):
 
 
 class LoRALinear(nn.Linear):
-    """A bias-free ``nn.Linear`` with an optional LoRA (``lora_A``, ``lora_B``) applied per token.
+    """An ``nn.Linear`` with an optional LoRA (``lora_A``, ``lora_B``) applied per token.
 
-    State-dict names: ``weight``, ``lora_A.weight [r, in]``, ``lora_B.weight [out, r]``
-    (PEFT's layout). The LoRA delta ``scale * B(A(x))`` is added where ``select``
-    is True.
+    State-dict names: ``weight``, ``bias`` (optional), ``lora_A.weight [r, in]``,
+    ``lora_B.weight [out, r]`` (PEFT's layout). The LoRA delta ``scale * B(A(x))`` is
+    added where ``select`` is True; elsewhere the output is the plain linear's, bit for bit.
     """
 
-    def __init__(self, in_features: int, out_features: int, rank: int | None = None, alpha: float | None = None) -> None:
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, rank: int | None = None, alpha: float | None = None,
+                 bias: bool = False) -> None:
+        super().__init__(in_features, out_features, bias=bias)
         self.lora_A: nn.Linear | None = None
         self.lora_B: nn.Linear | None = None
         self.lora_scale = 0.0
@@ -134,9 +135,17 @@ class LoRALinear(nn.Linear):
             self.lora_B = nn.Linear(rank, out_features, bias=False)
             self.lora_scale = float(alpha if alpha is not None else rank) / rank
 
+    @classmethod
+    def for_config(cls, config: ModelConfig, name: str, in_features: int, out_features: int,
+                   bias: bool = False) -> "LoRALinear":
+        """The projection ``name`` of ``config``'s model, adapted when the draft adapter targets it."""
+        ad = config.draft_adapter if name in config.adapter_targets else None
+        return cls(in_features, out_features, rank=None if ad is None else int(ad["rank"]),
+                   alpha=None if ad is None else float(ad["alpha"]), bias=bias)
+
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         """``x [B, L, in]``, ``select [B, L]`` bool or None -> ``[B, L, out]``."""
-        out = F.linear(x, self.weight)
+        out = F.linear(x, self.weight, self.bias)
         if self.lora_A is None or select is None:
             return out
         delta = self.lora_B(self.lora_A(x)) * self.lora_scale  # [B, L, out]
@@ -150,13 +159,11 @@ class Attention(nn.Module):
         super().__init__()
         h, d = config.hidden_size, config.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, d
-        self.q_proj = nn.Linear(h, self.num_heads * d, bias=config.attention_bias)
-        self.k_proj = nn.Linear(h, self.num_kv_heads * d, bias=config.attention_bias)
-        self.v_proj = nn.Linear(h, self.num_kv_heads * d, bias=config.attention_bias)
-        ad = config.draft_adapter
-        self.o_proj = LoRALinear(self.num_heads * d, h,
-                                 rank=None if ad is None else int(ad["rank"]),
-                                 alpha=None if ad is None else float(ad["alpha"]))
+        bias = config.attention_bias
+        self.q_proj = LoRALinear.for_config(config, "q_proj", h, self.num_heads * d, bias)
+        self.k_proj = LoRALinear.for_config(config, "k_proj", h, self.num_kv_heads * d, bias)
+        self.v_proj = LoRALinear.for_config(config, "v_proj", h, self.num_kv_heads * d, bias)
+        self.o_proj = LoRALinear.for_config(config, "o_proj", self.num_heads * d, h)
         self.q_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(d, config.rms_norm_eps) if config.qk_norm else None
 
@@ -184,9 +191,9 @@ class Attention(nn.Module):
         """
         B, L, _ = x.shape
         H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(B, L, H, d)  # [B, L, H, d]
-        k = self.k_proj(x).view(B, L, KV, d)  # [B, L, KV, d]
-        v = self.v_proj(x).view(B, L, KV, d)  # [B, L, KV, d]
+        q = self.q_proj(x, adapter).view(B, L, H, d)  # [B, L, H, d]
+        k = self.k_proj(x, adapter).view(B, L, KV, d)  # [B, L, KV, d]
+        v = self.v_proj(x, adapter).view(B, L, KV, d)  # [B, L, KV, d]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [B, H, L, d]
@@ -239,12 +246,14 @@ class MLP(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        h, m = config.hidden_size, config.intermediate_size
+        self.gate_proj = LoRALinear.for_config(config, "gate_proj", h, m)
+        self.up_proj = LoRALinear.for_config(config, "up_proj", h, m)
+        self.down_proj = LoRALinear.for_config(config, "down_proj", m, h)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x: torch.Tensor, adapter: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, L, hidden]``, ``adapter [B, L]`` bool or None -> ``[B, L, hidden]``."""
+        return self.down_proj(F.silu(self.gate_proj(x, adapter)) * self.up_proj(x, adapter), adapter)
 
 
 class DecoderLayer(nn.Module):
@@ -262,7 +271,7 @@ class DecoderLayer(nn.Module):
                 layer: int = 0) -> torch.Tensor:
         """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, cached, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.mlp(self.post_attention_layernorm(x), adapter)
 
 
 class Encoder(nn.Module):
@@ -271,6 +280,11 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # The draft adapter's input embedding of the mask token (PEFT's trainable tokens); the
+        # tied output head keeps the base row, so AR logits are the base model's.
+        ad = config.draft_adapter
+        self.mask_embedding = (nn.Parameter(torch.zeros(1, config.hidden_size))
+                               if ad is not None and ad.get("mask_embedding") else None)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -341,9 +355,12 @@ class Transformer(nn.Module):
         logits ``[B, L, V]``, or ``[B, 1, V]`` with ``last``.
         """
         h = self.encoder.embed_tokens(tokens)  # [B, L, hidden]
+        if self.encoder.mask_embedding is not None:
+            is_mask = (tokens == self.config.mask_token_id)[..., None]  # [B, L, 1]
+            h = torch.where(is_mask, self.encoder.mask_embedding.to(h.dtype), h)
         cos, sin = self.rope_tables(positions, h.dtype)  # [B, L, d]
         qscale = self.query_scale(positions, h.dtype)  # [B, L] or None
-        if self.encoder.layers[0].self_attn.o_proj.lora_A is None:
+        if not self.config.adapter_targets:
             adapter = None
         for i, layer in enumerate(self.encoder.layers):
             h = layer(h, cos, sin, qscale, mask, adapter, cached, i)

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from graphrt.frontends import checkpoint as ck
-from graphrt.frontends.checkpoint import init_random_, load_checkpoint, random_checkpoint, save_checkpoint
+from graphrt.frontends.checkpoint import init_random_, load_checkpoint, random_checkpoint, save_adapter, save_checkpoint
 from graphrt.frontends.config import ModelConfig, default_test_config
 from graphrt.frontends.transformer import Transformer
 
@@ -199,10 +199,47 @@ def test_peft_adapter(tmp_path: Path) -> None:
     lora = {"base_model.model.model." + k[len("encoder."):]: v for k, v in model.state_dict().items() if "lora" in k}
     save_file(lora, ad / "adapter_model.safetensors")
     cfg2, loaded = load_checkpoint(tmp_path / "base", adapter=ad)
-    assert cfg2.draft_adapter == {"rank": 2, "alpha": 8.0}
+    assert cfg2.draft_adapter == {"rank": 2, "alpha": 8.0, "target_modules": ["o_proj"]}
     assert_same(loaded, model)
     (ad / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"]}))
-    with pytest.raises(ValueError, match=r"adapter_config.json: field 'target_modules': expected \['o_proj'\], "
-                                         r"found \['q_proj', 'o_proj'\]"):
+    with pytest.raises(ValueError, match=r"expected tensor 'encoder.layers.0.self_attn.q_proj.lora_A.weight', "
+                                         r"found it missing"):
         load_checkpoint(tmp_path / "base", adapter=ad)
+    (ad / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 8, "target_modules": ["o_proj", "lm_head"]}))
+    with pytest.raises(ValueError, match=r"adapter_config.json: field 'target_modules': cannot apply a LoRA to "
+                                         r"module 'lm_head'"):
+        load_checkpoint(tmp_path / "base", adapter=ad)
+
+
+def test_adapter_on_every_projection_with_mask_embedding_round_trips(tmp_path: Path) -> None:
+    """What the drafter trainer writes (LoRA on every projection, the mask token's input embedding)
+    loads back equal, and leaves every token that is not a draft token on the base weights."""
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg, model = small_model(draft_adapter={"rank": 2, "alpha": 4.0, "target_modules": targets,
+                                            "mask_embedding": True})
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name == "encoder.mask_embedding":
+                p.normal_()  # PEFT initialises B to zero: make the adapter do something
+    base_cfg = default_test_config()
+    base = Transformer(base_cfg)
+    base.load_state_dict({k: v for k, v in model.state_dict().items()
+                          if "lora" not in k and k != "encoder.mask_embedding"})
+    save_checkpoint(base, base_cfg, tmp_path / "base")
+    save_adapter(model, tmp_path / "base" / "drafter")
+    cfg2, loaded = load_checkpoint(tmp_path / "base", adapter=tmp_path / "base" / "drafter")
+    assert cfg2.adapter_targets == tuple(targets) and cfg2.draft_adapter["mask_embedding"]
+    assert cfg2.mask_token_id == cfg.mask_token_id
+    assert_same(loaded, model)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 6), generator=g)
+    tokens[:, 3:] = cfg.mask_token_id
+    pos = torch.arange(6).expand(2, 6)
+    mask = torch.ones(6, 6, dtype=torch.bool).tril().expand(2, 6, 6)
+    with torch.no_grad():
+        off = loaded.forward_dense(tokens[:, :3], pos[:, :3], mask[:, :3, :3], torch.zeros(2, 3, dtype=torch.bool))
+        assert torch.equal(off, base.forward_dense(tokens[:, :3], pos[:, :3], mask[:, :3, :3]))
+        on = loaded.forward_dense(tokens, pos, mask, tokens == cfg.mask_token_id)
+        assert not torch.allclose(on[:, 3:], base.forward_dense(tokens, pos, mask)[:, 3:])

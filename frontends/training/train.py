@@ -75,6 +75,7 @@ import torch
 import torch.nn.functional as F
 
 from . import corpus as corpus_mod
+from . import drafter as drafter_mod
 from ..checkpoint import save_checkpoint
 from ..config import ModelConfig
 from ..tokenizer import Tokenizer, save_tokenizer, train_tokenizer
@@ -92,7 +93,7 @@ ARCH_ARGS = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", 
 
 # ============================================================================ data
 def prepare_data(out_dir: str | Path, vocab_size: int, tokenizer_dir: str | Path | None = None,
-                 ) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict[str, Any]]:
+                 tokenizer: Any = None) -> tuple[Tokenizer, np.ndarray, np.ndarray, dict[str, Any]]:
     """Corpus, tokenizer and token streams (cached under ``out_dir``).
 
     Each split's stream is the concatenation, in corpus order, of
@@ -107,6 +108,9 @@ def prepare_data(out_dir: str | Path, vocab_size: int, tokenizer_dir: str | Path
         BPE vocabulary size when a tokenizer has to be trained.
     tokenizer_dir : str or Path, optional
         Use this trained tokenizer instead of training one.
+    tokenizer : optional
+        Use this tokenizer object (a base model's: ``hf``, ``encode_batch``, ``bos_id``,
+        ``eos_id``, ``vocab_size``), e.g. a :class:`~graphrt.frontends.training.drafter.BaseTokenizer`.
 
     Returns
     -------
@@ -123,7 +127,10 @@ def prepare_data(out_dir: str | Path, vocab_size: int, tokenizer_dir: str | Path
     files = corpus_mod.load_corpus()
     info = corpus_mod.corpus_info(files)
     tok_dir = out / "tokenizer"
-    if tokenizer_dir is not None:
+    if tokenizer is not None:
+        tok = tokenizer
+        save_tokenizer(tok.hf, tok_dir)
+    elif tokenizer_dir is not None:
         tok = Tokenizer.from_dir(tokenizer_dir)
         save_tokenizer(tok.hf, tok_dir)
     elif (tok_dir / "tokenizer.json").is_file():
@@ -348,7 +355,8 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
     """
     B, L = batch.clean.shape
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model.forward_dense(batch.tokens, batch.positions, batch.mask)  # [B, T, V]
+        logits = model.forward_dense(batch.tokens, batch.positions, batch.mask,
+                                     batch.tokens == model.config.mask_token_id)  # [B, T, V]
     ar_logits = logits[:, :L - 1].float()  # [B, L-1, V]
     ar_rows = batch.ar_rows if batch.ar_rows is not None else torch.ones(B, dtype=torch.bool)
     ar = F.cross_entropy(ar_logits[ar_rows].reshape(-1, ar_logits.shape[-1]), batch.clean[ar_rows, 1:].reshape(-1))
@@ -485,11 +493,12 @@ def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         masks = torch.full((N, b), mask_token_id)
         block = torch.cat((greedy[:, :1], masks[:, 1:]), dim=1)  # [N, b]: [g_0, MASK x (b-1)]
-        lin = model.forward_dense(torch.cat((prefixes, block), dim=1), torch.arange(P + b).expand(N, P + b),
-                                  draft_mask(P, b, N))  # [N, P+b, V]
+        ltokens = torch.cat((prefixes, block), dim=1)  # [N, P+b]
+        lin = model.forward_dense(ltokens, torch.arange(P + b).expand(N, P + b), draft_mask(P, b, N),
+                                  ltokens == mask_token_id)  # [N, P+b, V]
         qtokens = torch.cat((prefixes, greedy[:, :1], masks), dim=1)  # [N, P+1+b]
         quad = model.forward_dense(qtokens, torch.arange(P + 1 + b).expand(N, P + 1 + b),
-                                   draft_mask(P + 1, b, N))  # [N, P+1+b, V]
+                                   draft_mask(P + 1, b, N), qtokens == mask_token_id)  # [N, P+1+b, V]
     linear = _agreement(lin[:, P + 1:].float().argmax(-1), greedy[:, 1:b])
     quadratic = _agreement(quad[:, P + 2:].float().argmax(-1), greedy[:, 2:b + 1])
     quadratic["tpf_estimate"] = round(quadratic["mean_accepted"] + 1, 4)
@@ -702,7 +711,8 @@ def save_train_state(path: Path, model: Transformer, opt: torch.optim.Optimizer,
     """
     state = {
         "pool": pool,
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "sched": dict(sched),
+        "model": drafter_mod.trainable_state(model) if args.adapter_rank else model.state_dict(),
+        "optimizer": opt.state_dict(), "step": step, "sched": dict(sched),
         "rows": rows, "elapsed": elapsed, "rng": _rng_state(), "args": _args_dict(args),
         "config": model.config.to_dict(),
     }
@@ -850,8 +860,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"train: expected 0 < --self-gen-len <= --seq-len - 2, found {args.self_gen_len}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    read_init_checkpoint(args)
-    tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer)
+    base_tok = None
+    if args.adapter_rank:
+        if not args.init_from:
+            raise ValueError("train: expected --init-from BASE with --adapter-rank, found no --init-from")
+        from ..checkpoint import read_config
+
+        base_cfg, _ = read_config(args.init_from)
+        base_tok = drafter_mod.BaseTokenizer.from_dir(args.init_from, drafter_mod.drafter_config(base_cfg, args))
+        args.seq_len = min(args.seq_len, base_cfg.max_position_embeddings)
+    else:
+        read_init_checkpoint(args)
+    tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer, base_tok)
     result = train(args, tok, train_stream, heldout_stream, info)
     if getattr(args, "json", None) is None:
         print(json.dumps(result, indent=1))
@@ -892,18 +912,24 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = model_config(args, tok)
-    torch.manual_seed(args.seed)
-    model = Transformer(config)
-    init_weights_(model, args.seed)
     init_record = None
+    if args.adapter_rank:  # a drafter: the base model frozen, an adapter trained
+        model, _ = drafter_mod.build_drafter(args)
+        config = model.config
+    else:
+        config = model_config(args, tok)
+        torch.manual_seed(args.seed)
+        model = Transformer(config)
+        init_weights_(model, args.seed)
     if args.init_from:
-        load_init_weights_(model, args.init_from)
+        if not args.adapter_rank:
+            load_init_weights_(model, args.init_from)
         rec = Path(args.init_from) / "training_record.json"
         init_record = json.loads(rec.read_text()) if rec.is_file() else {}
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
@@ -919,13 +945,13 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             if saved.get(k) != getattr(args, k):
                 raise ValueError(f"train --resume: {ckpt_path} was trained with --{k.replace('_', '-')}="
                                  f"{saved.get(k)}, found --{k.replace('_', '-')}={getattr(args, k)}")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=not args.adapter_rank)
         opt.load_state_dict(state["optimizer"])
         step, rows, elapsed, sched = state["step"], state["rows"], state["elapsed"], state["sched"]
         pool = state.get("pool")
         _set_rng_state(state["rng"])
         print(f"train: resumed from {ckpt_path} at step {step}", file=sys.stderr)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     heldout_windows = token_windows(heldout_stream, args.eval_windows, args.seq_len)
     draft_prefixes = token_windows(heldout_stream, args.draft_prompts, args.draft_prefix_len)
 
@@ -975,7 +1001,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         losses = compute_losses(model, batch, distill, not args.no_autocast)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        torch.nn.utils.clip_grad_norm_(decay + no_decay, args.grad_clip)
         opt.step()
         step += 1
         for k in acc:
@@ -1007,8 +1033,13 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             save_train_state(ckpt_path, model, opt, step, sched, rows, elapsed, args, pool)
             t_last = time.monotonic()
         if args.export_every and step % args.export_every == 0 and step < sched["total"]:
-            export_model(model, config, tok, out, args, info, step, "running", sched, elapsed, n_params,
-                         last_eval[1] if last_eval[0] == step else evaluate(), init_record)
+            ev = last_eval[1] if last_eval[0] == step else evaluate()
+            if args.adapter_rank:
+                drafter_mod.export_drafter(model, out, training_record(
+                    args, info, step, "running", sched, elapsed, n_params, ev, init_record))
+            else:
+                export_model(model, config, tok, out, args, info, step, "running", sched, elapsed, n_params, ev,
+                             init_record)
             t_last = time.monotonic()
         if args.stop_after is not None and step >= args.stop_after:
             stop_reason = "stop-after"
@@ -1024,8 +1055,12 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     final = evaluate()
     for b in sorted(set(args.block_sizes or [])):
         final.setdefault("drafts_by_block", {})[str(b)] = measure_drafts(model, draft_prefixes, b, tok.mask_id)
-    model_dir = export_model(model, config, tok, out, args, info, step, stop_reason, sched, elapsed, n_params,
-                             final, init_record)
+    if args.adapter_rank:
+        model_dir = drafter_mod.export_drafter(model, out, training_record(
+            args, info, step, stop_reason, sched, elapsed, n_params, final, init_record))
+    else:
+        model_dir = export_model(model, config, tok, out, args, info, step, stop_reason, sched, elapsed, n_params,
+                                 final, init_record)
     return {"steps": step, "stop_reason": stop_reason, "model": str(model_dir), "final": final}
 
 
@@ -1068,20 +1103,33 @@ def export_model(model: Transformer, config: ModelConfig, tok: Tokenizer, out: P
     model_dir = out / "model"
     save_checkpoint(model, config, model_dir, dtype=export_dtype)
     save_tokenizer(tok.hf, model_dir, model_max_length=args.seq_len)
+    record = training_record(args, info, step, stop_reason, sched, elapsed, n_params, final, init_record)
+    (model_dir / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    return model_dir
+
+
+def training_record(args: argparse.Namespace, info: dict[str, Any], step: int, stop_reason: str,
+                    sched: dict[str, int], elapsed: float, n_params: int, final: dict[str, Any],
+                    init_record: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``training_record.json`` of a run (arguments as :func:`export_model`'s).
+
+    Returns
+    -------
+    dict
+    """
     record = {
         "corpus": info, "python_version": info["python_version"], "corpus_sha256": info["sha256"],
         "args": _args_dict(args), "steps": step, "stop_reason": stop_reason, "schedule": sched,
         "train_seconds": round(elapsed, 1), "tokens_seen": step * args.batch_size * args.seq_len,
         "n_params": n_params, "objective": f"L_AR + {DIFFUSION_WEIGHT} * L_diffusion",
         "final": {k: v for k, v in final.items()},
-        "resume": {"checkpoint": str(out / "ckpt.pt"), "step": step,
+        "resume": {"checkpoint": str(Path(args.out) / "ckpt.pt"), "step": step,
                    "command": "graphrt train --resume with the arguments above"},
         "torch_version": torch.__version__,
     }
     if init_record is not None:
         record["init_from_record"] = init_record
-    (model_dir / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    return model_dir
+    return record
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -1117,6 +1165,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--init-from", default=None,
       help="continue from this checkpoint directory (its architecture, tokenizer and weights)")
     a("--export-every", type=int, default=0, help="also export model/ at every multiple of this step (0: end only)")
+    a("--adapter-rank", type=int, default=0,
+      help="train a drafter: keep --init-from's weights frozen and train a LoRA of this rank and the mask "
+           "token's embedding (writes OUT/drafter; 0: train every weight)")
+    a("--adapter-alpha", type=float, default=None, help="LoRA alpha of the drafter (default: 2 * rank)")
+    a("--adapter-modules", type=lambda t: [x for x in t.split(",") if x], default=None,
+      help="comma-separated projections the drafter adapts (default: all of q,k,v,o,gate,up,down)")
+    a("--mask-token", type=int, default=None,
+      help="the drafter's mask token id (a special token the base model never emits)")
     a("--lr", type=float, default=2e-3)
     a("--warmup", type=int, default=100)
     a("--decay-frac", type=float, default=0.2, help="fraction of the run spent in linear LR decay")
