@@ -199,3 +199,42 @@ def out_tensor(out: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dt
         raise ValueError(f"{where}: expected {name} to be contiguous (it is written in place)")
     return out
 
+
+
+def register_kernel(op: str, adapt: Any) -> None:
+    """Register a batched kernel on registry op ``op``'s entry, as its ``"cuda"`` kernel.
+
+    Parameters
+    ----------
+    op:
+        A registered op name.
+    adapt:
+        ``adapt() -> impl``: the op's implementation with the registry's calling convention
+        (per request, no batch dimension; scalar parameters as rank-0 tensors, attributes as
+        keywords; results returned functionally) over the batched, in-place kernel launcher,
+        for a batch of one and without host synchronisation.
+    """
+    from graphrt.registry import register_impls
+
+    def factory(device: torch.device, simulator: bool) -> Any:
+        if device.type == "cuda":
+            from graphrt.cuda_kernels.streams import require_cuda
+
+            require_cuda(f"op '{op}' on {device}")
+        elif not simulator:
+            return None
+        return adapt()
+
+    register_impls(op, kernels={"cuda": factory})
+
+
+def row(x: torch.Tensor) -> torch.Tensor:
+    """A rank-0 parameter as a ``[1]`` per-row tensor (no host sync)."""
+    return x.reshape(1)
+
+
+def reference(op: str) -> Any:
+    """The registry's reference of ``op`` (the one definition the batched references loop over)."""
+    from graphrt.registry import get_op
+
+    return get_op(op).reference

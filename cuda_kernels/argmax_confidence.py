@@ -23,10 +23,10 @@ Equivalences with the references (float64 semantics of :mod:`graphrt.sampling`):
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
-from graphrt import sampling
 from graphrt.cuda_kernels import _launch
 from graphrt.cuda_kernels._launch import StreamLike
 
@@ -95,8 +95,8 @@ def argmax_confidence_reference(
 
     ``tokens = sampling.argmax_lowest(logits)``, ``conf = sampling.confidence(logits, tokens)``.
     """
-    tokens = sampling.argmax_lowest(logits)  # [...]
-    conf = sampling.confidence(logits, tokens)  # [...] float64
+    tokens = _launch.reference("argmax")(logits)  # [...]
+    conf = _launch.reference("confidence")(logits, tokens)  # [...] float64
     return _fill(out_tokens, tokens), _fill(out_conf, conf)
 
 
@@ -152,7 +152,7 @@ def confidence_reference(
     """Torch reference of :func:`confidence`: :func:`graphrt.sampling.confidence`, 0 for out-of-range ids."""
     width = logits.shape[-1]
     valid = (tokens >= 0) & (tokens < width)  # [...]
-    conf = sampling.confidence(logits, torch.where(valid, tokens, torch.zeros_like(tokens)).to(torch.int64))
+    conf = _launch.reference("confidence")(logits, torch.where(valid, tokens, torch.zeros_like(tokens)).to(torch.int64))
     return _fill(out, torch.where(valid, conf, torch.zeros_like(conf)))
 
 
@@ -161,3 +161,14 @@ def _fill(out: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
         return value
     out.copy_(value)
     return out
+
+
+def _op_confidence() -> Any:
+    def confidence_op(logits, tokens):  # type: ignore[no-untyped-def]
+        lead = tokens.shape
+        out = confidence(logits.reshape(1, -1, logits.shape[-1]).contiguous(), tokens.reshape(1, -1))
+        return out.reshape(lead)
+    return confidence_op
+
+
+_launch.register_kernel("confidence", _op_confidence)

@@ -26,10 +26,10 @@ rounding of ``threshold`` or of another masked slot's confidence.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
-from graphrt import sampling
 from graphrt.cuda_kernels import _launch
 from graphrt.cuda_kernels._launch import StreamLike
 
@@ -159,13 +159,26 @@ def denoise_select_reference(
     stream: StreamLike = None,
     threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Torch reference of :func:`denoise_select`: :func:`graphrt.sampling.denoise_select` per row,
+    """Torch reference of :func:`denoise_select`: the ``denoise_select`` op's registry reference per row,
     written into ``block`` in place; ``stream`` and ``threads`` are ignored."""
     _check(block, candidates, conf, "denoise_select_reference")
     for b in range(block.shape[0]):
         thr = None if threshold is None else float(_launch.scalar_or_row(threshold, b))
-        block[b] = sampling.denoise_select(block[b], candidates[b].to(block.dtype), conf[b], mask_token_id,
-                                           thr, int(_launch.scalar_or_row(count, b)))
+        block[b] = _launch.reference("denoise_select")(block[b], candidates[b].to(block.dtype), conf[b],
+                                                       int(_launch.scalar_or_row(count, b)),
+                                                       mask_token_id=mask_token_id, threshold=thr)
     if out_remaining is not None:
         out_remaining.copy_((block == mask_token_id).sum(-1))
     return block, out_remaining
+
+
+def _op_denoise_select() -> Any:
+    def denoise_select_op(block, candidates, conf, count=None, *, mask_token_id, threshold):  # type: ignore[no-untyped-def]
+        out = block.reshape(1, -1).clone()  # the op is functional; the kernel updates its block in place
+        denoise_select(out, candidates.reshape(1, -1), conf.reshape(1, -1), mask_token_id=mask_token_id,
+                       threshold=threshold, count=1 if count is None else _launch.row(count))
+        return out.reshape(block.shape)
+    return denoise_select_op
+
+
+_launch.register_kernel("denoise_select", _op_denoise_select)

@@ -39,10 +39,11 @@ temperature must be finite (``+inf`` makes ``inf / inf`` NaN; unsupported).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
-from graphrt import noise, sampling
+from graphrt import noise
 from graphrt.cuda_kernels import _launch
 from graphrt.cuda_kernels._launch import StreamLike
 
@@ -161,14 +162,15 @@ def sample_reference(
     stream: StreamLike = None,
     threads: int | None = None,
 ) -> torch.Tensor:
-    """Torch reference of :func:`sample`: :func:`graphrt.sampling.sample` per request ``b``.
+    """Torch reference of :func:`sample`: the ``sample`` op's registry reference
+    (:func:`graphrt.sampling.sample`) per request ``b``.
 
     ``stream`` and ``threads`` are accepted for signature parity and ignored.
     """
     _check(logits, positions, "sample_reference")
     rows = []
     for b in range(logits.shape[0]):
-        rows.append(sampling.sample(
+        rows.append(_launch.reference("sample")(
             logits[b], positions[b].to(torch.int64),
             seed=int(_launch.scalar_or_row(seed, b)),
             stream=int(_launch.scalar_or_row(noise_stream, b)),
@@ -182,3 +184,16 @@ def sample_reference(
         return tokens
     out.copy_(tokens)
     return out
+
+
+def _op_sample() -> Any:
+    def sample_op(logits, positions, seed, stream, temperature, top_k, top_p, purpose):  # type: ignore[no-untyped-def]
+        lead = positions.shape
+        out = sample(logits.reshape(1, -1, logits.shape[-1]).contiguous(), positions.reshape(1, -1),
+                     seed=_launch.row(seed), noise_stream=_launch.row(stream), temperature=_launch.row(temperature),
+                     top_k=_launch.row(top_k), top_p=_launch.row(top_p), purpose=purpose)
+        return out.reshape(lead)
+    return sample_op
+
+
+_launch.register_kernel("sample", _op_sample)

@@ -18,10 +18,10 @@ Equivalence: **bitwise** equal to :func:`verify_accept_reference` (a loop of
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 
-from graphrt import sampling
 from graphrt.cuda_kernels import _launch
 from graphrt.cuda_kernels._launch import StreamLike
 
@@ -102,9 +102,9 @@ def verify_accept_reference(
     stream: StreamLike = None,
     threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Torch reference of :func:`verify_accept`: :func:`graphrt.sampling.verify_accept` per row."""
+    """Torch reference of :func:`verify_accept`:  the ``verify_accept`` op's registry reference per row."""
     _check(block, ar_tokens, "verify_accept_reference")
-    accepted = torch.stack([sampling.verify_accept(block[b], ar_tokens[b]) for b in range(block.shape[0])]) \
+    accepted = torch.stack([_launch.reference("verify_accept")(block[b], ar_tokens[b]) for b in range(block.shape[0])]) \
         if block.shape[0] else torch.zeros(0, dtype=torch.int64)
     bonus = ar_tokens.to(torch.int64).gather(1, accepted.unsqueeze(1)).squeeze(1)  # [B]
     start_t = start if isinstance(start, torch.Tensor) else torch.full_like(accepted, int(start))
@@ -117,3 +117,13 @@ def verify_accept_reference(
             out.copy_(value)
             results.append(out)
     return results[0], results[1], results[2]
+
+
+def _op_verify_accept() -> Any:
+    def verify_accept_op(block, ar_tokens):  # type: ignore[no-untyped-def]
+        accepted, _, _ = verify_accept(block.reshape(1, -1), ar_tokens.reshape(1, -1), start=0)
+        return accepted.reshape(())
+    return verify_accept_op
+
+
+_launch.register_kernel("verify_accept", _op_verify_accept)

@@ -5,6 +5,7 @@ nodes; passes rewrite, fuse and schedule it; a session runs it per request as
 a resumable program over a backbone that batches every request's forwards.
 """
 
+import graphrt.ops  # noqa: F401  (registers the built-in ops, their out-variants and the n-gram lookup)
 from graphrt.api import Model, chat, compile, generate, load
 from graphrt.backbone import Backbone, BackboneConfig, ForwardBatch
 from graphrt.builder import GraphBuilder, Var

@@ -1,8 +1,8 @@
 """The executor: a graph run per request as a resumable program.
 
 :class:`Program` interprets a verified graph with each op's implementation
-(the registry's torch reference on CPU; a CUDA kernel where one is registered
-for CUDA tensors, chosen in :func:`resolve_impl`). It runs until it reaches a
+(the registry's torch reference on CPU; the CUDA kernel registered on the op's
+entry for CUDA tensors: :func:`resolve_impl`, one lookup). It runs until it reaches a
 ``forward`` and suspends with the request's one-row
 :class:`~graphrt.backbone.ForwardBatch`; the caller resumes it with the
 logits. ``emit`` writes an :class:`~graphrt.events.Emission` to the program's
@@ -57,15 +57,25 @@ Impl = Callable[..., Any]
 
 
 def resolve_impl(op: str, device: torch.device, kernels: str = "auto") -> Impl:
-    """The implementation of ``op`` for tensors on ``device`` (the one dispatch point).
+    """The implementation of ``op`` for tensors on ``device``: its registry entry's
+    (:meth:`graphrt.registry.OpDef.implementation`, one lookup).
 
-    ``kernels``: ``"auto"`` uses :mod:`graphrt.cuda_kernels` for CUDA devices where it
-    has a kernel for the op; ``"simulator"`` uses those kernels on CPU tensors in
-    Numba's CUDA simulator (tests); ``"off"`` always runs the registry's torch reference.
+    ``kernels``: ``"auto"`` runs the entry's CUDA kernel for CUDA devices where it has one;
+    ``"simulator"`` runs those kernels on CPU tensors in Numba's CUDA simulator (tests);
+    ``"off"`` always runs the registry's torch reference. The first time a device needs
+    kernels, :mod:`graphrt.cuda_kernels` is imported, and its kernels register themselves on
+    their ops' entries (importing it imports no numba).
     """
+    if kernels == "simulator" or (kernels == "auto" and device.type == "cuda"):
+        _register_device_kernels()
     impl = get_op(op).implementation(device, kernels)
     assert impl is not None, f"op '{op}' has no reference"
     return impl
+
+
+@functools.cache
+def _register_device_kernels() -> None:
+    import graphrt.cuda_kernels  # noqa: F401  (each kernel registers itself on its op's registry entry)
 
 
 @dataclass

@@ -490,13 +490,8 @@ def _sample_infer(ts: list[Type], attrs: dict) -> list[Type]:
     return [TensorType("i64", logits.shape[:-1])]
 
 
-def _sample_ref(logits, positions, seed, stream, temperature, top_k, top_p, purpose):
-    return sampling.sample(logits, positions, int(seed), int(stream), purpose, float(temperature), int(top_k),
-                           float(top_p))
-
-
 _prim("sample", ("logits", "positions", "seed", "stream", "temperature", "top_k", "top_p"), _sample_infer,
-      _sample_ref, {"purpose": noise.SAMPLE}, effects=frozenset({"noise"}), tier="fused",
+      sampling.sample, {"purpose": noise.SAMPLE}, effects=frozenset({"noise"}), tier="fused",
       doc="Greedy at T = 0, else Gumbel-max over temperature/top-k/top-p filtered logits (sampling.sample).")
 
 
@@ -525,12 +520,7 @@ def _denoise_infer(ts: list[Type], attrs: dict) -> list[Type]:
     return [block]
 
 
-def _denoise_ref(block, candidates, conf, count=None, *, mask_token_id, threshold):
-    return sampling.denoise_select(block, candidates, conf, mask_token_id, threshold,
-                                   1 if count is None else int(count))
-
-
-_prim("denoise_select", ("block", "candidates", "confidence", "count"), _denoise_infer, _denoise_ref,
+_prim("denoise_select", ("block", "candidates", "confidence", "count"), _denoise_infer, sampling.denoise_select,
       {"mask_token_id": REQUIRED, "threshold": REQUIRED}, tier="fused", optional=("count",),
       doc="Commit candidates into masked slots: most confident + all >= threshold, or the count most confident.")
 
@@ -643,3 +633,6 @@ register_op(OpDef("loop", ("cond", "*carried"), {}, _loop_infer, None, frozenset
 
 
 import graphrt.ngram  # noqa: E402,F401  (registers the context n-gram lookup)
+from graphrt.out_variants import register_out_variants  # noqa: E402
+
+register_out_variants()

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from graphrt import sampling
+from graphrt.registry import get_op, register_impls
 
 F64 = torch.float64
 
@@ -87,11 +88,10 @@ def _sample(logits: torch.Tensor, positions: torch.Tensor, seed: torch.Tensor, s
             out: torch.Tensor) -> torch.Tensor:
     if not float(temperature) > 0:  # greedy, as sampling.sample: the argmax goes straight into the buffer
         return sampling.argmax_lowest(logits, out=out)
-    return out.copy_(sampling.sample(logits, positions, int(seed), int(stream), purpose, float(temperature),
-                                     int(top_k), float(top_p)))
+    return out.copy_(sampling.sample(logits, positions, seed, stream, temperature, top_k, top_p, purpose=purpose))
 
 
-# Registered on the ops' registry entries by :func:`register_builtin_impls`; look them up there.
+# Registered on the ops' registry entries by :func:`register_out_variants`; look them up there.
 OUT_VARIANTS: dict[str, Callable[..., Any]] = {
     # torch's own functions take ``out=`` (called with the op's inputs only: no extra argument reaches them)
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
@@ -119,29 +119,10 @@ OUT_VARIANTS: dict[str, Callable[..., Any]] = {
 """Op name -> ``variant(*inputs, out=buffer, **attrs)``."""
 
 
-KERNEL_OPS = ("sample", "confidence", "denoise_select", "verify_accept")
-"""Built-in ops with a CUDA kernel (:mod:`graphrt.cuda_kernels.op_adapters`, imported on first use)."""
-
-
-def _kernel(op: str) -> Callable[..., Any]:
-    def kernel(device: Any, simulator: bool) -> Callable[..., Any] | None:
-        try:
-            from graphrt.cuda_kernels.op_adapters import op_impl
-        except ImportError:  # the CUDA extra is not installed: the reference runs through torch
-            return None
-        return op_impl(op, device, simulator=simulator)
-
-    return kernel
-
-
-def register_builtin_impls() -> None:
-    """Put the built-in ops' out-variants and kernels on their registry entries (the one op table)."""
-    from graphrt.registry import register_impls
-
+def register_out_variants() -> None:
+    """Put the built-in ops' out-variants on their registry entries (called once, by :mod:`graphrt.ops`)."""
     for op, variant in OUT_VARIANTS.items():
         register_impls(op, out_variant=variant)
-    for op in KERNEL_OPS:
-        register_impls(op, kernel=_kernel(op))
 
 
 def out_variant(op: str) -> Callable[..., Any] | None:
@@ -157,6 +138,4 @@ def out_variant(op: str) -> Callable[..., Any] | None:
     Callable or None
         ``variant(*inputs, out=buffer, **attrs) -> buffer``.
     """
-    from graphrt.registry import get_op
-
     return get_op(op).out_variant

@@ -14,16 +14,31 @@ Effects:
 
 Ops with ``writes_cache``, ``host_sync`` or ``emits`` are never removed or
 reordered past each other by passes.
+
+An entry is the one path from an op to what runs it: its :attr:`OpDef.reference`
+(the meaning), its :attr:`OpDef.out_variant` (the same computation into a given
+buffer) and its :attr:`OpDef.kernels` (per device kind, a factory of the kernel-backed
+implementation). The built-in ops register on ``import graphrt`` (:mod:`graphrt.ops`,
+with :mod:`graphrt.out_variants`); the CUDA kernels register themselves on their
+ops' entries when :mod:`graphrt.cuda_kernels` is imported, which the executor does
+the first time it lowers for a CUDA device or Numba's simulator. Resolving is one
+lookup, :meth:`OpDef.implementation`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from graphrt.types import Type
 
 EFFECTS = frozenset({"reads_cache", "writes_cache", "noise", "host_sync", "emits"})
+KERNEL_MODES = ("auto", "simulator", "off")
+"""How :meth:`OpDef.implementation` picks: device kernels on CUDA, kernels on CPU tensors in Numba's
+CUDA simulator (tests), or always the reference."""
+KernelFactory = Callable[[Any, bool], "Callable[..., Any] | None"]
+"""``factory(device, simulator) -> impl or None``: an op's kernel-backed implementation for ``device``
+(with the reference's calling convention), or None to run the reference."""
 TIERS = ("primitive", "fused", "control")
 _REQUIRED = object()
 
@@ -50,6 +65,12 @@ class OpDef:
         See the module docstring.
     num_regions:
         How many regions a node of this op owns.
+    optional_inputs:
+        Trailing inputs a node may leave out.
+    out_variant:
+        ``variant(*inputs, out=buffer, **attrs) -> buffer``, bit for bit the reference.
+    kernels:
+        Device kind (``"cuda"``) -> :data:`KernelFactory`; the kernels register themselves.
     """
 
     name: str
@@ -63,19 +84,31 @@ class OpDef:
     num_regions: int = 0
     optional_inputs: tuple[str, ...] = field(default=())
     out_variant: Callable[..., Any] | None = None
-    kernel: Callable[..., Any] | None = None
+    kernels: Mapping[str, KernelFactory] = field(default_factory=dict)
 
     def implementation(self, device: Any, kernels: str = "auto") -> Callable[..., Any] | None:
-        """The implementation to run for tensors on ``device`` (None for control ops).
+        """The implementation to run for tensors on ``device`` (None for control ops): one lookup.
 
-        ``kernels``: ``"auto"`` runs :attr:`kernel` (``kernel(device, simulator) -> impl``)
-        on CUDA devices, ``"simulator"`` runs it on CPU tensors in Numba's CUDA simulator,
-        ``"off"`` always runs the :attr:`reference`; an op without a kernel runs its reference.
+        Parameters
+        ----------
+        device:
+            A ``torch.device``.
+        kernels:
+            ``"auto"`` runs the entry's ``"cuda"`` kernel on CUDA devices, ``"simulator"`` runs
+            it on CPU tensors in Numba's CUDA simulator, ``"off"`` always runs the
+            :attr:`reference`; an op without a kernel runs its reference.
+
+        Raises
+        ------
+        ValueError
+            ``kernels`` is not one of :data:`KERNEL_MODES`.
         """
-        if kernels not in ("auto", "simulator", "off"):
+        if kernels not in KERNEL_MODES:
             raise ValueError(f"op '{self.name}': kernels expected 'auto', 'simulator' or 'off', found {kernels!r}")
-        if self.kernel is not None and (kernels == "simulator" or (kernels == "auto" and device.type == "cuda")):
-            impl = self.kernel(device, kernels == "simulator")
+        factory = self.kernels.get("cuda") if kernels == "simulator" or (kernels == "auto" and device.type == "cuda") \
+            else None
+        if factory is not None:
+            impl = factory(device, kernels == "simulator")
             if impl is not None:
                 return impl
         return self.reference
@@ -137,8 +170,8 @@ def register_op(opdef: OpDef, *, replace: bool = False) -> OpDef:
 
 
 def register_impls(name: str, *, out_variant: Callable[..., Any] | None = None,
-                   kernel: Callable[..., Any] | None = None) -> OpDef:
-    """Attach an out-variant and/or a device kernel to the registered op ``name``.
+                   kernels: Mapping[str, KernelFactory] | None = None) -> OpDef:
+    """Attach an out-variant and/or device kernels to the registered op ``name``.
 
     Parameters
     ----------
@@ -146,10 +179,13 @@ def register_impls(name: str, *, out_variant: Callable[..., Any] | None = None,
         A registered op.
     out_variant:
         ``variant(*inputs, out=buffer, **attrs) -> buffer``, bit for bit the reference.
-    kernel:
-        ``kernel(device, simulator: bool) -> impl or None``: the op's kernel-backed
-        implementation for a CUDA device (or for CPU tensors in Numba's simulator), with
-        the reference's calling convention.
+    kernels:
+        Device kind (``"cuda"``) -> :data:`KernelFactory`, merged into the entry's kernels.
+
+    Returns
+    -------
+    OpDef
+        The updated entry.
 
     Raises
     ------
@@ -159,14 +195,17 @@ def register_impls(name: str, *, out_variant: Callable[..., Any] | None = None,
     opdef = _OPS.get(name)
     if opdef is None:
         raise KeyError(f"register_impls: op '{name}' is not registered")
-    changes = {k: v for k, v in (("out_variant", out_variant), ("kernel", kernel)) if v is not None}
+    changes: dict[str, Any] = {}
+    if out_variant is not None:
+        changes["out_variant"] = out_variant
+    if kernels:
+        changes["kernels"] = {**opdef.kernels, **kernels}
     _OPS[name] = opdef = replace(opdef, **changes)
     return opdef
 
 
 def get_op(name: str) -> OpDef:
     """The definition of ``name``; ``KeyError`` naming close matches when absent."""
-    _ensure_builtins()
     try:
         return _OPS[name]
     except KeyError:
@@ -179,24 +218,9 @@ def get_op(name: str) -> OpDef:
 
 def has_op(name: str) -> bool:
     """Whether ``name`` is registered."""
-    _ensure_builtins()
     return name in _OPS
 
 
 def all_ops() -> dict[str, OpDef]:
     """A copy of the registry."""
-    _ensure_builtins()
     return dict(_OPS)
-
-
-_BUILTINS_DONE: list[bool] = []
-
-
-def _ensure_builtins() -> None:
-    if _BUILTINS_DONE:
-        return
-    _BUILTINS_DONE.append(True)
-    import graphrt.ops  # noqa: F401  (registers the built-in ops on import)
-    import graphrt.out_variants as out_variants
-
-    out_variants.register_builtin_impls()

@@ -1,11 +1,12 @@
 """Reference semantics of sampling and of the fused decode ops.
 
 These torch functions *define* what the fused ops ``sample``, ``confidence``,
-``denoise_select`` and ``verify_accept`` mean; the op registry, the fusion
-passes and the CUDA kernels are all checked against them. Shapes are per
+``denoise_select`` and ``verify_accept`` mean: each is registered as its op's
+one reference (with the registry's calling convention), and the fusion passes,
+the out-variants and the CUDA kernels' batched references use it. Shapes are per
 request (no batch dimension) unless a leading ``...`` is shown.
 
-Conventions (DESIGN.md):
+Conventions (``docs/design.md``):
 
 * ties in ``argmax`` go to the lowest index; among equally confident positions
   the lowest position wins;
@@ -104,26 +105,46 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 def sample(
     logits: torch.Tensor,
     positions: torch.Tensor,
-    seed: int,
-    stream: int,
-    purpose: int,
-    temperature: float,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    seed: int | torch.Tensor,
+    stream: int | torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_k: int | torch.Tensor = 0,
+    top_p: float | torch.Tensor = 1.0,
+    *,
+    purpose: int = noise.SAMPLE,
 ) -> torch.Tensor:
-    """Token ids ``[...]`` drawn from ``logits [..., V]``.
+    """Token ids ``[...]`` drawn from ``logits [..., V]``: the ``sample`` op's reference.
 
     ``temperature == 0`` (or NaN) is greedy (:func:`argmax_lowest`); otherwise
     Gumbel-max over :func:`filter_logits` at ``max(temperature,``
-    :data:`TEMPERATURE_FLOOR` ``)`` with noise keyed by ``positions [...]`` (the
-    absolute position each sampled token will occupy) and ``purpose``. This is
-    bit for bit the primitive chain of :func:`graphrt.library.sample_tokens`,
-    which the fusion pass replaces.
+    :data:`TEMPERATURE_FLOOR` ``)`` with noise keyed by ``(seed, stream)``,
+    ``positions [...]`` (the absolute position each sampled token will occupy)
+    and ``purpose``. This is bit for bit the primitive chain of
+    :func:`graphrt.library.sample_tokens`, which the fusion pass replaces.
+
+    Parameters
+    ----------
+    logits:
+        ``[..., V]`` scores.
+    positions:
+        ``[...]`` absolute positions of the tokens drawn.
+    seed, stream:
+        The request's noise key (Python ints or rank-0 tensors, as the op passes them).
+    temperature, top_k, top_p:
+        Sampling parameters (Python numbers or rank-0 tensors).
+    purpose:
+        The noise purpose (an op attribute).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[...]`` int64 token ids.
     """
+    temperature = float(temperature)
     if not temperature > 0:
         return argmax_lowest(logits)
-    scores = filter_logits(logits, max(temperature, TEMPERATURE_FLOOR), top_k, top_p)
-    scores = scores + noise.gumbel(seed, stream, positions, purpose, logits.shape[-1])
+    scores = filter_logits(logits, max(temperature, TEMPERATURE_FLOOR), int(top_k), float(top_p))
+    scores = scores + noise.gumbel(int(seed), int(stream), positions, purpose, logits.shape[-1])
     return argmax_lowest(scores)
 
 
@@ -137,17 +158,20 @@ def denoise_select(
     block: torch.Tensor,
     candidates: torch.Tensor,
     conf: torch.Tensor,
+    count: int | torch.Tensor | None = None,
+    *,
     mask_token_id: int,
     threshold: float | None,
-    count: int = 1,
 ) -> torch.Tensor:
     """Commit candidates into the masked slots of ``block [L]``; returns the new block.
 
     Among masked slots: with a ``threshold``, the most confident slot (lowest
     position on ties) plus every slot whose confidence is ``>= threshold``; with
-    ``threshold=None``, the ``count`` most confident slots. Unmasked slots never
-    change. A block with no mask is returned unchanged.
+    ``threshold=None``, the ``count`` most confident slots (1 when ``None``). Unmasked
+    slots never change. A block with no mask is returned unchanged. The
+    ``denoise_select`` op's reference.
     """
+    count = 1 if count is None else int(count)
     masked = block == mask_token_id
     scores = torch.where(masked, conf.to(torch.float64), torch.full_like(conf, NEG_INF, dtype=torch.float64))
     if threshold is None:

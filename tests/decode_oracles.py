@@ -56,8 +56,8 @@ class Draws:
         """:meth:`pick` for each row of ``rows [n, V]`` at its position (one call into the reference)."""
         if self.temperature == 0:
             return [_argmax(r) for r in rows]
-        return sample(rows, torch.tensor(positions), self.seed, self.stream, purpose, self.temperature,
-                      self.top_k, self.top_p).tolist()
+        return sample(rows, torch.tensor(positions), self.seed, self.stream, self.temperature, self.top_k,
+                      self.top_p, purpose=purpose).tolist()
 
 
 GREEDY = Draws()

@@ -1,4 +1,4 @@
-"""Dispatch, no-GPU detection and errors, import isolation, the PTX compile check, the GPU-check
+"""Kernels on their ops' registry entries, no-GPU detection and errors, import isolation, the PTX compile check, the GPU-check
 script's no-GPU behaviour, and (marked ``gpu``) streams, events and CUDA-graph capture on a device."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphrt.cuda_kernels import dispatch, streams
+from graphrt.cuda_kernels import streams
+from graphrt.registry import all_ops, get_op
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,19 +23,26 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_dispatch_maps_every_op_to_kernel_and_reference():
-    assert dispatch.op_names() == sorted(["sample", "denoise_select", "verify_accept", "argmax_confidence",
-                                          "confidence", "commit"])
-    for op in dispatch.op_names():
-        reference = dispatch.get_impl(op, "cpu")
-        kernel = dispatch.get_impl(op, "cpu", simulator=True)
-        assert reference.__name__.endswith("_reference") and not kernel.__name__.endswith("_reference")
-        assert reference.__module__ == kernel.__module__
+KERNEL_OPS = ["confidence", "denoise_select", "sample", "verify_accept"]
+CPU = torch.device("cpu")
 
 
-def test_dispatch_unknown_op_lists_the_known_ones():
-    with pytest.raises(KeyError, match="expected one of"):
-        dispatch.get_impl("softmax", "cpu")
+def test_every_kernel_is_on_its_ops_entry_beside_the_reference():
+    import graphrt.cuda_kernels  # noqa: F401  (the kernels register themselves)
+
+    assert sorted(name for name, op in all_ops().items() if op.kernels) == KERNEL_OPS
+    for op in KERNEL_OPS:
+        entry = get_op(op)
+        reference = entry.implementation(CPU, "off")
+        kernel = entry.implementation(CPU, "simulator")
+        assert reference is entry.reference and entry.implementation(CPU) is reference
+        assert kernel is not reference and kernel.__module__ == f"graphrt.cuda_kernels.{op if op != 'confidence' else 'argmax_confidence'}"
+
+
+def test_an_op_without_a_kernel_runs_its_reference_and_unknown_ops_name_close_matches():
+    assert get_op("softmax").implementation(CPU, "simulator") is get_op("softmax").reference
+    with pytest.raises(KeyError, match="did you mean"):
+        get_op("sampel")
 
 
 @pytest.mark.skipif(streams.cuda_available(), reason="checks the no-GPU path")
@@ -42,7 +50,9 @@ def test_no_gpu_is_detected_without_raising_and_cuda_requests_fail_clearly():
     assert streams.cuda_available() is False
     assert streams.cuda_unavailable_reason()
     with pytest.raises(RuntimeError, match="CUDA requested but no CUDA device is available"):
-        dispatch.get_impl("sample", "cuda")
+        import graphrt.cuda_kernels  # noqa: F401
+
+        get_op("sample").implementation(torch.device("cuda"))
     with pytest.raises(RuntimeError, match="CUDA requested but no CUDA device is available"):
         streams.Stream.create()
     with pytest.raises(RuntimeError, match="CUDA requested but no CUDA device is available"):
@@ -51,7 +61,8 @@ def test_no_gpu_is_detected_without_raising_and_cuda_requests_fail_clearly():
 
 def test_import_graphrt_and_cpu_dispatch_never_import_numba():
     result = _run("import sys, graphrt, graphrt.testing, graphrt.cuda_kernels as ck\n"
-                  "ck.get_impl('sample', 'cpu'); ck.cuda_available()\n"
+                  "import torch; graphrt.get_op('sample').implementation(torch.device('cpu'), 'simulator')\n"
+                  "ck.cuda_available()\n"
                   "from graphrt.cuda_kernels import sample, denoise_select, verify_accept, commit, graphs\n"
                   "print('numba' in sys.modules)")
     assert result.returncode == 0, result.stderr

@@ -86,12 +86,14 @@ def test_one_op_table_holds_reference_out_variant_and_kernel() -> None:
     from graphrt.executor import resolve_impl
     from graphrt.registry import all_ops, get_op, register_impls
 
+    import graphrt.cuda_kernels  # noqa: F401  (the kernels register themselves on their entries)
+
     ops = all_ops()
-    assert ops["add"].out_variant is not None and ops["sample"].kernel is not None
-    assert ops["forward"].out_variant is None and ops["forward"].kernel is None
+    assert ops["add"].out_variant is not None and "cuda" in ops["sample"].kernels
+    assert ops["forward"].out_variant is None and not ops["forward"].kernels
     name = "double_test_op"
     if name not in ops:
         graphrt.register_op(graphrt.OpDef(name, ("x",), {}, lambda ts, a: [ts[0]], lambda x: x * 2))
-    register_impls(name, kernel=lambda device, simulator: (lambda x: x + x))
+    register_impls(name, kernels={"cuda": lambda device, simulator: (lambda x: x + x)})
     assert resolve_impl(name, CPU, "off") is get_op(name).reference
     assert resolve_impl(name, CPU, "simulator")(torch.tensor([3])).item() == 6  # the entry's kernel, found in one lookup
