@@ -82,7 +82,7 @@ class RunOutput:
     """What one contender produced for one prompt group."""
 
     tokens: list[list[int]]
-    forwards: int  # backbone forwards, counted once per request they served (DESIGN.md's TPF)
+    forwards: int  # backbone forwards, counted once per request they served (docs/design.md's TPF)
     seconds: float
     calls: list[tuple[int, int, float]]
 

@@ -1,6 +1,6 @@
 """Host synchronisations per emitted token, per mode, counted from actual runs.
 
-A host sync is a point where the host must see device results (DESIGN.md):
+A host sync is a point where the host must see device results (docs/design.md):
 each ``forward`` (the program suspends and hands a request to the backbone),
 ``emit`` and ``commit``, each check of a loop condition, and each primitive
 that reads a computed value on the host. The capture plan

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 import graphrt
-from graphrt.frontends.cli import write_json
+from graphrt.frontends.cli.output import write_json
 from graphrt.frontends.loader import parse_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -50,7 +50,7 @@ def _jit():
 def schedule_count(num_masked: int | torch.Tensor, steps: int | torch.Tensor,
                    step: int | torch.Tensor) -> int | torch.Tensor:
     """Slots to commit at denoise ``step`` (0-based) when ``num_masked`` masks are split evenly
-    over ``steps`` steps, remainder first (DESIGN.md's ``threshold=None`` schedule).
+    over ``steps`` steps, remainder first (docs/design.md's ``threshold=None`` schedule).
 
     Works elementwise on ints or integer tensors (no host sync).
 

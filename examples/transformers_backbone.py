@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[int]]:
     args = parser.parse_args(argv)
     path = args.model
     if path is None:
-        from graphrt.testing import write_transformers_checkpoint
+        from graphrt.frontends.fixtures import write_transformers_checkpoint
 
         path = write_transformers_checkpoint("llama", tempfile.mkdtemp() + "/llama")
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")

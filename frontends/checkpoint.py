@@ -1,6 +1,6 @@
 """Checkpoint I/O: ``config.json`` + safetensors weights (single file or sharded).
 
-Loads ``nemotron_labs_diffusion`` checkpoints (DESIGN.md's weight names) and plain
+Loads ``nemotron_labs_diffusion`` checkpoints (docs/design.md's weight names) and plain
 AR checkpoints of type ``llama``, ``mistral``, ``ministral3``, ``qwen2`` and
 ``qwen3`` (``model.*`` -> ``encoder.*``, ``lm_head.weight`` ->
 ``diffusion_head.weight``, tied embeddings when ``lm_head`` is absent, Qwen2's
@@ -253,7 +253,7 @@ def checkpoint_sources(path: str | os.PathLike[str], adapter: str | os.PathLike[
     Returns
     -------
     (config, sources)
-        ``sources`` maps each tensor's name in DESIGN.md's naming (AR names mapped)
+        ``sources`` maps each tensor's name in docs/design.md's naming (AR names mapped)
         to (file, name stored in that file). AR checkpoints without ``lm_head`` get
         ``tie_word_embeddings``; an adapter sets ``config.draft_adapter``.
     """

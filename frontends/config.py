@@ -1,7 +1,7 @@
 """The model configuration: what ``config.json`` of a checkpoint holds.
 
 :class:`ModelConfig` mirrors the fields of a ``nemotron_labs_diffusion``
-checkpoint's ``config.json`` (see DESIGN.md, "Checkpoint format to load"), plus
+checkpoint's ``config.json`` (see docs/design.md, "Checkpoints"), plus
 the few optional fields that plain AR checkpoints map onto (Qwen2's q/k/v
 biases, Qwen3's q/k norms) and the draft adapter (a LoRA on ``o_proj``).
 

@@ -1,4 +1,8 @@
-"""The top-level API: ``load``, ``compile``, ``generate``, ``chat``."""
+"""The top-level API: ``load``, ``compile``, ``generate``, ``chat``.
+
+Mode names and the checkpoint loader are looked up in :mod:`graphrt.modes`, which
+the frontends fill as a plugin; this module imports no frontend.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-import importlib
-
 from graphrt.backbone import Backbone
 from graphrt.compiled import CompiledPolicy, compile_policy
+from graphrt.modes import check_mode, get_loader, get_mode
 from graphrt.params import GenerationParams, GenerationResult
 from graphrt.policy import Policy
 from graphrt.session import Session, TokenizerLike
@@ -49,7 +52,7 @@ class Model:
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
          max_batch: int = 8, compile: bool | str = False, max_seq_len: int | None = None,
          adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
-    """Load a checkpoint directory (DESIGN.md's format) as a :class:`Model`.
+    """Load a checkpoint directory (the formats of ``docs/design.md``) as a :class:`Model`.
 
     Parameters
     ----------
@@ -79,20 +82,15 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
     tp_check:
         Debug: compare every forward's inputs across the tensor-parallel ranks.
     """
-    loader = _frontend("loader")  # the core never imports frontends at module level
-    return loader.load_model(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
-                             max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check)
-
-
-def _frontend(name: str) -> Any:
-    """``graphrt.frontends.<name>``, imported on first use."""
-    return importlib.import_module(f"graphrt.frontends.{name}")
+    return get_loader()(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
+                        max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check)
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:
     """Build, verify and optimise a policy (or a mode name) for a model."""
-    if isinstance(policy, str):
-        policy = _frontend("policies").policy_for_mode(policy, **policy_args)
+    if isinstance(policy, str):  # a mode name: the mode registry (graphrt.modes), filled by the frontends
+        check_mode(policy, model)
+        policy = get_mode(policy)(**policy_args)
     elif policy_args:
         raise ValueError(f"compile: policy arguments {sorted(policy_args)} apply to mode names only")
     backbone = model.backbone if isinstance(model, Model) else model

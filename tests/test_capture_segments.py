@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.lowering import captured_runs
 
 CPU = torch.device("cpu")

@@ -10,7 +10,7 @@ import pytest
 import transformers
 
 from graphrt.frontends.cli import main
-from graphrt.testing import write_release_checkpoint, write_transformers_checkpoint
+from graphrt.frontends.fixtures import write_release_checkpoint, write_transformers_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.frontends.compiled_shapes import ShapeBuckets
 from graphrt.frontends.transformer import TransformerBackbone
 

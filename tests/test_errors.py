@@ -10,7 +10,7 @@ import torch
 import graphrt
 from graphrt.frontends import policies
 from graphrt.frontends.checkpoint import random_checkpoint
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 
 
 @pytest.fixture(scope="module")

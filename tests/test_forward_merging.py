@@ -10,11 +10,11 @@ import graphrt
 from graphrt.backbone import BackboneConfig
 from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
-from graphrt.frontends.forward_merging import NotApplicable, merge_forward_graph, merge_forwards
+from graphrt.frontends.policies.forward_merging import NotApplicable, merge_forward_graph, merge_forwards
 from graphrt.library import accept_length, ban_mask, decode_inputs, sample_tokens
 from graphrt.policy import Policy
-from decode_oracles import run, tiny_model
-from toy_backbone import ToyBackbone
+from support.decode_oracles import run, tiny_model
+from support.toy_backbone import ToyBackbone
 
 CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
                         block_size=4)

@@ -12,7 +12,7 @@ from graphrt.builder import GraphBuilder
 from graphrt.passes import fuse
 from graphrt.passes.patterns import trace_pattern
 from graphrt.types import scalar, tensor
-from pass_programs import evaluate, same
+from support.pass_programs import evaluate, same
 
 
 def _accept_graph():

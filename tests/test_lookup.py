@@ -13,9 +13,9 @@ from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
 from graphrt.ir import GraphError
 from graphrt.ngram import ngram_lookup_ref
-from graphrt.frontends.forward_merging import NotApplicable, merge_forwards
+from graphrt.frontends.policies.forward_merging import NotApplicable, merge_forwards
 from graphrt.types import tensor
-from decode_oracles import run, tiny_model
+from support.decode_oracles import run, tiny_model
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

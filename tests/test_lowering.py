@@ -13,10 +13,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.types import tensor
 from graphrt.executor import ExecutionError, LoweredGraph, Program
-from pass_programs import pure_programs, run_session, same
+from support.pass_programs import pure_programs, run_session, same
 
 CPU = torch.device("cpu")
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")

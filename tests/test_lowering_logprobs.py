@@ -12,12 +12,12 @@ import pytest
 import torch
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt import executor
 from graphrt.analysis import logprob_only_nodes
 from graphrt.library import token_logprobs
 from graphrt.types import tensor
-from pass_programs import run_session, same
+from support.pass_programs import run_session, same
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import graphrt
 from graphrt.frontends import policies
-from decode_oracles import diffusion_oracle, greedy_oracle, run, self_spec_oracle, tiny_model
+from support.decode_oracles import diffusion_oracle, greedy_oracle, run, self_spec_oracle, tiny_model
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.backbone import BackboneConfig
 from graphrt.frontends import policies
 from graphrt.ir import Graph, Value

@@ -7,14 +7,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import graphrt
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.analysis import logprob_only_nodes, region_reads
 from graphrt.executor import Arena
 from graphrt.passes import default_pipeline
 from graphrt.passes.effects import VIEW_OPS
 from graphrt.passes.graph_utils import regions_with_keys
 from graphrt.passes.memory_planning import MemoryPlan
-from pass_programs import pure_programs
+from support.pass_programs import pure_programs
 
 
 def _plan(graph) -> MemoryPlan:

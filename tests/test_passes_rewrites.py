@@ -15,7 +15,7 @@ from graphrt.passes import (canonicalize, default_pipeline, eliminate_common_sub
                             fold_constants, fuse, hoist_invariants, remove_dead_carried)
 from graphrt.types import CACHE, scalar, tensor
 from graphrt.verify import verify
-from pass_programs import evaluate, same
+from support.pass_programs import evaluate, same
 
 CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
                         block_size=4)

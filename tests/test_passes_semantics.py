@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.frontends import policies
 from graphrt.passes import default_pipeline
 from graphrt.verify import verify
-from pass_programs import SINGLE_PASSES, evaluate, generate, pure_programs, same
+from support.pass_programs import SINGLE_PASSES, evaluate, generate, pure_programs, same
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 E2E = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import graphrt.executor as executor
-from decode_oracles import tiny_model
+from support.decode_oracles import tiny_model
 from graphrt.backbone import BackboneConfig
 from graphrt.frontends import policies
 from graphrt.passes import assign_streams, default_pipeline
 from graphrt.passes.graph_utils import regions_with_keys
-from pass_programs import evaluate, generate, pure_programs, random_order, same
+from support.pass_programs import evaluate, generate, pure_programs, random_order, same
 
 CONFIG = BackboneConfig(vocab_size=96, max_positions=256, mask_token_id=95, bos_token_id=1, eos_token_id=2,
                         block_size=4)

@@ -13,8 +13,8 @@ import transformers
 import graphrt
 from graphrt.api import prepare
 from graphrt.frontends.checkpoint import load_checkpoint
-from graphrt.frontends.streaming import stream_generate
-from graphrt.testing import write_release_checkpoint, write_transformers_checkpoint
+from graphrt.frontends.cli.streaming import stream_generate
+from graphrt.frontends.fixtures import write_release_checkpoint, write_transformers_checkpoint
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello! How can I help?"}]

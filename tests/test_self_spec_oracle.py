@@ -1,6 +1,6 @@
 """Self-speculation (linear and quadratic) against independent oracles, on models that accept drafts.
 
-The oracles of ``decode_oracles`` recompute every forward densely from DESIGN.md's
+The oracles of ``decode_oracles`` recompute every forward densely from docs/design.md's
 definitions; graphrt must match them on tokens, forward counts and accepted
 drafts per cycle. The accepting toy backbone makes drafts right with a known
 probability, and each configuration first asserts that its cycles accepted every
@@ -15,8 +15,8 @@ import pytest
 
 import graphrt
 from graphrt.api import Model
-from accepting_backbone import AcceptingBackbone
-from decode_oracles import (GREEDY, Draws, SpecTrace, ar_oracle, diffusion_oracle, quadratic_oracle, run,
+from support.accepting_backbone import AcceptingBackbone
+from support.decode_oracles import (GREEDY, Draws, SpecTrace, ar_oracle, diffusion_oracle, quadratic_oracle, run,
                             self_spec_oracle, tiny_model)
 
 PROMPTS = ([5, 6, 7], [11], [40, 2, 33, 9, 17])

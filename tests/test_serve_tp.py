@@ -22,7 +22,7 @@ import torch
 
 import graphrt
 from graphrt.frontends.fixtures import write_release_checkpoint
-from server_harness import metric, server_process, torchrun_serve
+from support.server_harness import metric, server_process, torchrun_serve
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

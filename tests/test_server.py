@@ -18,7 +18,7 @@ import openai
 import pytest
 
 import graphrt
-from server_harness import MODEL_NAME, metric, server
+from support.server_harness import MODEL_NAME, metric, server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

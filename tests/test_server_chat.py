@@ -10,7 +10,7 @@ import openai
 import pytest
 
 import graphrt
-from server_harness import MODEL_NAME, server
+from support.server_harness import MODEL_NAME, server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 import graphrt
-from server_harness import MODEL_NAME, POISON, metric, server
+from support.server_harness import MODEL_NAME, POISON, metric, server
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -14,7 +14,7 @@ import pytest
 
 import graphrt
 from graphrt.frontends.training.evaluate import make_prompts
-from decode_oracles import Draws, quadratic_oracle, run, self_spec_oracle
+from support.decode_oracles import Draws, quadratic_oracle, run, self_spec_oracle
 
 B = 4            # block length: the shipped model accepts up to 3 drafts often enough here
 N = 24           # new tokens per prompt

@@ -105,7 +105,7 @@ class TextStream:
     """
 
     def __init__(self, tokenizer: Any, stops: Sequence[str]) -> None:
-        from graphrt.frontends.cli_generate import TextStream as Printer
+        from graphrt.frontends.cli.generate import TextStream as Printer
 
         self._buffer = io.StringIO()
         self._printer = Printer(tokenizer, tuple(stops), out=self._buffer)

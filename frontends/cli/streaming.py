@@ -9,7 +9,7 @@ from graphrt.compiled import CompiledPolicy
 from graphrt.params import GenerationParams, GenerationResult
 from graphrt.session import Session
 
-from .trace import DecodeTrace, TracingBackbone, record_labels
+from graphrt.frontends.cli.trace import DecodeTrace, TracingBackbone, record_labels
 
 
 def stream_generate(model: Model, compiled: CompiledPolicy, prompt: Sequence[int], params: GenerationParams,
@@ -26,7 +26,7 @@ def stream_generate(model: Model, compiled: CompiledPolicy, prompt: Sequence[int
     on_tokens:
         Called after every round that emitted tokens (already cut at budgets and stops).
     trace:
-        Record every forward and return a :class:`~graphrt.frontends.trace.DecodeTrace`.
+        Record every forward and return a :class:`~graphrt.frontends.cli.trace.DecodeTrace`.
 
     Returns
     -------

@@ -1,11 +1,14 @@
 """The built-in decode policies, written with the builder.
 
 Each function returns a :class:`graphrt.policy.Policy`; its graph follows
-DESIGN.md's semantics of the mode exactly (see the docstrings). The policies
-are written in primitives; the pass pipeline fuses them.
+the semantics of the mode in ``docs/design.md`` exactly (see the docstrings). The
+policies are written in primitives; the pass pipeline fuses them. :func:`register_modes`
+puts every built-in mode into the core's mode registry (:mod:`graphrt.modes`).
 """
 
 from __future__ import annotations
+
+import functools
 
 from graphrt import noise
 from graphrt.backbone import BackboneConfig
@@ -13,7 +16,12 @@ from graphrt.builder import GraphBuilder, Var
 from graphrt.ir import Graph
 from graphrt.library import (DecodeInputs, accept_length, ban_mask, confidence, decode_inputs, denoise_select,
                              force_end_of_thinking, next_tokens, sample_tokens, token_logprobs)
+from graphrt.modes import register_mode
 from graphrt.policy import Policy
+
+__all__ = ["MODES", "ar", "build_ar", "build_diffusion", "build_prompt_lookup", "build_self_spec",
+           "build_self_spec_lookup", "context_buffer", "diffusion", "policy_for_mode", "prefill", "prompt_lookup",
+           "register_modes", "self_spec", "self_spec_lookup", "verify_block"]
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic", "prompt-lookup", "self-spec-lookup")
 
@@ -345,7 +353,7 @@ def self_spec_lookup(block_length: int | None = None, max_ngram: int = 3, min_ng
 
 
 def policy_for_mode(mode: str, block_length: int | None = None, threshold: float | None = None) -> Policy:
-    """The built-in policy for a mode name of the API/CLI (defaults per DESIGN.md)."""
+    """The built-in policy for a mode name of the API/CLI (defaults per ``docs/design.md``)."""
     if mode == "ar":
         return ar()
     if mode == "diffusion":
@@ -353,7 +361,7 @@ def policy_for_mode(mode: str, block_length: int | None = None, threshold: float
     if mode == "self-spec":
         return self_spec(block_length, 0.0 if threshold is None else threshold)
     if mode == "self-spec-quadratic":
-        from graphrt.frontends.forward_merging import merge_forwards
+        from graphrt.frontends.policies.forward_merging import merge_forwards
 
         return merge_forwards(self_spec(block_length, 0.0 if threshold is None else threshold))
     if mode == "prompt-lookup":
@@ -361,3 +369,9 @@ def policy_for_mode(mode: str, block_length: int | None = None, threshold: float
     if mode == "self-spec-lookup":
         return self_spec_lookup(block_length)
     raise ValueError(f"mode: expected one of {MODES}, found {mode!r}")
+
+
+def register_modes() -> None:
+    """Register every built-in mode (:data:`MODES`) in :mod:`graphrt.modes`, as :func:`policy_for_mode` builds it."""
+    for mode in MODES:
+        register_mode(mode, functools.partial(policy_for_mode, mode))

@@ -1,4 +1,4 @@
-"""Tiny random models and hand-written oracles of DESIGN.md's decoding algorithms.
+"""Tiny random models and hand-written oracles of docs/design.md's decoding algorithms.
 
 The oracles recompute every forward densely (no KV cache, no graph, no session)
 straight from the algorithm's description, so they share nothing with the
@@ -105,7 +105,7 @@ def greedy_oracle(model: Model, prompt: list[int], n: int) -> list[int]:
 
 def _denoise(net: Any, seq: list[int], block: list[int], threshold: float | None, steps: int, draws: Draws,
              adapter: bool, eos: int | None) -> tuple[list[int], int]:
-    """DESIGN.md's denoise loop over ``block`` after the prefix ``seq``; returns (block, forwards).
+    """docs/design.md's denoise loop over ``block`` after the prefix ``seq``; returns (block, forwards).
 
     With ``eos``, the loop ends once an EOS is committed with no mask before it.
     """
@@ -141,7 +141,7 @@ def _denoise(net: Any, seq: list[int], block: list[int], threshold: float | None
 
 def diffusion_oracle(model: Model, prompt: list[int], n: int, b: int, threshold: float | None,
                      steps: int | None = None, stop_at_eos: bool = True) -> tuple[list[int], int]:
-    """DESIGN.md's block diffusion at T = 0; returns (tokens cut at EOS/budget, forwards)."""
+    """docs/design.md's block diffusion at T = 0; returns (tokens cut at EOS/budget, forwards)."""
     net, cfg = dense_net(model), model.config
     mask_id, eos = cfg.mask_token_id, cfg.eos_token_id
     seq = list(prompt)
@@ -191,7 +191,7 @@ def _cut(out: list[int], n: int, eos: int | None) -> list[int]:
 
 def self_spec_oracle(model: Model, prompt: list[int], n: int, b: int, threshold: float = 0.0,
                      draws: Draws = GREEDY, stop_at_eos: bool = False) -> SpecTrace:
-    """DESIGN.md's linear self-speculation, every forward recomputed densely.
+    """docs/design.md's linear self-speculation, every forward recomputed densely.
 
     Per cycle: the block ``[seed, MASK x (b-1)]`` at positions ``start..start+b-1`` is
     drafted by bidirectional forwards (adapter on the masks, candidates drawn with the
@@ -248,7 +248,7 @@ def _quadratic_layout(prefix: int, draft: list[int], mask_id: int) -> tuple[list
 
 def quadratic_oracle(model: Model, prompt: list[int], n: int, b: int, draws: Draws = GREEDY,
                      stop_at_eos: bool = False) -> SpecTrace:
-    """DESIGN.md's quadratic self-speculation (one forward per cycle), recomputed densely.
+    """docs/design.md's quadratic self-speculation (one forward per cycle), recomputed densely.
 
     First forward: prompt (causal) + b masks (seeing the prompt and all masks) gives
     the seed and the first draft (slot 0 := seed). Each cycle then forwards the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from graphrt.frontends.cli_generate import (add_decode_arguments, add_model_arguments, check_knobs,
+from graphrt.frontends.cli.generate import (add_decode_arguments, add_model_arguments, check_knobs,
                                             decode_and_report, load_model, prepare_request, read_messages)
 
 EXAMPLES = """examples:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": result.text or ""})
         records.append(result.to_record())
     if args.json is not None:
-        from graphrt.frontends.cli import write_json
+        from graphrt.frontends.cli.output import write_json
 
         write_json(args.json, {"model": model.path, "messages": messages, "turns": records})
     return 0

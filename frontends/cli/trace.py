@@ -225,10 +225,9 @@ def _trace_html(trace: DecodeTrace) -> str:
 
 
 def _trace_png(trace: DecodeTrace, path: Path) -> None:
-    import matplotlib
+    from graphrt.frontends.cli.output import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(str(path))
     from matplotlib.patches import Patch, Rectangle
 
     cols, rows = trace.cells()

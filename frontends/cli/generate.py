@@ -115,7 +115,7 @@ def decode_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of :func:`graphrt.api.prepare` from the decode arguments."""
     mode: Any
     if args.policy is not None:
-        from graphrt.frontends.policy_files import load_policy_file
+        from graphrt.frontends.policies.files import load_policy_file
 
         mode = load_policy_file(args.policy)
     else:
@@ -199,7 +199,7 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
                       header: str = "", record_extra: dict[str, Any] | None = None,
                       on_text: Callable[[str], None] | None = None) -> Any:
     """Decode (streamed unless ``--json -`` or ``--no-stream``), print stats, write ``--json`` and ``--trace``."""
-    from graphrt.frontends.streaming import stream_generate
+    from graphrt.frontends.cli.streaming import stream_generate
 
     quiet = args.json == "-"
     stream = None if quiet or getattr(args, "no_stream", False) else TextStream(model.tokenizer, params.stop_strings)
@@ -218,7 +218,7 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
     print(f"[{result.mode}] {len(result.tokens)} tokens, {result.forwards} forwards, TPF {result.tpf:.2f}, "
           f"{result.seconds:.2f} s ({result.finish_reason}{extra})", file=sys.stderr)
     if trace is not None:
-        from graphrt.frontends.trace import draw_trace
+        from graphrt.frontends.cli.trace import draw_trace
 
         draw_trace(trace, trace_path)
         print(f"trace: {trace_path} ({len(trace.forwards)} forwards, {len(trace.rejected_drafts())} rejected drafts)",
@@ -227,7 +227,7 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
     record.update(record_extra or {})
     record["model"] = model.path
     record["adapter"] = model.adapter
-    from graphrt.frontends.cli import write_json
+    from graphrt.frontends.cli.output import write_json
 
     write_json(args.json, record)
     return result

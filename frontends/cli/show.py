@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt show``."""
     import graphrt
     from graphrt.frontends.checkpoint import read_config
-    from graphrt.frontends.cli import write_json
+    from graphrt.frontends.cli.output import write_json
     from graphrt.frontends.loader import SHIPPED_MODEL
 
     out = Path(args.out)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.policy is not None:
         if args.block_length is not None or args.threshold is not None:
             raise ValueError(f"--block-length/--threshold: apply to --mode, not to --policy {args.policy}")
-        from graphrt.frontends.policy_files import load_policy_file
+        from graphrt.frontends.policies.files import load_policy_file
 
         policy = load_policy_file(args.policy)
     else:
@@ -95,7 +95,7 @@ def draw_graphs(graphs: list[tuple[str, Any]], out: Path, policy: Any, overshoot
         out.write_text("\n\n".join(f"# {policy.name} at {tag}\n{format_graph(g)}" for tag, g in graphs) + "\n")
         return "text"
     if suffix == ".json":
-        from graphrt.frontends.policy_files import policy_document
+        from graphrt.frontends.policies.files import policy_document
 
         out.write_text(json.dumps(policy_document(policy, graphs[-1][1], overshoot), indent=1) + "\n")
         return "json"
@@ -137,11 +137,9 @@ def _regions(graph: Any, label: str) -> list[tuple[str, Any]]:
 
 def _draw_matplotlib(graphs: list[tuple[str, Any]], out: Path, name: str) -> None:
     """Layered drawings of each graph's dataflow (``to_networkx()``), one panel per region; a row per graph."""
-    import matplotlib
+    from graphrt.frontends.cli.output import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(str(out))
     panels = [_regions(g, "prologue") for _, g in graphs]
     cols = max(len(p) for p in panels)
     fig, axes = plt.subplots(len(graphs), cols, figsize=(7 * cols, 9 * len(graphs)), squeeze=False)

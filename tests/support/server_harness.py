@@ -113,7 +113,7 @@ class FailingBackbone:
 def main() -> None:
     """Serve the shipped model without its chat template, with the failing backbone."""
     import graphrt
-    from graphrt.frontends.cli_serve import add_guard_arguments, guard_options
+    from graphrt.frontends.cli.serve import add_guard_arguments, guard_options
     from graphrt.frontends.serving import serve
 
     p = argparse.ArgumentParser()
