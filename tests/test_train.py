@@ -15,9 +15,10 @@ from graphrt.frontends.training import corpus
 from graphrt.frontends.checkpoint import load_checkpoint
 from graphrt.frontends.config import default_test_config
 from graphrt.frontends.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
+from graphrt.frontends.training.objective import block_training_mask, build_batch, compute_losses
 from graphrt.frontends.training.train import (
-    CSV_FIELDS, add_parser, block_schedule, block_training_mask, build_batch, compute_losses, draft_mask,
-    load_init_weights_, lr_at, measure_drafts, model_config, parse_args, self_generated_pool, train,
+    CSV_FIELDS, add_parser, block_schedule, draft_mask, load_init_weights_, lr_at, measure_drafts, model_config,
+    parse_args, self_generated_pool, train,
 )
 from graphrt.frontends.transformer import Transformer
 

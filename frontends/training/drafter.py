@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..checkpoint import load_checkpoint, save_adapter
 from ..config import ADAPTER_MODULES, ModelConfig
-from ..transformer import Transformer
+from ..transformer import CachedCall, Transformer, group_mask
+from .objective import DIFFUSION_WEIGHT, TrainBatch
 
 #: Adapter settings of a drafter run when the arguments do not say (LoRA on every projection:
 #: a base model never trained on masks needs more than the released drafter's ``o_proj``).
@@ -145,6 +147,68 @@ def build_drafter(args: argparse.Namespace) -> tuple[Transformer, BaseTokenizer]
                 p.zero_()
         model.encoder.mask_embedding.copy_(model.encoder.embed_tokens.weight.mean(0, keepdim=True))
     return model, BaseTokenizer.from_dir(args.init_from, cfg)
+
+
+def drafter_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0) -> dict[str, torch.Tensor]:
+    """The diffusion loss of a packed batch in two passes: the clean sequences without autograd,
+    then only the blocks with it.
+
+    With the base frozen and the adapter on mask tokens only, nothing in the clean part of a
+    row depends on a trained parameter, so its K/V are computed once under ``no_grad`` (a
+    causal prefill into per-layer K/V tensors, as decoding fills its cache) and the blocks
+    run as a cached call over them (each block's queries see the clean keys before its
+    start and its own block, :func:`~graphrt.frontends.training.objective.block_training_mask`).
+    Backward then runs over the block tokens only, and the output head only on block slots
+    and the teacher positions. The result equals
+    :func:`~graphrt.frontends.training.objective.compute_losses` on the same batch (tested),
+    except that ``ar`` is not computed (NaN: the base model's AR loss cannot change).
+
+    Parameters
+    ----------
+    model : Transformer
+        A model whose trainable parameters are its draft adapter (:func:`build_drafter`).
+    batch : TrainBatch
+        From :func:`~graphrt.frontends.training.objective.build_batch`.
+    distill : float
+        Weight of the base model's greedy token as the diffusion target.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        ``loss`` (``0.3 * diff``), ``ar`` (NaN), ``diff``, ``diff_true``.
+    """
+    B, L = batch.clean.shape
+    T = batch.tokens.shape[1]
+    nbb = T - L
+    cfg = model.config
+    KV, d, g = cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads
+    dtype = model.encoder.embed_tokens.weight.dtype
+    k = [torch.zeros(B, KV, T, d, dtype=dtype) for _ in range(cfg.num_hidden_layers)]  # [B, KV, T, d] per layer
+    v = [torch.zeros(B, KV, T, d, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+    rows, heads = torch.arange(B)[:, None, None], torch.arange(KV)[None, None, :]
+
+    def index(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # slots [L'] -> K/V index
+        return rows.expand(B, slots.numel(), 1), heads, slots[None, :, None].expand(B, -1, 1)
+
+    b = nbb // batch.starts.shape[1]
+    src = (batch.starts.repeat_interleave(b, dim=1) + torch.arange(b).repeat(nbb // b) - 1)  # [B, nb*b]
+    with torch.no_grad():  # the clean part: a causal prefill into k/v; logits only where teachers are read
+        teacher_logits = model.run_layers(batch.clean, batch.positions[:, :L], None, None,
+                                          CachedCall(k, v, index(torch.arange(L)), None, L, True),
+                                          src)  # [B, nb*b, V]
+    blk = batch.tokens[:, L:]  # [B, nb*b]
+    logits = model.run_layers(blk, batch.positions[:, L:], group_mask(batch.mask[:, L:], g), blk == cfg.mask_token_id,
+                              CachedCall(k, v, index(torch.arange(L, T)), None, T, False),
+                              torch.arange(nbb).expand(B, nbb))  # [B, nb*b, V]
+    sel = batch.masked  # [B, nb*b]
+    d_logits = logits[sel].float()  # [M, V]
+    diff_true = F.cross_entropy(d_logits, batch.block_targets[sel])
+    diff = diff_true
+    if distill > 0:
+        teacher = teacher_logits[sel].argmax(-1)  # [M]
+        diff = (1 - distill) * diff_true + distill * F.cross_entropy(d_logits, teacher)
+    nan = torch.tensor(float("nan"))
+    return {"loss": DIFFUSION_WEIGHT * diff, "ar": nan, "diff": diff, "diff_true": diff_true}
 
 
 def trainable_state(model: Transformer) -> dict[str, torch.Tensor]:

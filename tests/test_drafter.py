@@ -1,0 +1,69 @@
+"""Drafter training on a frozen base: the adapter trains, the base and AR decoding do not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from graphrt.frontends.checkpoint import load_checkpoint
+from graphrt.frontends.config import ADAPTER_MODULES
+from graphrt.frontends.fixtures import write_transformers_checkpoint
+from graphrt.frontends.training.drafter import build_drafter, drafter_losses
+from graphrt.frontends.training.objective import build_batch, compute_losses
+from graphrt.frontends.training.train import parse_args
+from graphrt.frontends.transformer import Transformer
+
+
+@pytest.fixture()
+def drafter(tmp_path: Path) -> tuple[Transformer, Transformer]:
+    """A random base checkpoint (with a tokenizer) and a drafter built on it with a non-trivial adapter."""
+    root = write_transformers_checkpoint("llama", tmp_path / "base")  # an AR model that never saw a mask
+    _, base = load_checkpoint(root, dtype=torch.float32)
+    args = parse_args(["--init-from", str(root), "--adapter-rank", "4", "--mask-token", "3"])
+    model, _ = build_drafter(args)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # B starts at zero: make the adapter do something
+    return base, model
+
+
+def test_only_the_adapter_trains_and_it_covers_every_projection(drafter: tuple[Transformer, Transformer]) -> None:
+    base, model = drafter
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n == "encoder.mask_embedding" for n in trainable)
+    assert {n.split(".")[-3] for n in trainable if ".lora_" in n} == set(ADAPTER_MODULES)
+    assert model.config.adapter_targets == ADAPTER_MODULES and model.config.draft_adapter["mask_embedding"]
+
+
+@pytest.mark.parametrize("distill", [0.0, 0.7])
+def test_two_pass_losses_and_gradients_equal_the_packed_forward(drafter: tuple[Transformer, Transformer],
+                                                                distill: float) -> None:
+    """drafter_losses (clean part without autograd, then the blocks over its K/V) == compute_losses."""
+    _, model = drafter
+    model.double()
+    gen = torch.Generator().manual_seed(3)
+    clean = torch.randint(10, model.config.vocab_size, (3, 20), generator=gen)
+    batch = build_batch(clean, 4, 3, model.config.mask_token_id, gen, 0.5, seedless_prob=0.3)
+    ref = compute_losses(model, batch, distill, autocast=False)
+    ref["diff"].backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    got = drafter_losses(model, batch, distill)
+    got["diff"].backward()
+    assert torch.allclose(got["diff"], ref["diff"], rtol=1e-10) and torch.allclose(got["diff_true"], ref["diff_true"])
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, want[n], rtol=1e-7, atol=1e-12), n
+
+
+def test_the_adapter_leaves_clean_tokens_on_the_base_weights(drafter: tuple[Transformer, Transformer]) -> None:
+    base, model = drafter
+    tokens = torch.randint(10, model.config.vocab_size, (2, 9))
+    pos = torch.arange(9).expand(2, 9)
+    causal = torch.ones(9, 9, dtype=torch.bool).tril().expand(2, 9, 9)
+    with torch.no_grad():
+        assert torch.equal(model.forward_dense(tokens, pos, causal, tokens == model.config.mask_token_id),
+                           base.forward_dense(tokens, pos, causal))
