@@ -347,12 +347,12 @@ class Transformer(nn.Module):
             (every query sees every key); ``S`` = L without a cache, else ``cached.keys``.
         adapter: ``[B, L]`` bool or None.
         cached: the call's cache tensors and indices (None: no cache).
-        last: ``[B]`` int64 or None: the one token per row whose logits to return (the output
-            head then runs on ``B`` tokens, not ``B * L``).
+        last: ``[B]`` or ``[B, n]`` int64, or None: the token(s) per row whose logits to return
+            (the output head then runs on ``B * n`` tokens, not ``B * L``).
 
         Returns
         -------
-        logits ``[B, L, V]``, or ``[B, 1, V]`` with ``last``.
+        logits ``[B, L, V]``, or ``[B, n, V]`` with ``last`` (``n = 1`` for a ``[B]`` one).
         """
         h = self.encoder.embed_tokens(tokens)  # [B, L, hidden]
         if self.encoder.mask_embedding is not None:
@@ -365,8 +365,9 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.encoder.layers):
             h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
         if last is not None:
-            h = h.gather(1, last[:, None, None].expand(-1, 1, h.shape[-1]))  # [B, 1, hidden]
-        return self.diffusion_head(self.encoder.norm(h))  # [B, L or 1, V]
+            idx = last[:, None] if last.dim() == 1 else last  # [B, n]
+            h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))  # [B, n, hidden]
+        return self.diffusion_head(self.encoder.norm(h))  # [B, L or n, V]
 
     # ------------------------------------------------------------------ entry points
     def forward_dense(self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
