@@ -198,8 +198,8 @@ def tokenize(engine: Engine, policy: Any, prompt: dict[str, Any], settings: Deco
 
 def deadline_error(timeout: float) -> RequestError:
     """The error of a request whose deadline passed."""
-    return RequestError(504, f"timeout: the request was expected to finish within {timeout:g} s (its timeout, or "
-                             f"this server's --request-timeout), found it still running; it was cancelled",
+    return RequestError(504, f"timeout: expected the request to finish within {timeout:g} s (its timeout, or this "
+                             f"server's --request-timeout), found it unfinished then; it was cancelled",
                         "timeout", kind="timeout_error", code="deadline_exceeded")
 
 
@@ -221,6 +221,9 @@ def parse_body(schema: type[BodyT], raw: bytes) -> BodyT:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RequestError(400, f"request body: expected a JSON object, found malformed JSON ({exc})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise RequestError(400, f"request body: expected numbers of at most 4300 digits, found longer ({exc})") \
+            from None
     except RecursionError:
         raise RequestError(400, f"request body: expected JSON nested at most {MAX_JSON_DEPTH} deep, found "
                                 f"deeper") from None
@@ -266,20 +269,19 @@ def _check_json(data: Any) -> None:
             _check_text(value, where)
         elif isinstance(value, dict):
             for k, v in value.items():
-                path = f"{where}.{k}" if where else str(k)
-                _check_text(k, path)
-                stack.append((v, depth + 1, path))
+                _check_text(k, where, "a key")
+                stack.append((v, depth + 1, f"{where}.{k}" if where else k))
         elif isinstance(value, list):
             stack.extend((v, depth + 1, f"{where}[{i}]") for i, v in enumerate(value))
 
 
-def _check_text(text: str, where: str) -> None:
+def _check_text(text: str, where: str, what: str = "text") -> None:
+    """Refuse (400) a string holding a lone surrogate (``where``: its JSON path, whose keys are checked)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise RequestError(400, f"{where or 'request body'}: expected text, found the lone surrogate "
-                                f"{text[exc.start]!r} at character {exc.start} (not a Unicode character)",
-                           _param_of(where)) from None
+        raise RequestError(400, f"{where or 'request body'}: expected {what} of Unicode characters, found the lone "
+                                f"surrogate {text[exc.start]!r} at character {exc.start}", _param_of(where)) from None
 
 
 def _param_of(where: str) -> str | None:

@@ -252,8 +252,8 @@ class Engine:
         """Refuse (400) a request that can never be admitted: too long for the model or a cache row."""
         positions = self.model.config.max_positions
         if prompt_len >= positions:
-            raise RequestError(400, f"prompt: {prompt_len} tokens, but the model has {positions} positions",
-                               "prompt", code="context_length_exceeded")
+            raise RequestError(400, f"prompt: expected at most {positions - 1} tokens (the model has {positions} "
+                                    f"positions), found {prompt_len}", "prompt", code="context_length_exceeded")
         capacity = getattr(self.model.backbone, "row_capacity", None) or positions
         room = min(positions, capacity - policy.overshoot) - prompt_len
         if max_tokens > room:

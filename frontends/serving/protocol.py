@@ -339,8 +339,8 @@ def check_request(req: CompletionRequest | ChatRequest, limits: Limits) -> None:
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
         where = "prompt" if prompt is req.prompt else "prompt[0]"
         if len(prompt) >= positions:
-            raise RequestError(400, f"{where}: {len(prompt)} tokens, but the model has {positions} positions",
-                               "prompt", code="context_length_exceeded")
+            raise RequestError(400, f"{where}: expected at most {positions - 1} tokens (the model has {positions} "
+                                    f"positions), found {len(prompt)}", "prompt", code="context_length_exceeded")
         for i, t in enumerate(prompt):
             if not 0 <= t < vocab:
                 raise RequestError(400, f"{where}[{i}]: expected a token id in [0, {vocab}), found {t}, outside "

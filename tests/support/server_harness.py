@@ -3,7 +3,8 @@
 Run as a script, this module serves the shipped model (float64) with two test
 changes: its tokenizer has no chat template, and its backbone's ``forward`` raises for any batch
 holding the token id :data:`POISON` or reaching :data:`POISON_POSITION` (a failing step, injected),
-and sleeps :data:`HANG_S` seconds for one holding :data:`HANG` (a stuck step). It takes
+and sleeps :data:`HANG_S` seconds for one holding :data:`HANG` (a stuck step), and with
+``--slow-from N`` :data:`SLOW_S` seconds for one reaching position N (a slow request). It takes
 ``graphrt serve``'s access and limit options (``--api-key``, ``--max-body-bytes``, ...).
 """
 
@@ -25,6 +26,7 @@ POISON = 4095  # a batch holding this token id makes the harness backbone's forw
 POISON_POSITION = 150  # ... and so does one that reaches this position
 HANG = 4094  # a batch holding this token id makes the harness backbone's forward sleep HANG_S seconds
 HANG_S = 3.0
+SLOW_S = 0.05  # --slow-from N: a batch reaching position N or beyond makes forward sleep this long
 MODEL_NAME = "model"  # the shipped model's directory name, which the server serves it under
 
 
@@ -53,11 +55,12 @@ def torchrun_serve(tp: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def server_process(cmd: list[str], args: list[str], timeout: float = 90.0,
+def server_process(cmd: list[str], args: list[str], timeout: float = 90.0, env: dict[str, str] | None = None,
                    ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``cmd --port PORT args``; yields (base URL, process) once ``/health`` answers; terminates it after."""
+    """Run ``cmd --port PORT args`` (``env``: extra environment variables); yields (base URL, process) once
+    ``/health`` answers; terminates it after."""
     port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.Popen(cmd + ["--port", str(port)] + args, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -76,7 +79,8 @@ def server_process(cmd: list[str], args: list[str], timeout: float = 90.0,
             time.sleep(0.1)
         yield url, proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -96,14 +100,17 @@ def metric(url: str, name: str, **labels: str) -> float:
 class FailingBackbone:
     """A backbone proxy whose ``forward`` raises for a batch holding :data:`POISON` or :data:`POISON_POSITION`."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, slow_from: int | None = None) -> None:
         self._inner = inner
+        self._slow_from = slow_from
 
     def forward(self, batch: Any) -> Any:
         if bool((batch.tokens == POISON).any()) or bool((batch.positions == POISON_POSITION).any()):
             raise RuntimeError("injected backbone failure")
         if bool((batch.tokens == HANG).any()):
             time.sleep(HANG_S)
+        if self._slow_from is not None and bool((batch.positions >= self._slow_from).any()):
+            time.sleep(SLOW_S)
         return self._inner.forward(batch)
 
     def __getattr__(self, name: str) -> Any:
@@ -120,11 +127,12 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=4)
     p.add_argument("--max-queue", type=int, default=64)
+    p.add_argument("--slow-from", type=int, default=None)
     add_guard_arguments(p)
     args = p.parse_args()
     model = graphrt.load(dtype="float64", max_batch=args.max_batch)
     model.tokenizer.hf.chat_template = None
-    model.backbone = FailingBackbone(model.backbone)
+    model.backbone = FailingBackbone(model.backbone, args.slow_from)
     serve(model, port=args.port, name=Path(model.path).name, max_queue=args.max_queue, **guard_options(args))
 
 
