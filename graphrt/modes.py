@@ -44,7 +44,7 @@ _MODES: dict[str, ModeFactory] = {}
 _CHECKS: dict[str, Callable[[Any], None]] = {}
 _LOADER: list[Callable[..., Any]] = []
 _PLUGINS_LOADED: list[str] = []
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()
 
 
 def register_mode(name: str, factory: ModeFactory, *, check: Callable[[Any], None] | None = None,
@@ -130,16 +130,16 @@ def get_loader() -> Callable[..., Any]:
 
 
 def load_plugins() -> None:
-    """Call every installed ``graphrt.plugins`` entry point once (later calls return at once)."""
+    """Call every installed ``graphrt.plugins`` entry point once (later calls, and calls a plugin makes
+    while it registers, return at once)."""
     if _PLUGINS_LOADED:
         return
     with _LOCK:
         if _PLUGINS_LOADED:
             return
+        _PLUGINS_LOADED.append("")  # loading: a lookup from inside a plugin's register() sees what is there
         from importlib.metadata import entry_points
 
         for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
             entry.load()()
             _PLUGINS_LOADED.append(entry.name)
-        if not _PLUGINS_LOADED:
-            _PLUGINS_LOADED.append("")  # none installed: do not look again
