@@ -177,29 +177,31 @@ def drafter_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0) 
     dict[str, torch.Tensor]
         ``loss`` (``0.3 * diff``), ``ar`` (NaN), ``diff``, ``diff_true``.
     """
+    dev = model.encoder.embed_tokens.weight.device
+    batch = batch.to(dev)
     B, L = batch.clean.shape
     T = batch.tokens.shape[1]
     nbb = T - L
     cfg = model.config
     KV, d, g = cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads // cfg.num_key_value_heads
     dtype = model.encoder.embed_tokens.weight.dtype
-    k = [torch.zeros(B, KV, T, d, dtype=dtype) for _ in range(cfg.num_hidden_layers)]  # [B, KV, T, d] per layer
-    v = [torch.zeros(B, KV, T, d, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-    rows, heads = torch.arange(B)[:, None, None], torch.arange(KV)[None, None, :]
+    k = [torch.zeros(B, KV, T, d, dtype=dtype, device=dev) for _ in range(cfg.num_hidden_layers)]  # [B, KV, T, d]
+    v = [torch.zeros(B, KV, T, d, dtype=dtype, device=dev) for _ in range(cfg.num_hidden_layers)]
+    rows, heads = torch.arange(B, device=dev)[:, None, None], torch.arange(KV, device=dev)[None, None, :]
 
     def index(slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # slots [L'] -> K/V index
         return rows.expand(B, slots.numel(), 1), heads, slots[None, :, None].expand(B, -1, 1)
 
     b = nbb // batch.starts.shape[1]
-    src = (batch.starts.repeat_interleave(b, dim=1) + torch.arange(b).repeat(nbb // b) - 1)  # [B, nb*b]
+    src = batch.starts.repeat_interleave(b, dim=1) + torch.arange(b, device=dev).repeat(nbb // b) - 1  # [B, nb*b]
     with torch.no_grad():  # the clean part: a causal prefill into k/v; logits only where teachers are read
         teacher_logits = model.run_layers(batch.clean, batch.positions[:, :L], None, None,
-                                          CachedCall(k, v, index(torch.arange(L)), None, L, True),
+                                          CachedCall(k, v, index(torch.arange(L, device=dev)), None, L, True),
                                           src)  # [B, nb*b, V]
     blk = batch.tokens[:, L:]  # [B, nb*b]
     logits = model.run_layers(blk, batch.positions[:, L:], group_mask(batch.mask[:, L:], g), blk == cfg.mask_token_id,
-                              CachedCall(k, v, index(torch.arange(L, T)), None, T, False),
-                              torch.arange(nbb).expand(B, nbb))  # [B, nb*b, V]
+                              CachedCall(k, v, index(torch.arange(L, T, device=dev)), None, T, False),
+                              torch.arange(nbb, device=dev).expand(B, nbb))  # [B, nb*b, V]
     sel = batch.masked  # [B, nb*b]
     d_logits = logits[sel].float()  # [M, V]
     diff_true = F.cross_entropy(d_logits, batch.block_targets[sel])
@@ -207,7 +209,7 @@ def drafter_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0) 
     if distill > 0:
         teacher = teacher_logits[sel].argmax(-1)  # [M]
         diff = (1 - distill) * diff_true + distill * F.cross_entropy(d_logits, teacher)
-    nan = torch.tensor(float("nan"))
+    nan = torch.tensor(float("nan"), device=dev)
     return {"loss": DIFFUSION_WEIGHT * diff, "ar": nan, "diff": diff, "diff_true": diff_true}
 
 

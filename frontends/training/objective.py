@@ -6,6 +6,7 @@ described in :mod:`graphrt.frontends.training.train`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,10 @@ class TrainBatch:
     masked: torch.Tensor
     block_targets: torch.Tensor
     ar_rows: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> "TrainBatch":
+        """The batch with every tensor on ``device``."""
+        return TrainBatch(*(None if t is None else t.to(device) for t in dataclasses.astuple(self)))
 
 
 def block_training_mask(seq_len: int, starts: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -172,11 +177,13 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
         The AR loss is over ``batch.ar_rows`` only.
     """
     B, L = batch.clean.shape
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    dev = model.encoder.embed_tokens.weight.device
+    batch = batch.to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
         logits = model.forward_dense(batch.tokens, batch.positions, batch.mask,
                                      batch.tokens == model.config.mask_token_id)  # [B, T, V]
     ar_logits = logits[:, :L - 1].float()  # [B, L-1, V]
-    ar_rows = batch.ar_rows if batch.ar_rows is not None else torch.ones(B, dtype=torch.bool)
+    ar_rows = batch.ar_rows if batch.ar_rows is not None else torch.ones(B, dtype=torch.bool, device=dev)
     ar = F.cross_entropy(ar_logits[ar_rows].reshape(-1, ar_logits.shape[-1]), batch.clean[ar_rows, 1:].reshape(-1))
     sel = batch.masked  # [B, nb*b]
     d_logits = logits[:, L:][sel].float()  # [M, V]
@@ -185,8 +192,8 @@ def compute_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0,
     if distill > 0:
         nbb = sel.shape[1]
         b = nbb // batch.starts.shape[1]
-        src = batch.starts.repeat_interleave(b, dim=1) + torch.arange(b).repeat(nbb // b) - 1  # [B, nb*b]
-        rows = torch.arange(B)[:, None].expand(B, nbb)
+        src = batch.starts.repeat_interleave(b, dim=1) + torch.arange(b, device=dev).repeat(nbb // b) - 1  # [B, nb*b]
+        rows = torch.arange(B, device=dev)[:, None].expand(B, nbb)
         teacher = ar_logits[rows[sel], src[sel]].detach().argmax(-1)  # [M]
         diff = (1 - distill) * diff_true + distill * F.cross_entropy(d_logits, teacher)
     return {"loss": ar + DIFFUSION_WEIGHT * diff, "ar": ar, "diff": diff, "diff_true": diff_true}

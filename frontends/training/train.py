@@ -223,6 +223,8 @@ def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, auto
     from ..transformer import TransformerBackbone
 
     N, P = prefixes.shape
+    dev = model.encoder.embed_tokens.weight.device
+    prefixes = prefixes.to(dev)
     backbone = TransformerBackbone(model, max_rows=N, row_capacity=P + n)
     rows = backbone.alloc_rows(N)
 
@@ -232,8 +234,8 @@ def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, auto
         batch = ForwardBatch(rows, tokens, (start + torch.arange(L)).expand(N, L),
                              torch.ones(L, L, dtype=torch.bool).tril().expand(N, L, L), "causal", ones,
                              torch.zeros(N, L, dtype=torch.bool), ones)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return backbone.forward(batch)[:, -1].float().argmax(-1, keepdim=True)  # [N, 1]
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+            return backbone.forward(batch)[:, -1].float().argmax(-1, keepdim=True).to(dev)  # [N, 1]
 
     out = [prefixes, call(prefixes, 0)]
     for i in range(n - 1):
@@ -310,16 +312,18 @@ def measure_drafts(model: Transformer, prefixes: torch.Tensor, block_size: int, 
     """
     N, P = prefixes.shape
     b = block_size
+    dev = model.encoder.embed_tokens.weight.device
+    prefixes = prefixes.to(dev)
     greedy = greedy_continuation(model, prefixes, b + 1, autocast)[:, P:]  # [N, b+1]: g_0 .. g_b
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        masks = torch.full((N, b), mask_token_id)
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+        masks = torch.full((N, b), mask_token_id, device=dev)
         block = torch.cat((greedy[:, :1], masks[:, 1:]), dim=1)  # [N, b]: [g_0, MASK x (b-1)]
         ltokens = torch.cat((prefixes, block), dim=1)  # [N, P+b]
-        lin = model.forward_dense(ltokens, torch.arange(P + b).expand(N, P + b), draft_mask(P, b, N),
-                                  ltokens == mask_token_id)  # [N, P+b, V]
+        lin = model.forward_dense(ltokens, torch.arange(P + b, device=dev).expand(N, P + b),
+                                  draft_mask(P, b, N).to(dev), ltokens == mask_token_id)  # [N, P+b, V]
         qtokens = torch.cat((prefixes, greedy[:, :1], masks), dim=1)  # [N, P+1+b]
-        quad = model.forward_dense(qtokens, torch.arange(P + 1 + b).expand(N, P + 1 + b),
-                                   draft_mask(P + 1, b, N), qtokens == mask_token_id)  # [N, P+1+b, V]
+        quad = model.forward_dense(qtokens, torch.arange(P + 1 + b, device=dev).expand(N, P + 1 + b),
+                                   draft_mask(P + 1, b, N).to(dev), qtokens == mask_token_id)  # [N, P+1+b, V]
     linear = _agreement(lin[:, P + 1:].float().argmax(-1), greedy[:, 1:b])
     quadratic = _agreement(quad[:, P + 2:].float().argmax(-1), greedy[:, 2:b + 1])
     quadratic["tpf_estimate"] = round(quadratic["mean_accepted"] + 1, 4)
@@ -600,7 +604,7 @@ def self_generated_pool(model: Transformer, stream: np.ndarray, args: argparse.N
     prefixes = token_windows(stream, args.self_gen_pool, start, gen)
     was_training = model.training
     model.eval()
-    tokens = greedy_continuation(model, prefixes, args.self_gen_len)
+    tokens = greedy_continuation(model, prefixes, args.self_gen_len).cpu()
     model.train(was_training)
     return {"tokens": tokens, "start": start, "step": step}
 
@@ -745,6 +749,8 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     if args.init_from:
         if not args.adapter_rank:
             load_init_weights_(model, args.init_from)
+    model.to(args.device)
+    if args.init_from:
         rec = Path(args.init_from) / "training_record.json"
         init_record = json.loads(rec.read_text()) if rec.is_file() else {}
     decay, no_decay = [], []
@@ -760,7 +766,7 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
     last_eval: tuple[int, dict[str, Any]] = (-1, {})
     ckpt_path = out / "ckpt.pt"
     if args.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=args.device)
         saved = state["args"]
         for k in ARCH_ARGS:
             if saved.get(k) != getattr(args, k):
@@ -1014,6 +1020,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--head-dim", type=int, default=48)
     a("--intermediate", type=int, default=512)
     a("--threads", type=int, default=2)
+    a("--device", default="cpu", help="where to train (cpu, cuda)")
     a("--no-autocast", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     a("--export-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     a("--log-every", type=int, default=10)
