@@ -86,6 +86,30 @@ class BaseTokenizer:
         return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
 
+def base_checkpoint(source: str) -> tuple[str, int | None]:
+    """The checkpoint directory of ``--init-from`` and the mask token its name gives.
+
+    Parameters
+    ----------
+    source : str
+        A checkpoint directory, a GGUF file (converted once into the cache) or a
+        named model (``smollm2``: :mod:`graphrt.frontends.models.named_models`).
+
+    Returns
+    -------
+    (directory, mask_token_id)
+        ``mask_token_id`` is the named model's (``None`` otherwise).
+    """
+    from ..models import gguf, named_models
+
+    path, entry = Path(source), None
+    if not path.exists() and named_models.named_model(source) is not None:
+        entry, path = named_models.named_model(source), named_models.named_model_file(source)
+    if gguf.is_gguf_path(path):
+        path = gguf.cached_checkpoint(path, torch.float32)
+    return str(path), entry.mask_token_id if entry is not None else None
+
+
 def drafter_config(base: ModelConfig, args: argparse.Namespace) -> ModelConfig:
     """``base`` with the draft adapter of ``args`` and its mask token.
 
@@ -108,7 +132,7 @@ def drafter_config(base: ModelConfig, args: argparse.Namespace) -> ModelConfig:
     modules = list(args.adapter_modules or DEFAULT_MODULES)
     cfg = ModelConfig(**{**base.__dict__, "draft_adapter": {
         "rank": int(args.adapter_rank), "alpha": float(args.adapter_alpha or 2 * args.adapter_rank),
-        "target_modules": modules, "mask_embedding": True, "denoise": True}})
+        "target_modules": modules, "mask_embedding": True}})
     if args.mask_token is not None:
         cfg.mask_token_id = int(args.mask_token)
     cfg.validate("train --adapter-*/--mask-token arguments")

@@ -691,6 +691,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("train: expected --init-from BASE with --adapter-rank, found no --init-from")
         from ..checkpoint import read_config
 
+        args.init_from, named_mask = drafter_mod.base_checkpoint(args.init_from)
+        if args.mask_token is None:
+            args.mask_token = named_mask
+        if args.mask_token is None:
+            raise ValueError(f"train --adapter-rank: expected --mask-token ID (a special token {args.init_from} "
+                             f"never emits) for a base model that has no mask token, found none")
         base_cfg, _ = read_config(args.init_from)
         base_tok = drafter_mod.BaseTokenizer.from_dir(args.init_from, drafter_mod.drafter_config(base_cfg, args))
         args.seq_len = min(args.seq_len, base_cfg.max_position_embeddings)
