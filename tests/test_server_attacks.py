@@ -9,8 +9,8 @@ the first one, with no row left taken; the last tests drain a server with SIGTER
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import signal
 import socket
 import sys
@@ -261,6 +261,27 @@ def test_the_openai_client_gets_its_own_errors(url, baseline, http) -> None:
         openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
     assert info.value.body["code"] == "invalid_api_key"
     assert_unharmed(http, baseline)
+
+
+def test_a_request_whose_inputs_cannot_be_built_fails_alone_in_the_session() -> None:
+    # What a seed past int64 did before it was refused at the door: it took a row, overflowed, and leaked it.
+    import graphrt
+    from graphrt.api import prepare
+    from graphrt.frontends.serving.isolation import IsolatingSession
+
+    model = graphrt.load(max_batch=2)
+    policy, ids, params = prepare(model, "def f(x):\n", mode="ar", max_new_tokens=6, temperature=0.7, seed=3)
+    session = IsolatingSession(model.backbone, model.tokenizer)
+    bad = [session.add(policy, ids, dataclasses.replace(params, seed=2**70)) for _ in range(3)]  # > the 2 rows
+    good = session.add(policy, ids, params)
+    failed = {}
+    while session.has_work:
+        session.step()
+        failed.update(session.take_failed())
+    assert sorted(failed) == bad and all("overflow" in str(e).lower() for e in failed.values())
+    assert session.release(good).tokens == graphrt.generate(model, ids, max_new_tokens=6, temperature=0.7,
+                                                            seed=3).tokens
+    assert model.backbone.free_row_count() == 2
 
 
 # ----------------------------------------------------------------------------- who may ask
