@@ -6,6 +6,7 @@ a resumable program over a backbone that batches every request's forwards.
 """
 
 import graphrt.ops  # noqa: F401  (registers the built-in ops, their out-variants and the n-gram lookup)
+import graphrt.adaptive  # noqa: F401  (registers the ops of adaptive speculation: draft_choice, acceptance_update)
 from graphrt.api import Model, chat, compile, generate, load
 from graphrt.backbone import Backbone, BackboneConfig, ForwardBatch
 from graphrt.builder import GraphBuilder, Var

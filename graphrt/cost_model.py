@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 __all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "load_cached",
-           "model_key", "PRIOR"]
+           "model_key", "probe_batch", "PRIOR"]
 
 FEATURES = ("call", "rows", "tokens", "kilokeys")
 """The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000."""
@@ -401,7 +401,9 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     The calls use rows the backbone has free (allocated here and returned), write nothing to
     the cache except, for a nonzero span, the prefix each row attends to (cropped again after),
     and run in an order that covers the grid evenly, so a budget that runs out leaves a spread
-    of points. Each point is the median of ``repeats`` calls after one warm-up call.
+    of points. Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own
+    cost, without the spikes of whatever else runs on the machine (the observations of a session
+    bring the typical load in).
 
     Parameters
     ----------
@@ -455,7 +457,7 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
                                                          device=dev).tril(), "causal", _flags(s, True, dev),
                                                          _flags(s, False, dev), "last"))
                 filled = s
-            batch = _batch(got[:r], w, s, vocab, dev)
+            batch = probe_batch(got[:r], w, s, vocab, dev)
             times = []
             for i in range(repeats + 1):
                 t0 = clock()
@@ -464,7 +466,7 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
                     torch.cuda.synchronize(dev)
                 if i:
                     times.append(clock() - t0)
-            points.append((r, w, r * s + r * w, float(np.median(times))))
+            points.append((r, w, r * s + r * w, float(min(times))))
     finally:
         for row in got:
             backbone.crop(row, 0)
@@ -483,8 +485,27 @@ def _spread_order(p: tuple[int, int, int], rows: Sequence[int], widths: Sequence
     return (-corner, spans.index(s) if s in spans else 0)
 
 
-def _batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.device) -> Any:
+def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.device | str = "cpu") -> Any:
+    """A call that measures: ``width`` causal tokens per row at positions ``span ..``, writing nothing.
+
+    Parameters
+    ----------
+    rows:
+        Cache rows (each with ``span`` cached positions for the call to attend to).
+    width, span:
+        Tokens per row, and where they start.
+    vocab:
+        The vocabulary size (token ids stay below it).
+    dev:
+        Where the tensors live.
+
+    Returns
+    -------
+    ForwardBatch
+    """
     from graphrt.backbone import ForwardBatch
+
+    dev = torch.device(dev)
 
     parts = []
     for row in rows:

@@ -45,11 +45,14 @@ class Emission:
         ``[n]`` float log-probabilities, or ``None`` when the program skipped them.
     node:
         The ``emit`` node's name.
+    info:
+        What the policy decided for these tokens (the ``emit``'s optional ``info`` input), or ``None``.
     """
 
     tokens: torch.Tensor
     logprobs: torch.Tensor | None
     node: str
+    info: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -75,7 +78,7 @@ NOT_FINISHED = torch.tensor(False)
 
 
 def emission(node: str, tokens: torch.Tensor, count: torch.Tensor | int | None = None,
-             logprobs: torch.Tensor | None = None) -> Emission:
+             logprobs: torch.Tensor | None = None, info: torch.Tensor | None = None) -> Emission:
     """The :class:`Emission` of ``emit(tokens, count, logprobs)`` at node ``node``.
 
     Parameters
@@ -88,16 +91,19 @@ def emission(node: str, tokens: torch.Tensor, count: torch.Tensor | int | None =
         Scalar count of tokens to emit.
     logprobs:
         ``[L]`` log-probabilities of ``tokens``, or None.
+    info:
+        ``[k]`` int64, the policy's decision for these tokens, or None.
 
     Returns
     -------
     Emission
-        Copies of ``tokens[:count]`` and ``logprobs[:count]``.
+        Copies of ``tokens[:count]`` and ``logprobs[:count]``, and ``info`` as ints.
     """
     n = tokens.shape[0] if count is None else int(count)
     if n != tokens.shape[0]:
         tokens, logprobs = tokens[:n], logprobs[:n] if logprobs is not None else None
-    return Emission(tokens.clone(), logprobs.clone() if logprobs is not None else None, node)
+    return Emission(tokens.clone(), logprobs.clone() if logprobs is not None else None, node,
+                    tuple(int(x) for x in info.tolist()) if info is not None else None)
 
 
 def causal_mask(n: int, device: torch.device | None = None) -> torch.Tensor:

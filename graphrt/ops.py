@@ -613,13 +613,19 @@ def _emit_infer(ts: list[Type], attrs: dict) -> list[Type]:
         lp = _dtype(ts[2], ("float",), "logprobs")
         if not shapes_compatible(lp.shape, tok.shape):
             raise ValueError(f"logprobs: expected shape {tok.shape}, found {lp}")
+    if len(ts) > 3:
+        info = _dtype(ts[3], ("i64",), "info")
+        if info.rank != 1:
+            raise ValueError(f"info: expected a rank-1 i64 tensor, found {info}")
     return [TensorType("bool", ())]
 
 
-register_op(OpDef("emit", ("tokens", "count", "logprobs"), {}, _emit_infer, None,
+register_op(OpDef("emit", ("tokens", "count", "logprobs", "info"), {}, _emit_infer, None,
                   frozenset({"emits", "host_sync"}), "control",
                   "Hand tokens[:count] (all without count) and their log-probs to the caller; returns whether the "
-                  "request is finished (budget or stop reached).", optional_inputs=("count", "logprobs")))
+                  "request is finished (budget or stop reached). info [k] (optional): what the policy decided for "
+                  "these tokens (adaptive policies: source, width, accepted), recorded with the emission.",
+                  optional_inputs=("count", "logprobs", "info")))
 
 
 def _loop_infer(ts: list[Type], attrs: dict) -> list[Type]:

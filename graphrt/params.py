@@ -82,7 +82,9 @@ class GenerationResult:
     ``tpf`` is tokens per forward: output tokens / backbone forwards of this
     request, prefill included (a forward shared with other requests counts for
     each of them). ``emit_sizes`` lists how many tokens each ``emit`` handed out
-    (for self-speculation: accepted drafts + 1 per cycle).
+    (for self-speculation: accepted drafts + 1 per cycle). ``cycle_info`` lists what the
+    policy reported with each emit that carried an ``info`` (adaptive policies: the draft
+    source, the verified width and the accepted drafts of each cycle; empty for the others).
     """
 
     tokens: list[int]
@@ -94,6 +96,7 @@ class GenerationResult:
     prompt_tokens: int = 0
     emit_sizes: list[int] = field(default_factory=list)
     logprobs: list[float] | None = None
+    cycle_info: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
     def tpf(self) -> float:
@@ -106,4 +109,5 @@ class GenerationResult:
             "mode": self.mode, "tokens": self.tokens, "text": self.text, "forwards": self.forwards,
             "tpf": self.tpf, "seconds": self.seconds, "finish_reason": self.finish_reason,
             "prompt_tokens": self.prompt_tokens, "emit_sizes": self.emit_sizes, "logprobs": self.logprobs,
+            **({"cycle_info": [list(c) for c in self.cycle_info]} if self.cycle_info else {}),
         }

@@ -10,6 +10,14 @@ request frees its row.
 
 This is the step-level API for engines: ``add`` a request, call ``step`` from
 your scheduler, read ``poll``/``result``, ``cancel`` at will.
+
+Adaptive policies (:mod:`graphrt.adaptive`) declare two more graph inputs that
+the session fills live: ``cost``, the backbone's call-time coefficients from
+the session's :class:`~graphrt.cost_model.CostModel` (refreshed by the call
+times it observes while such a request is active), and ``load``, per request,
+the *other* requests' share of the round (:data:`graphrt.adaptive.LOAD_FIELDS`).
+What an ``emit`` reports in its ``info`` input is kept per request
+(:attr:`~graphrt.params.GenerationResult.cycle_info`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch
 
 from graphrt.backbone import Backbone, ForwardBatch
 from graphrt.compiled import CompiledPolicy
+from graphrt.cost_model import CostModel, call_shape
 from graphrt.events import CacheCrop, CacheHandle, Emission, Event
 from graphrt.executor import Program
 from graphrt.params import GenerationParams, GenerationResult
@@ -51,6 +60,10 @@ class _Request:
     seconds: float = 0.0
     new: list[int] = field(default_factory=list)
     force_pos: torch.Tensor | None = None
+    load: torch.Tensor | None = None  # [4] the others' share of the round (adaptive policies only)
+    cycle_info: list[tuple[int, ...]] = field(default_factory=list)
+    committed: int = 0  # tokens emitted in the current round
+    committed_before: int = 0  # ... and in the round before
 
 
 class Session:
@@ -65,16 +78,21 @@ class Session:
     row_capacity:
         Cache slots per row (defaults to ``backbone.config.max_positions`` plus the
         largest policy overshoot admitted; the backbone must provide them).
+    cost_model:
+        The backbone's measured call times (:mod:`graphrt.cost_model`), read by adaptive
+        policies; default: an unmeasured model that learns from the calls it observes.
     """
 
     def __init__(self, backbone: Backbone, tokenizer: TokenizerLike | None = None,
-                 row_capacity: int | None = None) -> None:
+                 row_capacity: int | None = None, cost_model: CostModel | None = None) -> None:
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = backbone.config
         self.row_capacity = row_capacity
         self.device = _backbone_device(backbone)
         self.backbone_calls = 0
+        self.cost_model = cost_model if cost_model is not None else CostModel()
+        self._adaptive = 0  # active requests whose policy reads cost/load
         self._next_id = 0
         self._waiting: list[_Request] = []
         self._active: dict[int, _Request] = {}
@@ -184,7 +202,8 @@ class Session:
         return GenerationResult(
             tokens=list(req.tokens), text=text, forwards=req.forwards, seconds=req.seconds,
             finish_reason=req.finish_reason, mode=req.policy.name, prompt_tokens=int(req.prompt.numel()),
-            emit_sizes=list(req.emit_sizes), logprobs=list(req.logprobs) if req.params.logprobs else None)
+            emit_sizes=list(req.emit_sizes), logprobs=list(req.logprobs) if req.params.logprobs else None,
+            cycle_info=list(req.cycle_info))
 
     def release(self, request_id: int) -> GenerationResult:
         """Return a finished request's result and forget the request (a long-running server calls
@@ -221,7 +240,14 @@ class Session:
                                          dtype=torch.int64, device=dev),
             }
             req.force_pos = inputs["force_pos"]
-            req.program = Program(req.policy.lowered(dev), inputs, logprobs=p.logprobs)
+            lowered = req.policy.lowered(dev)
+            declared = {v.name for v in lowered.graph.inputs}
+            if "cost" in declared:  # host tensors, read on the host by the op that chooses
+                inputs["cost"] = self.cost_model.tensor
+            if "load" in declared:
+                req.load = inputs["load"] = torch.zeros(4, dtype=torch.float64)
+                self._adaptive += 1
+            req.program = Program(lowered, inputs, logprobs=p.logprobs)
             self._active[req.id] = req
             self._drive(req, req.program.start)
 
@@ -258,6 +284,9 @@ class Session:
         toks = event.tokens.tolist()
         lps = event.logprobs.tolist() if (p.logprobs and event.logprobs is not None) else [float("nan")] * len(toks)
         req.emit_sizes.append(len(toks))
+        req.committed += len(toks)
+        if event.info is not None:
+            req.cycle_info.append(event.info)
         if p.end_think_token_id is not None and p.end_think_token_id in toks and req.force_pos is not None:
             req.force_pos.fill_(-1)  # thinking ended: nothing left to force (the program reads this input live)
         stops = set(p.stop_token_ids)
@@ -291,16 +320,45 @@ class Session:
         req.pending = None
         req.finish_reason = reason
         req.seconds = time.perf_counter() - req.started
+        if req.load is not None and req.id in self._active:
+            self._adaptive -= 1
         self._active.pop(req.id, None)
         if req.row >= 0:
             self.backbone.free_rows([req.row])
         self._done[req.id] = req
 
     def _forward(self, reqs: list[_Request]) -> torch.Tensor:
-        """Pack the pending forwards of ``reqs`` into one backbone call."""
+        """Pack the pending forwards of ``reqs`` into one backbone call (timed for the cost model while an
+        adaptive request is active, which then learns each request's load)."""
         batch = ForwardBatch.pack([r.pending for r in reqs])  # type: ignore[misc]
         self.backbone_calls += 1
-        return self.backbone.forward(batch)
+        if not self._adaptive:
+            return self.backbone.forward(batch)
+        t0 = time.perf_counter()
+        logits = self.backbone.forward(batch)
+        if logits.device.type == "cuda":
+            torch.cuda.synchronize(logits.device)
+        seconds = time.perf_counter() - t0
+        widths = [r.pending.tokens.shape[1] for r in reqs]  # type: ignore[union-attr]
+        lasts = [int(x) for x in batch.positions.max(dim=1).values.tolist()]
+        self.cost_model.observe(call_shape(len(reqs), max(widths), lasts), seconds)
+        self._share_load(reqs, widths, lasts)
+        return logits
+
+    def _share_load(self, reqs: list[_Request], widths: list[int], lasts: list[int]) -> None:
+        """Tell each adaptive request what the others put in this round: their rows, their widest forward,
+        their key spans, and the tokens they committed in the round before."""
+        spans = sum(p + 1 for p in lasts)
+        for req in self._active.values():
+            req.committed_before, req.committed = req.committed, 0
+        committed = sum(r.committed_before for r in self._active.values())
+        order = sorted(range(len(widths)), key=lambda i: -widths[i])
+        for i, req in enumerate(reqs):
+            if req.load is None:
+                continue
+            widest = next((widths[j] for j in order if j != i), 0)
+            req.load.copy_(torch.tensor([len(reqs) - 1, widest, spans - lasts[i] - 1,
+                                         committed - req.committed_before], dtype=torch.float64))
 
 
 def _cut_at_stop_string(text: str, stops: Sequence[str]) -> str:
