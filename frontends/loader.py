@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 
 from graphrt.api import Model
+from graphrt.frontends.models import gguf, named_models
 
 SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -36,6 +38,11 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
                adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
     """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
 
+    ``path`` is a checkpoint directory, a Llama GGUF file (converted once into the
+    cache, see :mod:`graphrt.frontends.models.gguf`; default dtype float32), or a
+    model name from :data:`graphrt.frontends.models.named_models.NAMED_MODELS`
+    (``smollm2``); an existing path wins over a name.
+
     ``max_seq_len`` sizes each KV-cache row (default: the model's positions, capped
     at 8192 so a long-context checkpoint does not allocate its full context per row).
     ``adapter``: a PEFT LoRA directory for self-speculation drafts; ``None`` uses the
@@ -56,7 +63,12 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         raise ValueError(f"no shipped model found at {root}; pass a model directory (--model DIR)")
     if not isinstance(max_batch, int) or max_batch <= 0:
         raise ValueError(f"max_batch: expected an int > 0, found {max_batch!r}")
+    source, root, named, has_mask = _model_source(root, dtype)
+    if dtype is None and source != root:
+        dtype = gguf.DEFAULT_DTYPE
     adapter_dir = find_adapter(root) if adapter is None or adapter is True else (adapter or None)
+    if named is not None and adapter_dir is None and (adapter is None or adapter is True):
+        adapter_dir = named_models.named_model_adapter(named)
     if adapter is True and adapter_dir is None:
         raise ValueError(f"adapter: expected a subdirectory of {root} holding adapter_config.json, found none")
     if tp == 1:
@@ -67,6 +79,12 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         mesh, dev = tensor_parallel.init_tensor_parallel(tp, device)
         cfg, net = tensor_parallel.load_sharded_transformer(root, mesh, dtype=parse_dtype(dtype), device=dev,
                                                             adapter=adapter_dir)
+    entry = named_models.named_model(named) if named is not None else None
+    if entry is not None and entry.mask_token_id is not None:
+        if not 0 <= entry.mask_token_id < cfg.vocab_size:
+            raise ValueError(f"model {named!r}: mask_token_id: expected 0 <= id < vocab_size={cfg.vocab_size}, "
+                             f"found {entry.mask_token_id}")
+        cfg.mask_token_id = entry.mask_token_id
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
     if tp == 1:
         backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
@@ -79,5 +97,36 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         eos.append(tokenizer.eos_token_id)
     eos_ids = tuple(dict.fromkeys(int(e) for e in eos if e is not None))
     end_think = tokenizer.end_think_token_id if tokenizer is not None else None
-    return Model(backbone, tokenizer, str(root), eos_token_ids=eos_ids, end_think_token_id=end_think,
-                 adapter=str(adapter_dir) if adapter_dir is not None else None)
+    return Model(backbone, tokenizer, str(source), eos_token_ids=eos_ids, end_think_token_id=end_think,
+                 adapter=str(adapter_dir) if adapter_dir is not None else None, has_mask_token=has_mask)
+
+
+def _model_source(path: Path, dtype: torch.dtype | str | None) -> tuple[Path, Path, str | None, bool]:
+    """What ``path`` names: (the file or directory named, the checkpoint directory to read, the model name if
+    it is a named model, whether the checkpoint has a mask token).
+
+    A GGUF file (named or not) is read through its converted cache entry; only a named
+    model's table entry can give it a mask token. A directory has one when its
+    ``config.json`` is a tri-mode config or gives ``mask_token_id``.
+    """
+    named = None
+    if not path.exists() and named_models.named_model(str(path)) is not None:
+        named, path = str(path), named_models.named_model_file(str(path))
+    if gguf.is_gguf_path(path):
+        entry = named_models.named_model(named) if named is not None else None
+        converted = gguf.cached_checkpoint(path, parse_dtype(dtype) or gguf.DEFAULT_DTYPE)
+        return path, converted, named, entry is not None and entry.mask_token_id is not None
+    return path, path, None, _declares_mask_token(path)
+
+
+def _declares_mask_token(root: Path) -> bool:
+    """Whether checkpoint directory ``root`` has a mask token (not a placeholder the AR mapping picked)."""
+    from graphrt.frontends.checkpoint import AR_MODEL_TYPES
+
+    try:
+        raw = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True  # the checkpoint reader reports what is wrong with the file
+    if not isinstance(raw, dict):
+        return True
+    return raw.get("model_type") not in AR_MODEL_TYPES or raw.get("mask_token_id") is not None

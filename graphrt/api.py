@@ -34,6 +34,10 @@ class Model:
         thinking budget's forced token.
     adapter:
         The draft adapter directory loaded, if any.
+    has_mask_token:
+        Whether the checkpoint has a mask token (a model trained to fill masked
+        slots); without one ``config.mask_token_id`` is a placeholder and the
+        modes that draft with masks are refused by name.
     """
 
     backbone: Backbone
@@ -42,6 +46,7 @@ class Model:
     eos_token_ids: tuple[int, ...] = ()
     end_think_token_id: int | None = None
     adapter: str | None = None
+    has_mask_token: bool = True
 
     @property
     def config(self) -> Any:
@@ -87,7 +92,11 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:
-    """Build, verify and optimise a policy (or a mode name) for a model."""
+    """Build, verify and optimise a policy (or a mode name) for a model.
+
+    A mode that drafts with mask tokens is refused for a :class:`Model` without a
+    mask token, with the lossless modes that need no drafter suggested instead.
+    """
     if isinstance(policy, str):  # a mode name: the mode registry (graphrt.modes), filled by the frontends
         check_mode(policy, model)
         policy = get_mode(policy)(**policy_args)

@@ -52,7 +52,7 @@ def test_transformers_checkpoints_generate_and_chat(tmp_path, chat_file, capsys,
     path = write_transformers_checkpoint(kind, tmp_path / kind, seed=1)
     recs = [run_json(capsys, cmd, "--model", str(path), "--mode", m, "--messages", str(chat_file), "--max-new-tokens",
                      "5", "--ignore-eos") for cmd in ("generate", "chat")
-            for m in ("ar", "self-spec", "self-spec-quadratic")]
+            for m in ("ar", "prompt-lookup", "self-spec-lookup")]
     assert all(r["tokens"] == recs[0]["tokens"] and len(r["tokens"]) == 5 for r in recs)
     rec = run_json(capsys, "generate", "--model", str(path), "--prompt", "Hello", "--max-new-tokens", "3")
     assert isinstance(rec["text"], str) and rec["prompt"] == "Hello"
@@ -110,7 +110,6 @@ def test_logprobs_stop_id_thinking_budget(release, chat_file, capsys) -> None:
     (["--block-length", "4"], "--block-length: applies to --mode diffusion"),
     (["--mode", "diffusion", "--adapter", "x"], "--adapter: the drafter applies to"),
     (["--top-k", "5"], "--top-k: applies only when sampling"),
-    (["--seed", "3"], "--seed: applies only when sampling"),
     (["--end-think-id", "7"], "--end-think-id: applies with --thinking-budget only"),
     (["--mode", "ar", "--policy", "p.py"], "--policy and --mode"),
     (["--trace", "t.svg"], "--trace: expected a file ending in .html or .png"),

@@ -155,9 +155,12 @@ def test_transformers_checkpoints_chat_and_logits(tmp_path, kind: str) -> None:
         got = ours.forward_dense(x, torch.arange(len(ids))[None], mask)
         torch.testing.assert_close(got, ref(input_ids=x).logits, rtol=0, atol=1e-4)
         want = ref.generate(x, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(ids):]
-    for mode in ("ar", "self-spec"):
+    for mode in ("ar", "self-spec-lookup"):
         out = graphrt.chat(model, CHAT, mode=mode, max_new_tokens=8, ignore_eos=True)
         assert out.tokens == want.tolist(), mode
+    assert not model.has_mask_token
+    with pytest.raises(ValueError, match=r"has no mask token.*ar, prompt-lookup, self-spec-lookup"):
+        graphrt.chat(model, CHAT, mode="self-spec", max_new_tokens=8)
     assert set(model.eos_token_ids) >= {hf_tok.eos_token_id}
 
 

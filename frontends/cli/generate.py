@@ -25,7 +25,8 @@ BLOCK_MODES = ("diffusion", "self-spec", "self-spec-quadratic")
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments that choose and load the model (shared by ``generate``, ``chat``, ``show``)."""
-    p.add_argument("--model", default=None, metavar="DIR", help="checkpoint directory (default: the shipped model)")
+    p.add_argument("--model", default=None, metavar="DIR|FILE.gguf|NAME",
+                   help="checkpoint directory, Llama GGUF file, or a named model (smollm2); default: the shipped model")
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="PEFT LoRA drafter for self-spec drafts (default: the checkpoint's own adapter directory)")
     p.add_argument("--no-adapter", action="store_true", help="do not load the checkpoint's drafter adapter")
@@ -45,7 +46,8 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None, help="noise seed (with --temperature > 0; default 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="noise seed (default 0); greedy decoding (--temperature 0) draws no noise and ignores it")
     p.add_argument("--top-k", type=int, default=None, help="with --temperature > 0")
     p.add_argument("--top-p", type=float, default=None, help="with --temperature > 0")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
@@ -91,8 +93,8 @@ def check_knobs(args: argparse.Namespace) -> None:
         raise ValueError(f"--adapter: the drafter applies to --mode {'/'.join(SELF_SPEC)} only, not to {where}")
     if args.adapter is not None and args.no_adapter:
         raise ValueError("--adapter and --no-adapter: expected one of them, found both")
-    if args.temperature == 0:
-        for flag, value in (("--seed", args.seed), ("--top-k", args.top_k), ("--top-p", args.top_p)):
+    if args.temperature == 0:  # --seed is accepted and ignored here, as OpenAI's API and transformers do
+        for flag, value in (("--top-k", args.top_k), ("--top-p", args.top_p)):
             if value is not None:
                 raise ValueError(f"{flag}: applies only when sampling (--temperature > 0), found --temperature 0")
     if args.end_think_id is not None and args.thinking_budget is None:

@@ -14,7 +14,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     """Register ``serve``."""
     p = sub.add_parser("serve", help="serve a model over OpenAI's HTTP API",
                        description="Serve a model over OpenAI's HTTP API (completions, chat, streaming, metrics).")
-    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    p.add_argument("--model", default=None,
+                   help="checkpoint directory, Llama GGUF file, or a named model (smollm2); default: the shipped model")
     p.add_argument("--served-model-name", default=None, help="model name clients ask for (default: the directory's)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
