@@ -1,0 +1,302 @@
+"""Mode ``auto`` (adaptive speculation): the cost model, the acceptance statistics, the choice op and its
+rule, and output equal to AR's whatever is chosen, on every cycle (float64 tiny models, an accepting toy
+backbone on which drafts of every length are accepted)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+import graphrt
+from graphrt import adaptive
+from graphrt.adaptive import ChoiceState, acceptance_update_ref, draft_choice_ref
+from graphrt.api import Model
+from graphrt.cost_model import CallShape, CostModel, calibrate, call_shape, load_cached, model_key, probe_batch
+from graphrt.frontends.policies.auto import auto, default_widths, summarize_cycles
+from graphrt.params import GenerationParams
+from graphrt.session import Session
+from support.accepting_backbone import AcceptingBackbone
+from support.decode_oracles import run, tiny_model
+
+NONE, LOOKUP, DIFFUSION = range(3)
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def accepting() -> Model:
+    return Model(AcceptingBackbone(block_size=8, accuracy=0.8), None, "accepting-8")
+
+
+def every_choice(block: int) -> list[tuple[int, int]]:
+    """Every (source, width) ``auto`` offers for a block length."""
+    widths = default_widths(block)
+    return [(NONE, 1)] + [(s, w) for s in (LOOKUP, DIFFUSION) for w in widths if w > 1]
+
+
+def rotating_rule(choices: list[tuple[int, int]]) -> adaptive.Rule:
+    """A rule that walks through ``choices`` by the seed's position: a different choice on every cycle."""
+    def rule(state: ChoiceState) -> tuple[int, int]:
+        return choices[state.start % len(choices)]
+    return rule
+
+
+def constant_rule(choice: tuple[int, int]) -> adaptive.Rule:
+    def rule(state: ChoiceState) -> tuple[int, int]:
+        return choice
+    return rule
+
+
+# ---------------------------------------------------------------------- identity with AR
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_auto_equals_ar_when_the_choice_changes_on_every_cycle(model, temperature) -> None:
+    choices = every_choice(model.config.block_size)
+    policy = auto(rule=rotating_rule(choices))
+    for prompt in ([5, 17, 33, 8, 61], [9, 9, 4, 9, 9, 4, 9, 9]):
+        params = dict(max_new_tokens=40, ignore_eos=True, temperature=temperature, seed=11, logprobs=True)
+        want = run(model, prompt, "ar", **params)
+        got = graphrt.generate(model, prompt, mode=policy, **params)
+        assert got.tokens == want.tokens
+        assert got.logprobs == pytest.approx(want.logprobs, abs=1e-9)
+        seen = [tuple(c[:2]) for c in got.cycle_info]
+        assert all(a != b for a, b in zip(seen, seen[1:])), "the choice changes on every cycle"
+        assert sum(got.emit_sizes) >= len(got.tokens) and len(got.cycle_info) == len(got.emit_sizes) - 1
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_auto_equals_ar_for_every_source_and_draft_length(accepting, temperature) -> None:
+    prompt = [3, 14, 15, 9, 26, 5, 3, 14, 15]
+    params = dict(max_new_tokens=33, ignore_eos=True, temperature=temperature, seed=5)
+    want = run(accepting, prompt, "ar", **params)
+    accepted = {}
+    for choice in every_choice(accepting.config.block_size):
+        got = graphrt.generate(accepting, prompt, mode=auto(rule=constant_rule(choice)), **params)
+        assert got.tokens == want.tokens, choice
+        assert {tuple(c[:2]) for c in got.cycle_info} == {choice}
+        accepted[choice] = sum(c[2] for c in got.cycle_info)
+        if choice[0] == DIFFUSION:  # the drafter forward, then the verify forward: two per cycle
+            assert got.forwards == 1 + 2 * len(got.cycle_info)
+        else:
+            assert got.forwards == 1 + len(got.cycle_info)
+    assert accepted[(DIFFUSION, 8)] > 0, "the accepting backbone's drafts are accepted"
+
+
+def test_auto_in_a_session_mixed_with_other_modes(model, accepting) -> None:
+    prompts = [[5, 17, 33, 8, 41], [9, 9, 4, 9, 9, 4, 9], [1, 2, 3, 4, 1, 2, 3], [30, 20, 10]]
+    for m in (model, accepting):
+        rotating = auto(rule=rotating_rule(every_choice(m.config.block_size)))
+        modes = ["ar", "self-spec", "prompt-lookup", rotating, "auto", "auto", rotating, "self-spec-lookup"]
+        compiled = [graphrt.compile(mode, m) for mode in modes]
+        for temperature in (0.0, 0.8):
+            params = GenerationParams(max_new_tokens=16, ignore_eos=True, temperature=temperature, seed=2)
+            session = Session(m.backbone)
+            ids = {}
+            for i, policy in enumerate(compiled):
+                ids[session.add(policy, prompts[i % len(prompts)], params)] = i
+            results = session.run()
+            for rid, i in ids.items():
+                solo = run(m, prompts[i % len(prompts)], "ar", max_new_tokens=16, ignore_eos=True,
+                           temperature=temperature, seed=2)
+                assert results[rid].tokens == solo.tokens, (modes[i], temperature)
+            auto_results = [results[r] for r, i in ids.items() if modes[i] == "auto"]
+            assert all(r.cycle_info for r in auto_results)
+
+
+def test_the_default_rule_drafts_on_repetitive_text_and_reports_each_cycle(accepting) -> None:
+    got = graphrt.generate(accepting, [3, 14, 15] * 4, mode="auto", max_new_tokens=48, ignore_eos=True)
+    summary = summarize_cycles(got.cycle_info)
+    assert summary["cycles"] == len(got.cycle_info) > 0
+    drafted = {s: d for s, d in summary["sources"].items() if s != "none"}
+    assert drafted and sum(d["accepted"] for d in drafted.values()) > 0
+    assert got.tpf > 1.0
+    record = got.to_record()
+    assert record["cycle_info"] == [list(c) for c in got.cycle_info]
+
+
+def test_a_policy_file_replaces_the_rule(model) -> None:
+    from graphrt.frontends.policies.files import load_policy_file
+
+    policy = load_policy_file("examples/auto_rule.py")
+    prompt = [9, 9, 4, 9, 9, 4, 9, 9, 4]
+    got = graphrt.generate(model, prompt, mode=policy, max_new_tokens=30, ignore_eos=True)
+    assert got.tokens == run(model, prompt, "ar", max_new_tokens=30, ignore_eos=True).tokens
+    assert got.cycle_info and {c[0] for c in got.cycle_info} <= {NONE, LOOKUP}, "the file's rule never diffuses"
+    assert policy.params["rule"].endswith("lookup_or_step")
+
+
+# ---------------------------------------------------------------------- the ops and the rule
+
+def test_acceptance_update_counts_reached_and_accepted_slots() -> None:
+    D = 7
+    stats = torch.zeros(6 * D, dtype=torch.float64)
+    out = acceptance_update_ref(stats, torch.tensor(LOOKUP), torch.tensor(5), torch.tensor(2), decay=0.5)
+    s = out.reshape(3, 2, D)
+    assert s[LOOKUP, 0].tolist() == [1, 1, 1, 0, 0, 0, 0]  # slots 0..2 reached (2 accepted, slot 2 rejected)
+    assert s[LOOKUP, 1].tolist() == [1, 1, 0, 0, 0, 0, 0]
+    assert s[DIFFUSION].abs().sum() == 0 and s[NONE].abs().sum() == 0
+    out2 = acceptance_update_ref(out, torch.tensor(LOOKUP), torch.tensor(3), torch.tensor(2), decay=0.5)
+    s2 = out2.reshape(3, 2, D)  # all drafted accepted: slots 0, 1 reached and accepted
+    assert s2[LOOKUP, 0].tolist() == [1.5, 1.5, 0.5, 0, 0, 0, 0]
+    assert s2[LOOKUP, 1].tolist() == [1.5, 1.5, 0, 0, 0, 0, 0]
+    plain = acceptance_update_ref(out, torch.tensor(NONE), torch.tensor(1), torch.tensor(0), decay=1.0)
+    assert torch.equal(plain, out)
+
+
+def _state(rates: list[float], cost: tuple[float, ...], load: tuple[float, ...], lookup: bool = True) -> ChoiceState:
+    D = 7
+    r = torch.tensor([[0.0] * D, rates[:D], rates[:D]], dtype=torch.float64)
+    return ChoiceState(r, torch.zeros(3, D), lookup, (1, 2, 4, 8), (0, 1, 2), 40, cost, load)
+
+
+def test_expected_rate_drafts_alone_and_steps_in_a_crowded_compute_bound_round() -> None:
+    flat = (10e-3, 0.0, 0.0, 0.0)                       # every call the same: draft as far as it pays
+    alone = (0.0, 0.0, 0.0, 0.0)
+    assert adaptive.expected_rate(_state([0.9] * 7, flat, alone)) == (LOOKUP, 8)
+    assert adaptive.expected_rate(_state([0.9] * 7, flat, alone, lookup=False)) == (DIFFUSION, 8)
+    assert adaptive.expected_rate(_state([0.05] * 7, flat, alone))[1] == 8, "free tokens: any draft may help"
+    per_token = (1e-3, 0.0, 2e-4, 0.0)                  # a token slot costs a fifth of the call
+    assert adaptive.expected_rate(_state([0.05] * 7, per_token, alone)) == (NONE, 1)
+    assert adaptive.expected_rate(_state([0.9] * 7, per_token, alone)) == (LOOKUP, 8)
+    compute = (1e-3, 0.0, 1e-3, 0.0)                    # each token slot costs as much as the call itself
+    crowded = (15.0, 1.0, 600.0, 15.0)                  # 15 other rows stepping one token each
+    assert adaptive.expected_rate(_state([0.9] * 7, compute, crowded)) == (NONE, 1)
+    assert adaptive.expected_rate(_state([0.9] * 7, flat, crowded))[0] == LOOKUP
+
+
+def test_draft_choice_names_what_a_bad_rule_answered() -> None:
+    adaptive.register_rule("test-bad", constant_rule((LOOKUP, 3)), replace=True)
+    args = (torch.zeros(42, dtype=torch.float64), torch.tensor(7), torch.tensor(10),
+            torch.tensor([1e-3, 0, 0, 0], dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"rule 'test-bad': expected a source .* width in \[1, 2, 4, 8\].*found "
+                                         r"source 1 with width 3"):
+        draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2], rule="test-bad")
+    with pytest.raises(KeyError, match="no rule named 'nope'"):
+        draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2], rule="nope")
+    src, width = draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2])
+    assert (int(src), int(width)) in set(every_choice(8))
+
+
+def test_auto_graph_survives_json_and_the_pass_pipeline(model) -> None:
+    compiled = graphrt.compile(auto(), model)
+    ops = {n.op for n in compiled.graph.walk()} if hasattr(compiled.graph, "walk") else None
+    text = json.dumps(graphrt.graph_to_json(compiled.graph))
+    back = graphrt.graph_from_json(json.loads(text))
+    assert graphrt.verify(back) is not None
+    assert "draft_choice" in text and "acceptance_update" in text
+    del ops
+
+
+# ---------------------------------------------------------------------- the cost model
+
+class ClockedBackbone:
+    """A backbone wrapper whose calls advance a virtual clock by a known cost (plus a drift)."""
+
+    def __init__(self, inner, coef: tuple[float, float, float, float]) -> None:
+        self.inner, self.coef, self.now = inner, coef, 0.0
+
+    def forward(self, batch):
+        B, L = batch.tokens.shape
+        spans = int((batch.positions.max(dim=1).values + 1).sum())
+        self.now += float(CallShape(B, L, spans).features @ torch.tensor(self.coef, dtype=torch.float64).numpy())
+        return self.inner.forward(batch)
+
+    def clock(self) -> float:
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model) -> None:
+    true = (2e-3, 1e-4, 5e-5, 1e-5)
+    clocked = ClockedBackbone(model.backbone, true)
+    cm = calibrate(clocked, budget_s=0.5, clock=clocked.clock, rows=(1, 2, 4), widths=(1, 4, 8), spans=(0, 32),
+                   repeats=1)
+    assert model.backbone.free_row_count() == 8, "calibration returns its rows"
+    assert cm.coef == pytest.approx(true, rel=1e-6, abs=1e-9)
+    shapes = [CallShape(r, w, s) for r in (1, 3, 8) for w in (1, 2, 8) for s in (10, 200)]
+    truth = [(s, float(s.features @ torch.tensor(true).numpy())) for s in shapes]
+    assert cm.fit_error(truth)["max"] < 1e-6
+    # the machine gets twice as slow: observed calls pull the model along
+    slower = [(s, 2 * t) for s, t in truth]
+    for _ in range(6):
+        for s, t in slower:
+            cm.observe(s, t)
+    assert cm.fit_error(slower)["median"] < 0.25
+    assert cm.tensor.tolist() == pytest.approx(list(cm.coef))
+
+
+def test_the_fit_against_measured_step_times(model) -> None:
+    """Calibrated on the running toy model, the linear model predicts the times of calls of other shapes,
+    each timed as the fastest of a few, as calibration does. Timing on a machine busy with other work is
+    noise, not a fit: the test is skipped when repeated calls of one shape differ by more than 3x."""
+    import time
+
+    bb = model.backbone
+    cm = calibrate(bb, budget_s=3.0, rows=(1, 2, 4, 8), widths=(1, 2, 4), spans=(0, 64), repeats=3)
+    rows = bb.alloc_rows(6)
+    try:
+        measured, spread = [], 1.0
+        for r, w in [(1, 1), (3, 1), (2, 4), (5, 2), (6, 4), (4, 3)]:
+            batch = probe_batch(rows[:r], w, 0, bb.config.vocab_size)
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                bb.forward(batch)
+                times.append(time.perf_counter() - t0)
+            spread = max(spread, max(times[1:]) / min(times[1:]))
+            measured.append((CallShape(r, w, r * w), min(times[1:])))
+    finally:
+        bb.free_rows(rows)
+    if spread > 3.0 or len(cm.points) < 6:
+        pytest.skip(f"the machine is too busy to time calls (repeats differ {spread:.1f}x, "
+                    f"{len(cm.points)} calibration points in 3 s)")
+    err = cm.fit_error(measured)
+    assert err["median"] < 0.5, (err, cm.describe(), measured)
+
+
+def test_a_session_refreshes_the_cost_model_from_its_steps(model) -> None:
+    cm = CostModel()
+    session = Session(model.backbone, cost_model=cm)
+    params = GenerationParams(max_new_tokens=12, ignore_eos=True)
+    for i, mode in enumerate(["auto", "ar", "auto"]):
+        session.add(graphrt.compile(mode, model), [5 + i, 17, 33, 8, 41, 2, 9], params)
+    seen: list[CallShape] = []
+    observe = cm.observe
+    cm.observe = lambda shape, seconds: (seen.append(shape), observe(shape, seconds))  # type: ignore[method-assign]
+    session.run()
+    assert len(seen) == session.backbone_calls and seen[0].rows == 3
+    assert cm.calibrated and cm.tensor.tolist() == pytest.approx(list(cm.coef))
+    ar_only = Session(model.backbone, cost_model=CostModel())
+    ar_only.add(graphrt.compile("ar", model), [5, 6, 7], params)
+    ar_only.run()
+    assert not ar_only.cost_model.calibrated, "no adaptive request: nothing is timed"
+
+
+def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
+    monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))
+    key = model_key(model.backbone, "random-0")
+    assert load_cached(key) is None
+    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0], key=key, points=[(1, 1, 2, 1.2e-3)])
+    path = cm.save()
+    assert path.parent == tmp_path / "cost_models"
+    back = load_cached(key)
+    assert back is not None and back.coef.tolist() == cm.coef.tolist() and back.points == cm.points
+    assert load_cached(key, max_age_s=-1.0) is None, "stale"
+    assert load_cached(model_key(model.backbone, "another")) is None
+    path.write_text("{not json", encoding="utf-8")
+    assert load_cached(key) is None, "unreadable: measured again, never an error"
+    assert "call ms" in cm.describe()
+    assert call_shape(2, 4, [9, 19]).spans == 30
+
+
+def test_rules_and_choices_enumerate() -> None:
+    assert "expected-rate" in adaptive.rule_names()
+    assert list(itertools.chain(*every_choice(4))) == [0, 1, 1, 2, 1, 4, 2, 2, 2, 4]
