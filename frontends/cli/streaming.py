@@ -47,7 +47,7 @@ def stream_generate(model: Model, compiled: CompiledPolicy, prompt: Sequence[int
     assert isinstance(backbone, TracingBackbone)
     (row,) = backbone.records or {0: []}
     rec = DecodeTrace(result.mode, len(prompt), model.config.mask_token_id, backbone.records.get(row, []),
-                      emitted, result.tokens)
+                      emitted, result.tokens, cycle_info=list(result.cycle_info))
     if model.tokenizer is not None:
         record_labels(rec, model.tokenizer)
     return result, rec

@@ -88,6 +88,9 @@ class DecodeTrace:
         The final output.
     labels:
         Optional text of each token id (for drawing).
+    cycle_info:
+        What an adaptive policy decided per cycle (``GenerationResult.cycle_info``: draft source,
+        verified width, accepted drafts); each is shown at the forward whose round emitted it.
     """
 
     mode: str
@@ -97,6 +100,21 @@ class DecodeTrace:
     emitted: list[list[int]]
     tokens: list[int]
     labels: dict[int, str] = field(default_factory=dict)
+    cycle_info: list[tuple[int, ...]] = field(default_factory=list)
+
+    def choices(self) -> dict[int, str]:
+        """Forward index -> the decision of the cycle it ended (``lookup w=4 k=2``); empty for fixed modes.
+
+        The first emission is the prefill's token; each later emitting forward ends one cycle.
+        """
+        from graphrt.adaptive import SOURCES
+
+        emitting = [f for f, toks in enumerate(self.emitted) if toks][1:]
+        out = {}
+        for f, info in zip(emitting, self.cycle_info):
+            s, w, k = (list(info) + [0, 0, 0])[:3]
+            out[f] = f"{SOURCES[s] if 0 <= s < len(SOURCES) else s} w={w} k={k}"
+        return out
 
     def committed_at(self) -> dict[int, int]:
         """Absolute position -> index of the forward that committed its output token."""
@@ -206,6 +224,7 @@ def _trace_html(trace: DecodeTrace) -> str:
     cols, rows = trace.cells()
     head = "".join(f"<th>{p}</th>" for p in cols)
     body = []
+    choices = trace.choices()
     for f, row in enumerate(rows):
         tds = []
         for inp, state, com in row:
@@ -213,7 +232,8 @@ def _trace_html(trace: DecodeTrace) -> str:
             border = "border:2px solid #238b45;" if com else ""
             tds.append(f'<td style="background:{STATE_COLORS[state]};{border}" title="{STATE_HELP[state]}">{text}</td>')
         kind = trace.forwards[f].kind
-        body.append(f"<tr><th>{f} <small>{html.escape(kind)}</small></th>{''.join(tds)}</tr>")
+        note = f"<br><small>{html.escape(choices[f])}</small>" if f in choices else ""
+        body.append(f"<tr><th>{f} <small>{html.escape(kind)}</small>{note}</th>{''.join(tds)}</tr>")
     legend = " ".join(f'<span style="background:{c};padding:2px 6px">{STATE_HELP[s]}</span>'
                       for s, c in STATE_COLORS.items() if s != "none")
     return ("<!doctype html><html><head><meta charset='utf-8'><title>graphrt trace</title><style>"
@@ -246,7 +266,9 @@ def _trace_png(trace: DecodeTrace, path: Path) -> None:
     step = max(1, w // 24)
     ax.set_xticks([j + 0.5 for j in range(0, w, step)], [str(cols[j]) for j in range(0, w, step)], fontsize=7)
     ystep = max(1, h // 30)
-    ax.set_yticks([f + 0.5 for f in range(0, h, ystep)], [str(f) for f in range(0, h, ystep)], fontsize=7)
+    choices = trace.choices()
+    ax.set_yticks([f + 0.5 for f in range(0, h, ystep)],
+                  [f"{f} {choices[f]}" if f in choices else str(f) for f in range(0, h, ystep)], fontsize=7)
     ax.set_xlabel("absolute position")
     ax.set_ylabel("forward")
     ax.set_title(_title(trace), fontsize=9)
