@@ -226,6 +226,13 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
         print(f"trace: {trace_path} ({len(trace.forwards)} forwards, {len(trace.rejected_drafts())} rejected drafts)",
               file=sys.stderr)
     record = result.to_record()
+    if result.cycle_info:  # an adaptive policy: its choices, summarised per draft source
+        from graphrt.frontends.policies.auto import summarize_cycles
+
+        record["auto"] = summarize_cycles(result.cycle_info)
+        mix = ", ".join(f"{s} {d['cycles']} cycles (accepted {d['acceptance_rate']:.0%})"
+                        for s, d in record["auto"]["sources"].items())
+        print(f"[{result.mode}] {mix}", file=sys.stderr)
     record.update(record_extra or {})
     record["model"] = model.path
     record["adapter"] = model.adapter
