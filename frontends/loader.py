@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -99,6 +100,24 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     end_think = tokenizer.end_think_token_id if tokenizer is not None else None
     return Model(backbone, tokenizer, str(source), eos_token_ids=eos_ids, end_think_token_id=end_think,
                  adapter=str(adapter_dir) if adapter_dir is not None else None, has_mask_token=has_mask)
+
+
+def read_model_config(path: str | os.PathLike[str] | None = None) -> Any:
+    """The :class:`~graphrt.frontends.config.ModelConfig` of what :func:`load_model` would load from ``path``,
+    without loading weights: a directory's ``config.json``, a GGUF file's metadata (nothing is converted), a
+    named model's file with its table entry's mask token."""
+    from graphrt.frontends.checkpoint import read_config
+
+    root = Path(path) if path is not None else SHIPPED_MODEL
+    entry = None
+    if not root.exists() and named_models.named_model(str(root)) is not None:
+        entry, root = named_models.named_model(str(root)), named_models.named_model_file(str(root))
+    if not gguf.is_gguf_path(root):
+        return read_config(root)[0]
+    config = gguf.read_gguf_config(gguf.open_gguf(root), root)
+    if entry is not None and entry.mask_token_id is not None:
+        config.mask_token_id = entry.mask_token_id
+    return config
 
 
 def _model_source(path: Path, dtype: torch.dtype | str | None) -> tuple[Path, Path, str | None, bool]:

@@ -330,8 +330,8 @@ def test_unsupported_tensor_type(tmp_path, hf_llama) -> None:
 
 # ----------------------------------------------------------------------------- the command line
 def test_cli_on_a_gguf_file(tmp_path, hf_llama, capsys, monkeypatch) -> None:
-    """``--model FILE.gguf``; ``--seed`` accepted and ignored at temperature 0; a mask-drafted mode refused in
-    one message; a warning printed as one line."""
+    """``--model FILE.gguf`` (generate, show); ``--seed`` accepted and ignored at temperature 0; a mask-drafted
+    mode refused in one message; a warning printed as one line."""
     import json
 
     from graphrt.frontends.cli import main
@@ -344,6 +344,10 @@ def test_cli_on_a_gguf_file(tmp_path, hf_llama, capsys, monkeypatch) -> None:
     assert main([*base, "--seed", "3"]) == 0
     seeded = json.loads(capsys.readouterr().out)
     assert seeded["tokens"] == plain["tokens"] and len(plain["tokens"]) == 5 and plain["model"] == str(path)
+
+    assert main(["show", "--model", str(path), "--mode", "self-spec-lookup", "--out", str(tmp_path / "g.txt")]) == 0
+    assert (tmp_path / "g.txt").read_text()
+    capsys.readouterr()
 
     assert main([*base, "--mode", "diffusion"]) == 2
     err = capsys.readouterr().err

@@ -35,8 +35,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     src.add_argument("--mode", default=None, choices=MODES, help="a built-in mode (default: ar)")
     src.add_argument("--policy", default=None, metavar="FILE", help="a .py file defining a Policy, or a JSON graph")
     p.add_argument("--opt", type=int, default=1, choices=(0, 1, 2), help="pass pipeline level drawn after O0")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="build for this checkpoint's config (default: the shipped model's)")
+    p.add_argument("--model", default=None, metavar="DIR|FILE.gguf|NAME",
+                   help="build for this checkpoint's config (a directory, GGUF file or named model; default: the "
+                        "shipped model's)")
     p.add_argument("--block-length", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.svg, .png, .dot, .txt or .json")
@@ -47,9 +48,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt show``."""
     import graphrt
-    from graphrt.frontends.checkpoint import read_config
     from graphrt.frontends.cli.output import write_json
-    from graphrt.frontends.loader import SHIPPED_MODEL
+    from graphrt.frontends.loader import read_model_config
 
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         from graphrt.frontends.policies import policy_for_mode
 
         policy = policy_for_mode(args.mode or "ar", args.block_length, args.threshold)
-    config = read_config(args.model or SHIPPED_MODEL)[0].to_backbone_config()
+    config = read_model_config(args.model).to_backbone_config()
     try:
         compiled = graphrt.compile(policy, _ConfigOnly(config), opt_level=args.opt)
     except graphrt.GraphError as e:
