@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "load_cached",
-           "model_key", "probe_batch", "PRIOR"]
+__all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "for_model",
+           "load_cached", "model_key", "probe_batch", "PRIOR"]
 
 FEATURES = ("call", "rows", "tokens", "kilokeys")
 """The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000."""
@@ -388,6 +388,48 @@ def load_cached(key: str, max_age_s: float = 7 * 24 * 3600.0) -> CostModel | Non
     if model.key != key or time.time() - model.created > max_age_s:
         return None
     return model
+
+
+def for_model(model: Any, budget_s: float = 2.0, measure: bool = True, max_age_s: float = 7 * 24 * 3600.0,
+              log: Callable[[str], None] | None = None) -> CostModel:
+    """The cost model of a loaded model: the cached one, else a calibration of ``budget_s`` seconds (saved),
+    else (``measure=False``, or a calibration that fails) the prior, which learns from the calls it observes.
+
+    Parameters
+    ----------
+    model:
+        A :class:`graphrt.api.Model` (or anything with a ``backbone`` and a ``path``).
+    budget_s:
+        Calibration time limit.
+    measure:
+        Whether to calibrate when nothing usable is cached.
+    max_age_s:
+        Cached models older than this are measured again.
+    log:
+        Where to say what happened (one line).
+
+    Returns
+    -------
+    CostModel
+    """
+    backbone = getattr(model, "backbone", model)
+    key = model_key(backbone, str(getattr(model, "path", "") or ""))
+    cached = load_cached(key, max_age_s)
+    say = log or (lambda line: None)
+    if cached is not None:
+        say(f"cost model: cached ({cache_path(key)})")
+        return cached
+    if not measure:
+        return CostModel(key=key)
+    try:
+        t0 = time.perf_counter()
+        fitted = calibrate(backbone, budget_s=budget_s, key=key)
+        fitted.save()
+        say(f"cost model: calibrated in {time.perf_counter() - t0:.1f} s, {len(fitted.points)} points")
+        return fitted
+    except Exception as exc:  # noqa: BLE001 - a failed measurement never blocks serving
+        say(f"cost model: calibration failed ({exc!r}); measuring as requests run")
+        return CostModel(key=key)
 
 
 # ---------------------------------------------------------------------- calibration

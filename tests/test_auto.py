@@ -300,3 +300,30 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
 def test_rules_and_choices_enumerate() -> None:
     assert "expected-rate" in adaptive.rule_names()
     assert list(itertools.chain(*every_choice(4))) == [0, 1, 1, 2, 1, 4, 2, 2, 2, 4]
+
+
+# ---------------------------------------------------------------------- serving
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_serve_default_mode_auto_reports_choices_and_metrics(tmp_path, monkeypatch) -> None:
+    import httpx
+
+    from support.server_harness import MODEL_NAME, metric, server
+
+    monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))  # the server's calibration goes here
+    prompt = "import os\nimport sys\n\nimport os\n"
+    offline = graphrt.load(dtype="float64", max_batch=1)
+    want = graphrt.generate(offline, prompt, mode="ar", max_new_tokens=24, ignore_eos=True)
+    with server(["--dtype", "float64", "--max-batch", "2", "--default-mode", "auto"]) as url:
+        body = httpx.post(url + "/v1/completions", json={"model": MODEL_NAME, "prompt": prompt, "max_tokens": 24,
+                                                          "temperature": 0, "ignore_eos": True}, timeout=120).json()
+        stats = body["graphrt"]
+        assert stats["mode"] == "auto" and stats["auto"]["cycles"] > 0
+        assert body["choices"][0]["text"] == want.text
+        drafted = [s for s in stats["auto"]["sources"] if s != "none"]
+        for source in drafted:
+            assert metric(url, "graphrt_spec_decode_num_draft_tokens_total", source=source) > 0
+            assert 0.0 <= metric(url, "graphrt_spec_decode_acceptance_rate", source=source) <= 1.0
+            assert metric(url, "graphrt_spec_decode_mean_accepted_length", source=source) >= 1.0
+        assert "graphrt_auto_cycles_total" in httpx.get(url + "/metrics").text
+    assert list((tmp_path / "cost_models").glob("*.json")), "the calibration was cached"

@@ -13,16 +13,19 @@ connection timeouts and a graceful drain).
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from graphrt.api import Model
 from graphrt.frontends.serving.app import create_app, limits_for
 from graphrt.frontends.serving.engine import POLICY_CACHE_SIZE, STALL_S, Engine
 from graphrt.frontends.serving.gate import LOOPBACK_NAMES, Drain, GateConfig, is_loopback
 from graphrt.frontends.serving.protocol import Defaults
+
+_log = logging.getLogger("graphrt.serve")
 
 MAX_BODY_BYTES = 2 * 2**20  # default largest request body
 MAX_HEADER_BYTES = 16 * 2**10  # largest request head (uvicorn's h11_max_incomplete_event_size)
@@ -41,7 +44,8 @@ def build_app(model: Model, name: str | None = None, max_active: int | None = No
               api_keys: tuple[str, ...] = (), metrics_public: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
               read_timeout: float = 15.0, allowed_hosts: tuple[str, ...] | None = None,
               max_tokens: int | None = None, max_messages: int = 256, request_timeout: float = 600.0,
-              policy_cache: int = POLICY_CACHE_SIZE, stall_timeout: float = STALL_S) -> "FastAPI":
+              policy_cache: int = POLICY_CACHE_SIZE, stall_timeout: float = STALL_S,
+              cost_model: Any = None, calibrate_s: float = 2.0) -> "FastAPI":
     """The FastAPI application serving ``model`` (the engine starts with the app).
 
     Parameters
@@ -68,9 +72,17 @@ def build_app(model: Model, name: str | None = None, max_active: int | None = No
     policy_cache, stall_timeout:
         Compiled policies kept; seconds without progress after which ``/health`` reports the
         engine stalled.
+    cost_model, calibrate_s:
+        The backbone's cost model for mode ``auto``; default: with ``default_mode="auto"`` the
+        cached one or a calibration of at most ``calibrate_s`` seconds now (0: none; it then
+        measures as requests run), else one that measures as requests run.
     """
+    if cost_model is None and default_mode == "auto":
+        from graphrt.cost_model import for_model
+
+        cost_model = for_model(model, budget_s=calibrate_s, measure=calibrate_s > 0, log=_log.info)
     engine = Engine(model, max_active=max_active, max_queue=max_queue, policy_cache=policy_cache,
-                    stall_s=stall_timeout)
+                    stall_s=stall_timeout, cost_model=cost_model)
     defaults = Defaults(name or model_name(model), default_mode, block_length, threshold)
     limits = limits_for(engine, max_tokens=max_tokens, max_messages=max_messages, request_timeout=request_timeout)
     gate = GateConfig(tuple(api_keys), metrics_public, max_body_bytes, read_timeout, allowed_hosts)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from graphrt.api import Model, compile as compile_mode
+from graphrt.cost_model import CostModel
 from graphrt.compiled import CompiledPolicy
 from graphrt.frontends.serving.lockstep import (IDLE_TICK_S, Admit, Decision, LockstepError, PolicyKey,
                                                 lockstep_for, step_digest)
@@ -127,6 +128,9 @@ class Engine:
         Compiled policies kept (one per mode and knobs asked for; least recently used dropped).
     stall_s:
         Seconds without progress, with requests held, after which :attr:`stalled` says so.
+    cost_model:
+        The backbone's measured call times for mode ``auto`` (:func:`graphrt.cost_model.for_model`);
+        default: an unmeasured one that learns from the calls it observes.
 
     On a tensor-parallel model (:mod:`.lockstep`) the engine of every rank is built
     at the same time (a collective); rank 0's serves HTTP (:meth:`start`), the others
@@ -135,7 +139,7 @@ class Engine:
 
     def __init__(self, model: Model, max_active: int | None = None, max_queue: int = 64,
                  metrics: Metrics | None = None, policy_cache: int = POLICY_CACHE_SIZE,
-                 stall_s: float = STALL_S) -> None:
+                 stall_s: float = STALL_S, cost_model: CostModel | None = None) -> None:
         rows = model.backbone.free_row_count()
         if max_active is not None and not 0 < max_active <= rows:
             raise ValueError(f"max_active: expected an int in [1, {rows}] (the backbone's free cache rows), "
@@ -149,6 +153,8 @@ class Engine:
         if not isinstance(policy_cache, int) or policy_cache < 1:
             raise ValueError(f"policy_cache: expected an int >= 1, found {policy_cache!r}")
         self.session = IsolatingSession(model.backbone, model.tokenizer)
+        if cost_model is not None:  # mode auto's measured backbone (else it measures as requests run)
+            self.session.cost_model = cost_model
         self._jobs: dict[int, Job] = {}  # request id -> job holding a row (engine thread only)
         self._cond = threading.Condition()
         self._waiting: deque[Job] = deque()

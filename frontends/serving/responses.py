@@ -25,8 +25,13 @@ def usage(result: GenerationResult) -> dict[str, int]:
 
 def stats(result: GenerationResult) -> dict[str, Any]:
     """graphrt's statistics of a result (the ``graphrt`` field of a response)."""
-    return {"mode": result.mode, "forwards": result.forwards, "tpf": result.tpf, "emit_sizes": result.emit_sizes,
-            "seconds": result.seconds, "finish_reason": result.finish_reason}
+    out = {"mode": result.mode, "forwards": result.forwards, "tpf": result.tpf, "emit_sizes": result.emit_sizes,
+           "seconds": result.seconds, "finish_reason": result.finish_reason}
+    if result.cycle_info:  # mode auto: its choices per draft source
+        from graphrt.frontends.policies.auto import summarize_cycles
+
+        out["auto"] = summarize_cycles(result.cycle_info)
+    return out
 
 
 def _token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
