@@ -31,6 +31,10 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p = sub.add_parser("bench", help="side-by-side decode benchmark",
                        description="Every mode of graphrt side by side with transformers and hand-written loops.")
     p.set_defaults(func=run)
+    p.add_argument("--cost-model", action="store_true",
+                   help="print the backbone's cost model (mode auto's: call time by rows, width and keys), calibrating "
+                        "it (a few seconds) when none is cached, and exit")
+    p.add_argument("--recalibrate", action="store_true", help="with --cost-model: measure again, ignoring the cache")
     try:
         _side_by_side().add_arguments(p)
     except ValueError:  # no source checkout: accept anything, and run() says what is missing
@@ -39,4 +43,27 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt bench``."""
+    if getattr(args, "cost_model", False):
+        return print_cost_model(args)
     return int(_side_by_side().run(args))
+
+
+def print_cost_model(args: argparse.Namespace) -> int:
+    """``graphrt bench --cost-model``: the cached cost model of ``--model`` (measured now when none is)."""
+    import graphrt
+    from graphrt.cost_model import cache_path, for_model
+
+    model = graphrt.load(getattr(args, "model", None), dtype=getattr(args, "dtype", None))
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cm = for_model(model, max_age_s=-1.0 if args.recalibrate else 7 * 24 * 3600.0, log=print)
+    print(f"model: {model.path}")
+    print(cm.describe())
+    for r, w, s, t in cm.points:
+        print(f"  rows {r:3d} width {w:3d} keys {w * s:7d}: measured {t * 1e3:8.3f} ms, model "
+              f"{cm.linear(r, w, s) * 1e3:8.3f} ms")
+    print(f"cached at {cache_path(cm.key)}")
+    return 0
