@@ -36,7 +36,8 @@ def resolve_device(device: str) -> torch.device:
 
 def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None,
                device: str = "cpu", max_batch: int = 8, compile: bool | str = False, max_seq_len: int | None = None,
-               adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
+               adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False,
+               linear: str = "auto") -> Model:
     """Load ``path`` (default: the shipped model) as a Model with its tokenizer, if it has one.
 
     ``path`` is a checkpoint directory, a Llama GGUF file (converted once into the
@@ -54,6 +55,9 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     ``tp > 1`` loads this rank's shard of a tensor-parallel model (one process per
     rank, launched by ``torchrun``; see :mod:`graphrt.frontends.tensor_parallel`),
     ``tp_check`` compares every forward's inputs across the ranks.
+    ``linear``: the backbone's linear-layer path, ``"auto"`` (oneDNN-prepacked weights for float32
+    on the CPU when not compiled, else ``F.linear``), ``"packed"`` or ``"eager"``; see
+    :class:`~graphrt.frontends.transformer.TransformerBackbone`.
     """
     from graphrt.frontends.checkpoint import find_adapter, load_checkpoint
     from graphrt.frontends.tokenizer import has_tokenizer, load_tokenizer
@@ -88,8 +92,12 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         cfg.mask_token_id = entry.mask_token_id
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
     if tp == 1:
-        backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile)
+        backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile,
+                                       linear=linear)
     else:
+        if linear not in ("auto", "eager"):
+            raise ValueError(f"linear: expected 'auto' or 'eager' with tp={tp} (sharded weights run F.linear), "
+                             f"found {linear!r}")
         backbone = tensor_parallel.TensorParallelBackbone(net, mesh, check=tp_check, max_rows=max_batch,
                                                           row_capacity=capacity, compile=compile)
     tokenizer = load_tokenizer(root) if has_tokenizer(root) else None

@@ -33,6 +33,7 @@ from graphrt.kvcache import RowKVCache, SlotPlan
 
 from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
+from .models.packed_linear import prepack, resolve_linear
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -438,6 +439,11 @@ class TransformerBackbone:
         that need it run eagerly, so no call ever waits for a compile. Inductor's compiled
         code is cached on disk and reused across runs, so only the first run on a machine
         pays the full compile.
+    linear:
+        ``"eager"`` runs ``F.linear`` on the model's weights; ``"packed"`` prepacks them for oneDNN
+        once, here, with q/k/v and gate/up fused (:func:`~graphrt.frontends.models.packed_linear.prepack`:
+        float32 CPU inference only; the model cannot be trained afterwards); ``"auto"`` packs where
+        that applies (float32, CPU, not compiled).
 
     Notes
     -----
@@ -447,7 +453,7 @@ class TransformerBackbone:
     """
 
     def __init__(self, model: Transformer, max_rows: int, row_capacity: int | None = None,
-                 compile: bool | str = False, scratch: int | None = None) -> None:
+                 compile: bool | str = False, scratch: int | None = None, linear: str = "eager") -> None:
         self.model = model
         cfg = model.config
         self.config: BackboneConfig = cfg.to_backbone_config()
@@ -468,6 +474,11 @@ class TransformerBackbone:
             raise ValueError(f"TransformerBackbone: compile expected False, True, 'freeze' or 'background', "
                              f"found {compile!r}")
         self.compiled = bool(compile)
+        # -- linear-layer path (frontends/models/packed_linear.py): weights prepacked once, for CPU inference
+        self.linear = resolve_linear(linear, self.dtype, self.device, compile)
+        if self.linear == "packed":
+            prepack(model)
+        # --
         self.shapes_seen: set[tuple[int, ...]] = set()  # (batch, width, keys, views, causal, last only)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
         self.compiler = BackgroundCompiler(self._compile_bucket) if compile == "background" else None

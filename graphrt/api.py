@@ -56,7 +56,8 @@ class Model:
 
 def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | None = None, device: str = "cpu",
          max_batch: int = 8, compile: bool | str = False, max_seq_len: int | None = None,
-         adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False) -> Model:
+         adapter: str | os.PathLike[str] | bool | None = None, tp: int = 1, tp_check: bool = False,
+         linear: str = "auto") -> Model:
     """Load a checkpoint directory (the formats of ``docs/design.md``) as a :class:`Model`.
 
     Parameters
@@ -86,9 +87,16 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
         of ``torchrun --nproc-per-node tp``; gloo on ``cpu``, NCCL on ``cuda``).
     tp_check:
         Debug: compare every forward's inputs across the tensor-parallel ranks.
+    linear:
+        The backbone's linear layers: ``"auto"`` (default) prepacks the weights once for oneDNN
+        (q/k/v and gate/up fused) for float32 on the CPU when not compiled, and runs ``F.linear``
+        otherwise; ``"eager"`` always runs ``F.linear`` on the stored weights; ``"packed"``
+        insists on prepacking (an error where it does not apply). Packed logits equal eager
+        ones up to float32 rounding.
     """
     return get_loader()(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
-                        max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check)
+                        max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check,
+                             linear=linear)
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:

@@ -1,0 +1,227 @@
+"""Prepacked linear layers for CPU inference: the weights laid out once, at load time, for oneDNN.
+
+A float32 decode step on CPU is bound by reading the weights (SmolLM2-135M reads 538 MB per
+forward). ``F.linear`` on a plain ``[out, in]`` weight reaches about half the machine's streaming
+bandwidth at one row and slows further at 2..16 rows (MKL's small-``M`` GEMM takes another path),
+so a forward's cost grows with its width. oneDNN's inner-product primitive on a weight reordered
+once into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
+weight freezing uses) streams the weight at close to the read bandwidth for any ``M`` up to about
+16, so a forward of 1..16 tokens costs about the same (``bench/linear_paths.py`` has the figures).
+
+:func:`prepack` swaps every projection of a :class:`~graphrt.frontends.transformer.Transformer`
+(and its output head) for a :class:`PackedLinear` holding only the packed weight: inference only,
+no autograd, float32 on CPU. Results equal ``F.linear``'s up to float32 rounding (the summation
+order differs). The plain model is what :func:`prepack` is not called on (``linear="eager"`` in
+:func:`graphrt.load`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Linear-layer implementations :func:`graphrt.load` accepts.
+LINEAR_PATHS = ("auto", "eager", "packed")
+
+
+def packing_available(dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Whether :func:`prepack` can pack weights of ``dtype`` on ``device`` (float32 on a CPU with oneDNN)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+def _pack(weight: torch.Tensor, where: str) -> torch.Tensor:
+    """``weight [out, in]`` reordered once into oneDNN's blocked layout (an opaque tensor)."""
+    if not packing_available(weight.dtype, weight.device):
+        raise ValueError(f"{where}: expected a float32 CPU weight (oneDNN available: "
+                         f"{torch.backends.mkldnn.is_available()}), found {weight.dtype} on {weight.device}")
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
+
+
+def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, compile: bool | str = False) -> str:
+    """The linear-layer path a backbone runs: ``"eager"`` or ``"packed"``.
+
+    Parameters
+    ----------
+    linear:
+        ``"auto"`` (packed where it applies: float32 on a CPU with oneDNN, not compiled -- a compiled
+        stack gets its weights laid out by inductor's freezing instead), ``"eager"`` (``F.linear`` on
+        the stored weights, what training uses) or ``"packed"`` (an error where it cannot apply).
+    dtype, device:
+        The model's.
+    compile:
+        The backbone's ``compile`` setting.
+
+    Returns
+    -------
+    str
+        ``"eager"`` or ``"packed"``.
+    """
+    if linear not in LINEAR_PATHS:
+        raise ValueError(f"linear: expected one of {LINEAR_PATHS}, found {linear!r}")
+    if linear == "eager":
+        return "eager"
+    ok = packing_available(dtype, device) and not compile
+    if linear == "packed" and not ok:
+        raise ValueError(f"linear='packed': expected a float32 model on the CPU (oneDNN available: "
+                         f"{torch.backends.mkldnn.is_available()}) and compile=False, found {dtype} on {device}, "
+                         f"compile={compile!r}; use linear='eager' or 'auto'")
+    return "packed" if ok else "eager"
+
+
+class PackedLinear(nn.Module):
+    """An inference-only stand-in for ``nn.Linear`` / ``LoRALinear`` with a oneDNN-packed weight.
+
+    Parameters
+    ----------
+    linear:
+        The layer to replace: its ``weight [out, in]`` (and ``bias [out]``) are packed; its LoRA
+        (``lora_A``, ``lora_B``, ``lora_scale``), if any, is kept as is and applied as
+        ``LoRALinear`` applies it (added where ``select`` is True).
+
+    Notes
+    -----
+    The packed weight is an opaque oneDNN tensor: not a parameter, not in the state dict, not
+    movable between devices. Call with ``x [..., in]`` float32 on the CPU.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = _pack(linear.weight, "PackedLinear")
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()  # [out]
+        _keep_lora(self, linear)
+
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]``."""
+        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return _add_lora(self, x, out, select)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+class FusedProduct:
+    """One packed product for several projections of the same input (q/k/v, gate/up).
+
+    The projections' weights are stacked into one ``[sum(out), in]`` matrix, so a layer reads
+    them in one pass and pays one call's overhead. The product of the last input is kept: the
+    projections after the first one to be called with the same tensor (same object, unmodified
+    since: same ``_version``) reuse it.
+    """
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum(out), in]
+        biases = [lin.bias for lin in linears]
+        self.packed = _pack(weight, "FusedProduct")
+        self.bias = None if all(b is None for b in biases) else torch.cat(
+            [b.detach() if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
+        self._key: tuple[torch.Tensor, int] | None = None
+        self._out: torch.Tensor | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in]`` -> ``[..., sum(out)]``."""
+        if self._key is None or self._key[0] is not x or self._key[1] != x._version:
+            self._out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            self._key = (x, x._version)
+        return self._out
+
+    def release(self) -> None:
+        """Drop the kept input and product."""
+        self._key = self._out = None
+
+
+class PackedSlice(nn.Module):
+    """One projection of a :class:`FusedProduct`: columns ``[start, stop)`` of its product, plus this
+    projection's own LoRA (as :class:`PackedLinear`); a drop-in for the ``nn.Linear`` it replaces."""
+
+    def __init__(self, product: FusedProduct, start: int, linear: nn.Linear) -> None:
+        super().__init__()
+        self.product = product
+        self.start, self.stop = start, start + linear.out_features
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        _keep_lora(self, linear)
+
+    def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]`` (a view of the fused product)."""
+        out = self.product(x)[..., self.start:self.stop]  # [..., out]
+        return _add_lora(self, x, out, select)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"fused columns [{self.start}, {self.stop}), packed=oneDNN")
+
+
+def _keep_lora(module: nn.Module, linear: nn.Linear) -> None:
+    """Move ``linear``'s LoRA (``LoRALinear``'s ``lora_A``, ``lora_B``, ``lora_scale``), if any, onto ``module``."""
+    module.lora_A = getattr(linear, "lora_A", None)
+    module.lora_B = getattr(linear, "lora_B", None)
+    module.lora_scale = float(getattr(linear, "lora_scale", 0.0))
+
+
+def _add_lora(module: nn.Module, x: torch.Tensor, out: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+    """``LoRALinear``'s rule: ``out + scale * B(A(x))`` where ``select`` is True, ``out`` elsewhere."""
+    if module.lora_A is None or select is None:
+        return out
+    delta = module.lora_B(module.lora_A(x)) * module.lora_scale  # [..., out]
+    return torch.where(select[..., None], out + delta, out)
+
+
+#: Projections of one block that read the same input, packed as one matrix when ``fuse``.
+_FUSED = {"self_attn": (("q_proj", "k_proj", "v_proj"), ("o_proj",)),
+          "mlp": (("gate_proj", "up_proj"), ("down_proj",))}
+
+
+def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
+    """Swap ``model``'s projections and output head for packed ones (:class:`PackedLinear`), in place.
+
+    Every decoder layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` and the model's
+    ``diffusion_head`` are replaced; with ``fuse``, q/k/v and gate/up each become one packed
+    matrix (:class:`FusedProduct`) read once per call. The embedding (shared with a tied head)
+    stays as is. The replaced weights are released unless something else holds them, so the model
+    is for inference only afterwards.
+
+    Before / after (one layer, ``fuse=True``)::
+
+        q_proj: Linear(576, 576)         q_proj: PackedSlice(fused columns [0, 576))
+        k_proj: Linear(576, 192)   ->    k_proj: PackedSlice(fused columns [576, 768))
+        v_proj: Linear(576, 192)         v_proj: PackedSlice(fused columns [768, 960))
+        o_proj: LoRALinear(576, 576)     o_proj: PackedLinear(576, 576) (its LoRA kept)
+
+    Parameters
+    ----------
+    model:
+        A :class:`~graphrt.frontends.transformer.Transformer` in float32 on the CPU.
+    fuse:
+        Stack the projections that share an input (q/k/v, gate/up) into one matrix each.
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself.
+    """
+    head = model.diffusion_head
+    if not packing_available(head.weight.dtype, head.weight.device):
+        raise ValueError(f"prepack: expected a float32 model on the CPU with oneDNN, found {head.weight.dtype} "
+                         f"on {head.weight.device} (oneDNN available: {torch.backends.mkldnn.is_available()})")
+    for layer in model.encoder.layers:
+        for block_name, groups in _FUSED.items():
+            block = getattr(layer, block_name)
+            for group in groups:
+                linears = [getattr(block, name, None) for name in group]
+                if not all(isinstance(lin, nn.Linear) for lin in linears):
+                    continue  # already packed, or not a plain projection (left as is)
+                if fuse and len(group) > 1:
+                    product, start = FusedProduct(linears), 0
+                    for name, lin in zip(group, linears):
+                        setattr(block, name, PackedSlice(product, start, lin))
+                        start += lin.out_features
+                else:
+                    for name, lin in zip(group, linears):
+                        setattr(block, name, PackedLinear(lin))
+    model.diffusion_head = PackedLinear(head)
+    model.requires_grad_(False)
+    return model
+
+
+__all__ = ["LINEAR_PATHS", "FusedProduct", "PackedLinear", "PackedSlice", "packing_available", "prepack", "resolve_linear"]

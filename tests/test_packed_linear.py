@@ -1,0 +1,118 @@
+"""Prepacked linear layers: the same products as ``F.linear`` (float32 rounding), the same tokens as eager.
+
+oneDNN's packed product sums in another order than MKL's, so logits agree to float32 rounding
+(not bit for bit); greedy tokens are compared where the margin between the top two logits is clear.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import graphrt
+from graphrt.backbone import ForwardBatch
+from graphrt.frontends.checkpoint import init_random_
+from graphrt.frontends.config import default_test_config
+from graphrt.frontends.models.packed_linear import (FusedProduct, PackedLinear, PackedSlice, packing_available,
+                                                     prepack, resolve_linear)
+from graphrt.frontends.transformer import LoRALinear, Transformer, TransformerBackbone, causal_mask
+
+pytestmark = pytest.mark.skipif(not packing_available(torch.float32, "cpu"), reason="oneDNN not available")
+F32 = torch.float32
+
+
+def make_model(seed: int = 0, **overrides) -> Transformer:
+    return init_random_(Transformer(default_test_config(**overrides)), seed).to(F32).eval()
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7, 16, 33])
+@pytest.mark.parametrize("shape", [(32, 96), (13, 5), (576, 192)])
+def test_packed_linear_equals_f_linear(rows: int, shape: tuple[int, int]) -> None:
+    fan_in, fan_out = shape
+    g = torch.Generator().manual_seed(rows)
+    lin = nn.Linear(fan_in, fan_out, bias=True)
+    x = torch.randn(2, rows, fan_in, generator=g)  # [B, L, in]
+    want = F.linear(x, lin.weight, lin.bias)
+    torch.testing.assert_close(PackedLinear(lin)(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_applied_where_selected_only() -> None:
+    lin = LoRALinear(24, 40, rank=4, alpha=8)
+    nn.init.normal_(lin.lora_B.weight)
+    packed = PackedLinear(lin)
+    x = torch.randn(1, 5, 24)
+    sel = torch.tensor([[False, True, False, True, True]])
+    with torch.no_grad():
+        torch.testing.assert_close(packed(x, sel), lin(x, sel), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed(x), lin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_slices_equal_separate_products_and_follow_in_place_updates() -> None:
+    lins = [nn.Linear(16, n, bias=False) for n in (16, 8, 8)]
+    product = FusedProduct(lins)
+    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 16, 24), lins)]
+    x = torch.randn(3, 16)
+    for s, lin in zip(slices, lins):
+        torch.testing.assert_close(s(x), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+    x.mul_(2)  # same tensor, new contents: the kept product must not be reused
+    torch.testing.assert_close(slices[1](x), F.linear(x, lins[1].weight), rtol=1e-5, atol=1e-5)
+
+
+def test_prepack_keeps_dense_logits() -> None:
+    model = make_model(seed=3, draft_adapter={"rank": 4, "alpha": 8})
+    tokens = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(4))
+    pos, mask = torch.arange(7).expand(2, 7), causal_mask(2, 7)
+    sel = torch.zeros(2, 7, dtype=torch.bool)
+    sel[:, 4:] = True
+    with torch.no_grad():
+        want = model.forward_dense(tokens, pos, mask, adapter=sel)
+        prepack(model)
+        got = model.forward_dense(tokens, pos, mask, adapter=sel)
+    assert isinstance(model.encoder.layers[0].self_attn.k_proj, PackedSlice)
+    assert isinstance(model.diffusion_head, PackedLinear)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_backbone_packed_matches_eager_by_width() -> None:
+    eager, packed = make_model(seed=5), make_model(seed=5)
+    bbs = {"eager": TransformerBackbone(eager, max_rows=1, row_capacity=64),
+           "packed": TransformerBackbone(packed, max_rows=1, row_capacity=64, linear="packed")}
+    assert bbs["packed"].linear == "packed" and bbs["eager"].linear == "eager"
+    ids = torch.randint(0, 96, (1, 40), generator=torch.Generator().manual_seed(6))
+    out = {}
+    for name, bb in bbs.items():
+        (row,) = bb.alloc_rows(1)
+        logits = []
+        for start, width in ((0, 20), (20, 1), (21, 4), (25, 8), (33, 7)):
+            L = width
+            logits.append(bb.forward(ForwardBatch(
+                rows=[row], tokens=ids[:, start:start + L], positions=torch.arange(start, start + L)[None],
+                attention=torch.ones(L, L, dtype=torch.bool).tril()[None], kind="causal",
+                kv_write=torch.ones(1, L, dtype=torch.bool), adapter=torch.zeros(1, L, dtype=torch.bool),
+                valid=torch.ones(1, L, dtype=torch.bool))))
+        out[name] = torch.cat(logits, dim=1)
+    torch.testing.assert_close(out["packed"], out["eager"], rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_linear_paths_and_errors() -> None:
+    assert resolve_linear("auto", F32, "cpu") == "packed"
+    assert resolve_linear("auto", torch.float64, "cpu") == "eager"
+    assert resolve_linear("auto", F32, "cpu", compile=True) == "eager"
+    assert resolve_linear("eager", F32, "cpu") == "eager"
+    with pytest.raises(ValueError, match="linear: expected one of"):
+        resolve_linear("fast", F32, "cpu")
+    with pytest.raises(ValueError, match="linear='packed': expected a float32 model on the CPU.*found torch.float64"):
+        TransformerBackbone(make_model().to(torch.float64), max_rows=1, row_capacity=8, linear="packed")
+
+
+@pytest.mark.parametrize("mode", ["ar", "prompt-lookup"])
+def test_shipped_model_tokens_equal_eager(mode: str) -> None:
+    prompt = "def add(a, b):\n    return a + b\n\ndef sub(a, b):"
+    runs = {}
+    for linear in ("eager", "packed"):
+        model = graphrt.load(dtype="float32", max_batch=1, linear=linear)
+        assert model.backbone.linear == linear
+        runs[linear] = graphrt.generate(model, prompt, mode=mode, max_new_tokens=24).tokens
+    assert runs["packed"] == runs["eager"]
