@@ -69,7 +69,8 @@ class ModelConfig:
         a LoRA (scaled by ``alpha / rank``) on the named projections (default ``["o_proj"]``; any of
         :data:`ADAPTER_MODULES`) applied to draft tokens only, and optionally a trained input
         embedding for ``mask_token_id`` (for a base model that never saw the mask token; the
-        output head is untouched, so AR decoding is the base model's).
+        output head is untouched, so AR decoding is the base model's). An adapter with a mask
+        embedding is what taught the model masks, so block diffusion's denoise forwards apply it too.
     """
 
     vocab_size: int
@@ -191,6 +192,7 @@ class ModelConfig:
             bos_token_id=self.bos_token_id,
             eos_token_id=self.first_eos_token_id,
             block_size=self.block_size,
+            denoise_adapter=bool((self.draft_adapter or {}).get("mask_embedding")),
         )
 
     def validate(self, source: str = "<config>") -> None:

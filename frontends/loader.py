@@ -90,6 +90,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
             raise ValueError(f"model {named!r}: mask_token_id: expected 0 <= id < vocab_size={cfg.vocab_size}, "
                              f"found {entry.mask_token_id}")
         cfg.mask_token_id = entry.mask_token_id
+    has_mask = has_mask or bool((cfg.draft_adapter or {}).get("mask_embedding"))  # the adapter brings one
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
     if tp == 1:
         backbone = TransformerBackbone(net, max_rows=max_batch, row_capacity=capacity, compile=compile,

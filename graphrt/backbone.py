@@ -40,6 +40,10 @@ class BackboneConfig:
         Special token ids (``eos_token_id`` may be ``None``).
     block_size:
         Default block length of the diffusion and self-speculation modes.
+    denoise_adapter:
+        Block diffusion's denoise forwards apply the draft adapter to mask tokens, as
+        drafts do (a base model taught masks only through its adapter); ``False``: they
+        run the base weights (a model trained on masks itself, as the released ones).
     """
 
     vocab_size: int
@@ -48,6 +52,7 @@ class BackboneConfig:
     bos_token_id: int | None
     eos_token_id: int | None
     block_size: int
+    denoise_adapter: bool = False
 
 
 @dataclass

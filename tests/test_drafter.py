@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphrt.frontends.checkpoint import load_checkpoint
+import graphrt
+from graphrt.api import prepare
+from graphrt.frontends.checkpoint import load_checkpoint, save_adapter
+from graphrt.frontends.cli.streaming import stream_generate
 from graphrt.frontends.config import ADAPTER_MODULES
 from graphrt.frontends.fixtures import write_transformers_checkpoint
 from graphrt.frontends.training.drafter import build_drafter, drafter_losses
@@ -67,3 +70,31 @@ def test_the_adapter_leaves_clean_tokens_on_the_base_weights(drafter: tuple[Tran
     with torch.no_grad():
         assert torch.equal(model.forward_dense(tokens, pos, causal, tokens == model.config.mask_token_id),
                            base.forward_dense(tokens, pos, causal))
+
+
+@pytest.fixture()
+def base_with_drafter(tmp_path: Path, drafter: tuple[Transformer, Transformer]) -> Path:
+    """The base checkpoint with the drafter's adapter saved beside it, as ``graphrt train`` writes it."""
+    _, model = drafter
+    save_adapter(model.float(), tmp_path / "base" / "drafter")
+    return tmp_path / "base"
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "self-spec", "self-spec-quadratic", "self-spec-lookup"])
+def test_the_adapter_never_touches_prefill_or_verify_forwards(base_with_drafter: Path, mode: str) -> None:
+    """Tokens whose K/V a forward writes (prefill, verification, the quadratic mode's chain, a diffusion block's
+    final causal pass) never get the adapter; it applies to mask tokens only, in draft and denoise forwards
+    (diffusion too: the adapter taught the base its masks). And every lossless mode gives AR's output."""
+    model = graphrt.load(base_with_drafter, dtype="float64")
+    mask_id = model.config.mask_token_id
+    compiled, ids, params = prepare(model, prompt="def f(x):", mode=mode, max_new_tokens=12, ignore_eos=True)
+    result, trace = stream_generate(model, compiled, ids, params, trace=True)
+    adapted = 0
+    for r in trace.forwards:
+        assert not any(w and a for w, a in zip(r.kv_write, r.adapter)), r  # a written K/V is the base model's
+        assert all(t == mask_id for t, a in zip(r.tokens, r.adapter) if a), r
+        adapted += sum(r.adapter)
+    assert (adapted > 0) == (mode != "ar")
+    if mode != "diffusion":
+        assert result.tokens == graphrt.generate(model, "def f(x):", mode="ar", max_new_tokens=12,
+                                                 ignore_eos=True).tokens
