@@ -105,7 +105,7 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
     p = Path(path)
     check_gguf_magic(p)
     try:
-        reader = gguf.GGUFReader(p)
+        reader = _reader_class()(p)
     except Exception as e:  # the reader raises ValueError, KeyError, IndexError ... on damaged headers
         raise ValueError(f"{p}: expected a complete GGUF file, found a truncated or corrupt one "
                          f"({type(e).__name__}: {e})") from None
@@ -115,6 +115,25 @@ def open_gguf(path: str | os.PathLike[str]) -> Any:
             raise ValueError(f"{p}: tensor {t.name!r}: expected {t.n_bytes} bytes at offset {t.data_offset}, "
                              f"found the file ending at {size} bytes (truncated)")
     return reader
+
+
+def _reader_class() -> type:
+    """``gguf.GGUFReader`` slicing a plain ``ndarray`` view of its memory map.
+
+    The reader parses every metadata field (a vocabulary's tokens and merges: about
+    10^5 strings) by slicing its ``np.memmap``, and each slice of a memmap pays for
+    the subclass's bookkeeping; a plain view of the same mapping parses about 3x
+    faster and maps the same bytes (tensor data stays memory-mapped).
+    """
+    import gguf
+
+    class PlainArrayReader(gguf.GGUFReader):
+        def _get(self, offset: int, dtype: Any, count: int = 1, override_order: Any = None) -> Any:
+            if type(self.data) is not np.ndarray:
+                self.data = self.data.view(np.ndarray)
+            return super()._get(offset, dtype, count, override_order)
+
+    return PlainArrayReader if hasattr(gguf.GGUFReader, "_get") else gguf.GGUFReader
 
 
 def check_gguf_magic(path: str | os.PathLike[str]) -> None:
