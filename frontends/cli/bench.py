@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"  # frontends/cli/bench.py -> <checkout>/bench
 
 
 def _side_by_side() -> ModuleType:
