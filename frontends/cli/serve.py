@@ -16,7 +16,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                        description="Serve a model over OpenAI's HTTP API (completions, chat, streaming, metrics).")
     p.add_argument("--model", default=None,
                    help="checkpoint directory, Llama GGUF file, or a named model (smollm2); default: the shipped model")
-    p.add_argument("--served-model-name", default=None, help="model name clients ask for (default: the directory's)")
+    p.add_argument("--served-model-name", default=None,
+                   help="model name clients ask for (default: the named model's name, else the directory's or file's)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=8, help="requests active at once (cache rows)")
@@ -95,6 +96,19 @@ def guard_options(args: argparse.Namespace) -> dict[str, Any]:
             "drain_timeout": args.drain_timeout, "stall_timeout": args.stall_timeout}
 
 
+def served_name(args: argparse.Namespace) -> str | None:
+    """``--served-model-name``, else the name of a named model (``--model smollm2``), else ``None`` (the path's)."""
+    from pathlib import Path
+
+    from graphrt.frontends.models.named_models import named_model
+
+    if args.served_model_name is not None:
+        return args.served_model_name
+    if args.model is not None and not Path(args.model).exists() and named_model(args.model) is not None:
+        return args.model
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt serve``."""
     import graphrt
@@ -110,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     model = graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=args.max_batch,
                          compile=compile_mode, max_seq_len=args.max_seq_len, tp=args.tp, tp_check=args.tp_check)
     try:
-        serve(model, host=args.host, port=args.port, log_level=args.log_level, name=args.served_model_name,
+        serve(model, host=args.host, port=args.port, log_level=args.log_level, name=served_name(args),
               max_queue=args.max_queue, default_mode=args.default_mode, block_length=args.block_length,
               threshold=args.threshold, **guard)
     except LockstepError as exc:
