@@ -108,7 +108,7 @@ def test_logprobs_stop_id_thinking_budget(release, chat_file, capsys) -> None:
 @pytest.mark.parametrize("args,match", [
     (["--threshold", "0.5"], "--threshold: applies to --mode diffusion"),
     (["--block-length", "4"], "--block-length: applies to --mode diffusion"),
-    (["--mode", "diffusion", "--adapter", "x"], "--adapter: the drafter applies to"),
+    (["--mode", "prompt-lookup", "--adapter", "x"], "--adapter: the drafter applies to"),
     (["--top-k", "5"], "--top-k: applies only when sampling"),
     (["--end-think-id", "7"], "--end-think-id: applies with --thinking-budget only"),
     (["--mode", "ar", "--policy", "p.py"], "--policy and --mode"),

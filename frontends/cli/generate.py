@@ -19,7 +19,8 @@ EXAMPLES = """examples:
   graphrt generate --policy self_spec.json --prompt "x = "      # a graph from `graphrt show --out F.json`
   graphrt generate --mode self-spec --prompt "class A:" --trace trace.html
 """
-SELF_SPEC = ("self-spec", "self-spec-quadratic")
+#: Modes whose drafts or denoising fill mask tokens: the drafter adapter applies to them.
+MASK_DRAFTING = ("diffusion", "self-spec", "self-spec-quadratic", "self-spec-lookup", "auto")
 BLOCK_MODES = ("diffusion", "self-spec", "self-spec-quadratic")
 
 
@@ -89,8 +90,9 @@ def check_knobs(args: argparse.Namespace) -> None:
         for flag, value in (("--block-length", args.block_length), ("--threshold", args.threshold)):
             if value is not None:
                 raise ValueError(f"{flag}: applies to --mode {'/'.join(BLOCK_MODES)}, not to {where}")
-    if mode not in SELF_SPEC and mode is not None and args.adapter is not None:
-        raise ValueError(f"--adapter: the drafter applies to --mode {'/'.join(SELF_SPEC)} only, not to {where}")
+    if mode not in MASK_DRAFTING and mode is not None and args.adapter is not None:
+        raise ValueError(f"--adapter: the drafter applies to the modes that fill mask tokens "
+                         f"({'/'.join(MASK_DRAFTING)}), not to {where}")
     if args.adapter is not None and args.no_adapter:
         raise ValueError("--adapter and --no-adapter: expected one of them, found both")
     if args.temperature == 0:  # --seed is accepted and ignored here, as OpenAI's API and transformers do
