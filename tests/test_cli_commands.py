@@ -201,3 +201,11 @@ def test_help_has_examples(capsys) -> None:
         with pytest.raises(SystemExit):
             main([cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_vs_ar_decodes_the_request_again_with_ar_and_compares(capsys) -> None:
+    rec = run_json(capsys, "generate", "--mode", "self-spec-lookup", "--prompt", "import os\nimport sys\n",
+                   "--max-new-tokens", "12", "--vs-ar")
+    vs = rec["vs_ar"]
+    assert vs["identical_to_ar"] is True and vs["ar_tpf"] == 1.0
+    assert vs["speedup"] == pytest.approx(vs["tok_per_s"] / vs["ar_tok_per_s"], rel=1e-2)

@@ -60,6 +60,8 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-think-id", type=int, default=None,
                    help="the end-of-thinking token id (default: the tokenizer's </think>)")
     p.add_argument("--json", default=None, metavar="FILE", help="write a JSON record ('-' for standard output)")
+    p.add_argument("--vs-ar", action="store_true",
+                   help="also decode the request with ar and print both speeds and whether the tokens agree")
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -235,6 +237,8 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
         mix = ", ".join(f"{s} {d['cycles']} cycles (accepted {d['acceptance_rate']:.0%})"
                         for s, d in record["auto"]["sources"].items())
         print(f"[{result.mode}] {mix}", file=sys.stderr)
+    if getattr(args, "vs_ar", False) and result.mode != "ar":
+        record["vs_ar"] = compare_with_ar(model, ids, params, result)
     record.update(record_extra or {})
     record["model"] = model.path
     record["adapter"] = model.adapter
@@ -242,6 +246,25 @@ def decode_and_report(model: Any, args: argparse.Namespace, compiled: Any, ids: 
 
     write_json(args.json, record)
     return result
+
+
+def compare_with_ar(model: Any, ids: list[int], params: Any, result: Any) -> dict[str, Any]:
+    """Decode the same request with ``ar``, print both speeds (tokens per second, prefill included) and
+    whether the outputs agree; return them as a record."""
+    import graphrt
+    from graphrt.frontends.cli.streaming import stream_generate
+
+    ar, _ = stream_generate(model, graphrt.compile("ar", model), ids, params)
+
+    def rate(r: Any) -> float:
+        return len(r.tokens) / max(r.seconds, 1e-9)
+
+    same = ar.tokens == result.tokens
+    print(f"[vs ar] {result.mode} {rate(result):.1f} tok/s (TPF {result.tpf:.2f}), ar {rate(ar):.1f} tok/s "
+          f"(TPF {ar.tpf:.2f}): {rate(result) / rate(ar):.2f}x; output {'identical to' if same else 'differs from'} "
+          f"ar's", file=sys.stderr)
+    return {"tok_per_s": round(rate(result), 2), "ar_tok_per_s": round(rate(ar), 2), "ar_tpf": round(ar.tpf, 4),
+            "speedup": round(rate(result) / rate(ar), 3), "identical_to_ar": same}
 
 
 def run(args: argparse.Namespace) -> int:
