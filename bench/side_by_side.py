@@ -36,12 +36,15 @@ from graphrt.frontends.cli.output import write_json
 from graphrt.frontends.loader import parse_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_side_by_side  # noqa: E402
 from contenders import (REFERENCE_MODES, GraphrtContender, HandLoopContender,  # noqa: E402
                         ReferenceLoopContender, RunOutput, TransformersContender, hf_mistral)
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 CONTENDERS = ("graphrt-eager", "graphrt-compiled", "hand-loop-eager", "hand-loop-compiled", "transformers",
               "transformers-compiled", "reference")
+HOTPATH_DEFAULTS = {"contenders": ",".join(CONTENDERS), "modes": ",".join(MODES), "batches": "1,8", "prompts": 5,
+                    "forward_cost_repeats": 30}
 SCHEMA_KEYS = ("contender", "backend", "mode", "batch", "tokens_per_s", "tpf", "ms_per_forward", "peak_rss_mb")
 
 
@@ -365,17 +368,21 @@ def ratio_lines(rs: list[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's options (shared by ``graphrt bench`` and ``python bench/side_by_side.py``)."""
-    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"comma list from {', '.join(CONTENDERS)}")
-    p.add_argument("--modes", default=",".join(MODES), help="graphrt modes (comma list)")
-    p.add_argument("--batches", default="1,8", help="batch sizes (comma list)")
-    p.add_argument("--prompts", type=int, default=5, help="timed prompts (batch 1) / prompt groups (batch > 1)")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model), or a real model: "
+                   "a name (smollm2), a GGUF file or a transformers checkpoint (see --suite)")
+    p.add_argument("--contenders", default=None, help=f"comma list from {', '.join(CONTENDERS)} (real models: "
+                   f"{', '.join(real_side_by_side.CONTENDERS)})")
+    p.add_argument("--modes", default=None, help="graphrt modes (comma list; default: every mode the model has)")
+    p.add_argument("--batches", default=None, help="batch sizes (comma list; default 1,8, real models 1,4)")
+    p.add_argument("--prompts", type=int, default=None, help="timed prompts (batch 1) / prompt groups (batch > 1); "
+                   "default 5 (real models: prompts per kind, default 8)")
     p.add_argument("--prompt-tokens", type=int, default=96)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threshold", type=float, default=0.9, help="diffusion commit threshold")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--forward-cost-repeats", type=int, default=30, help="0 skips the forward-cost probe")
+    p.add_argument("--forward-cost-repeats", type=int, default=None,
+                   help="0 skips the forward-cost probe (default 30, real models 10)")
     p.add_argument("--compile-mode", default="default", choices=("default", "freeze"),
                    help="the compiled contenders' backbone: compile=True, or compile=\"freeze\" (weight freezing)")
     p.add_argument("--no-sweep", action="store_true", help="skip the context-length sweep")
@@ -386,14 +393,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write every record as JSON")
     p.add_argument("--plot", default=None, metavar="PNG", help="write the chart")
     p.add_argument("--markdown", default=None, metavar="FILE", help="write the table and ratios as Markdown")
+    real_side_by_side.add_arguments(p, shared=False)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark as configured by :func:`add_arguments`; returns 0."""
+    if real_side_by_side.wants_real(args):
+        return real_side_by_side.run(args)
     from context_sweep import run_sweep
     from forward_cost import forward_cost
     from projection import project, projection_table
 
+    for key, default in HOTPATH_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.batch_sizes = [int(b) for b in args.batches.split(",")]
