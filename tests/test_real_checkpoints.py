@@ -123,10 +123,15 @@ def test_adapter_changes_drafts_not_output(release, release_model, mode: str) ->
 
 
 def test_adapter_other_targets_refused(tmp_path) -> None:
-    path = write_release_checkpoint(tmp_path / "qv", target_modules=("q_proj", "v_proj"))
-    with pytest.raises(ValueError, match=r"target_modules.*q_proj.*v_proj"):
+    """An adapter on a module graphrt cannot adapt is refused by name; one whose config names projections it has
+    no weights for is refused by the missing tensor."""
+    path = write_release_checkpoint(tmp_path / "head", target_modules=("o_proj", "lm_head"))
+    with pytest.raises(ValueError, match=r"target_modules': cannot apply a LoRA to module 'lm_head'"):
         graphrt.load(path)
     assert graphrt.load(path, adapter=False).adapter is None
+    path = write_release_checkpoint(tmp_path / "qv", target_modules=("q_proj", "v_proj"))
+    with pytest.raises(ValueError, match=r"expected tensor 'encoder.layers.0.self_attn.q_proj.lora_A.weight'"):
+        graphrt.load(path)
 
 
 def test_explicit_adapter_directory(release, tmp_path) -> None:
