@@ -179,7 +179,9 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     ``diffusion_head`` are replaced; with ``fuse``, q/k/v and gate/up each become one packed
     matrix (:class:`FusedProduct`) read once per call. The embedding (shared with a tied head)
     stays as is. The replaced weights are released unless something else holds them, so the model
-    is for inference only afterwards.
+    is for inference only afterwards; the parameters left (embedding, norms, LoRA) are copied once, so
+    that a memory-mapped checkpoint file is unmapped and resident memory is the packed weights plus
+    the embedding (SmolLM2: 651 MB, against the 538 MB of the plain weights).
 
     Before / after (one layer, ``fuse=True``)::
 
@@ -221,6 +223,8 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
                         setattr(block, name, PackedLinear(lin))
     model.diffusion_head = PackedLinear(head)
     model.requires_grad_(False)
+    for param in model.parameters():  # the rest out of the checkpoint's memory map, which is then released
+        param.data = param.data.clone()
     return model
 
 
