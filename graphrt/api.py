@@ -95,8 +95,7 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
         ones up to float32 rounding.
     """
     return get_loader()(path, dtype=dtype, device=device, max_batch=max_batch, compile=compile,
-                        max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check,
-                             linear=linear)
+                        max_seq_len=max_seq_len, adapter=adapter, tp=tp, tp_check=tp_check, linear=linear)
 
 
 def compile(policy: Policy | str, model: Model | Backbone, opt_level: int = 1, **policy_args: Any) -> CompiledPolicy:
