@@ -67,3 +67,20 @@ def test_eval_writes_json_markdown_and_plot(model_dir, tmp_path) -> None:  # noq
     assert ss["mean_accepted"] == pytest.approx(sum(k * c for k, c in enumerate(hist)) / sum(hist))
     assert (tmp_path / "eval.png").stat().st_size > 1000
     assert "| ar |" in (tmp_path / "eval.md").read_text()
+
+
+def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path) -> None:  # noqa: F811
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n"
+                               for i, t in enumerate(["import os\nimport sys\n", "def f(x):\n    return x\n"])))
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(model_dir), "--prompt-file", str(prompts), "--max-new-tokens", "6",
+                 "--modes", "ar,self-spec", "--speed-prompts", "1", "--json", str(out)]) == 0
+    records = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(records) == {"ar", "self-spec"} and records["ar"]["n_prompts"] == 2
+    ss = records["self-spec"]
+    assert ss["exact_match"] is None and ss["prefix_match"] is None and ss["tpf"] > 0
+    hist = ss["accepted_histogram"]
+    assert len(ss["slot_acceptance"]) == len(hist) - 1
+    for j, rate in enumerate(ss["slot_acceptance"], 1):
+        assert rate == pytest.approx(sum(hist[j:]) / sum(hist[j - 1:]), abs=1e-4)

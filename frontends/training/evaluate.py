@@ -23,6 +23,13 @@ dominated by blank lines):
   continuation (the ``true-continuation`` record, which also carries the AR
   model's log-likelihood of the true text).
 
+With ``--prompt-file FILE.jsonl`` (records with ``messages``, rendered by the chat
+template, or ``prompt`` text; ``bench/prompts/`` holds chat, code-edit and
+continuation sets) the prompts are those instead; they have no true continuation,
+so the next-line and prefix matches are not reported. For the speculative modes
+``slot_acceptance`` gives, per draft slot ``j``, the share of cycles that reached
+slot ``j`` whose slot ``j`` was accepted.
+
 Writes ``--json`` (a list of records), ``--markdown`` (a table) and ``--plot``
 (accuracy against TPF).
 """
@@ -52,10 +59,36 @@ class EvalPrompt:
     """One evaluation prompt: its ids, the true next line, the line before it, and the true continuation's ids."""
 
     ids: list[int]
-    next_line: str
-    previous_line: str
+    next_line: str | None  # None: a prompt from a file, with no true continuation
+    previous_line: str | None
     source: str
     continuation: list[int] = field(default_factory=list)
+
+
+def read_prompt_file(model: Any, path: str, max_new: int) -> list[EvalPrompt]:
+    """The prompts of a JSONL file: each record's ``messages`` (through the chat template) or ``prompt`` text.
+
+    Raises
+    ------
+    ValueError
+        If a line is not a JSON object with ``messages`` or ``prompt``.
+    """
+    from graphrt.api import prepare
+
+    prompts = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if not isinstance(rec, dict) or not ("messages" in rec or "prompt" in rec):
+            raise ValueError(f"eval --prompt-file {path}:{n}: expected an object with 'messages' or 'prompt', "
+                             f"found {line[:60]!r}")
+        source = {"messages": rec["messages"]} if "messages" in rec else {"prompt": rec["prompt"]}
+        _, ids, _ = prepare(model, mode="ar", max_new_tokens=max_new, **source)
+        prompts.append(EvalPrompt(list(ids), None, None, str(rec.get("id", f"{path}:{n}"))))
+    if not prompts:
+        raise ValueError(f"eval --prompt-file {path}: expected at least one prompt, found none")
+    return prompts
 
 
 def make_prompts(tokenizer: Any, n: int, max_prompt_tokens: int, continuation_tokens: int = 64) -> list[EvalPrompt]:
@@ -212,7 +245,7 @@ def summarize(mode: str, threshold: float | None, results: list[Any], prompts: l
               logliks: list[float] | None = None) -> dict[str, Any]:
     """One JSON record for a mode (``logliks``: :func:`ar_loglik` of its outputs, when measured)."""
     hits = [first_line(r.text or "") == p.next_line for r, p in zip(results, prompts)]
-    nonblank = [h for h, p in zip(hits, prompts) if p.next_line.strip()]
+    nonblank = [h for h, p in zip(hits, prompts) if (p.next_line or "").strip()]
     record: dict[str, Any] = {
         "mode": mode, "threshold": threshold, "n_prompts": len(prompts),
         "exact_match": sum(hits) / len(hits),
@@ -232,6 +265,10 @@ def summarize(mode: str, threshold: float | None, results: list[Any], prompts: l
             hist[k] += 1
         record["accepted_histogram"] = hist
         record["mean_accepted"] = sum(accepted) / max(1, len(accepted))
+        reached = [sum(hist[j:]) for j in range(len(hist))]  # cycles with at least j drafts accepted
+        record["slot_acceptance"] = [round(reached[j] / reached[j - 1], 4) for j in range(1, len(hist))]
+    if prompts[0].next_line is None:  # prompts from a file: nothing to match against
+        record.update(exact_match=None, exact_match_nonblank=None, prefix_match=None)
     return record
 
 
@@ -336,6 +373,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p = sub.add_parser("eval", help="evaluate every mode on held-out code", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     p.add_argument("--prompts", type=int, default=200)
+    p.add_argument("--prompt-file", default=None, metavar="FILE.jsonl",
+                   help="evaluate on these prompts (messages or prompt per line) instead of held-out code")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--max-prompt-tokens", type=int, default=None,
                    help="keep the last N prompt tokens (default: positions - new tokens - 2 blocks)")
@@ -364,7 +403,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"eval: the model at {model.path} has no tokenizer.json")
     blen = model.config.block_size
     max_prompt = args.max_prompt_tokens or model.config.max_positions - args.max_new_tokens - 2 * blen - 1
-    prompts = make_prompts(model.tokenizer, args.prompts, max_prompt, args.max_new_tokens)
+    if args.prompt_file:
+        prompts = read_prompt_file(model, args.prompt_file, args.max_new_tokens)[:args.prompts]
+    else:
+        prompts = make_prompts(model.tokenizer, args.prompts, max_prompt, args.max_new_tokens)
     configs: list[tuple[str, float | None]] = []
     for mode in args.modes.split(","):
         if mode == "diffusion":
@@ -373,9 +415,9 @@ def run(args: argparse.Namespace) -> int:
             configs.append((mode, None))
     if configs[0][0] != "ar":
         configs.insert(0, ("ar", None))
-    records: list[dict[str, Any]] = [baseline_record(prompts),
-                                     truth_record(prompts, ar_loglik(model, prompts, [p.continuation for p in prompts],
-                                                                     16))]
+    records: list[dict[str, Any]] = [] if args.prompt_file else [
+        baseline_record(prompts), truth_record(prompts, ar_loglik(model, prompts, [p.continuation for p in prompts],
+                                                                  16))]
     outputs: dict[tuple[str, float | None], list[Any]] = {}
     with tqdm(total=len(configs) * len(prompts), desc="eval", unit="prompt", file=sys.stderr) as bar:
         for mode, thr in configs:
