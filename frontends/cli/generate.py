@@ -34,6 +34,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32, float64, bfloat16, float16 (default: as stored)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="run the backbone under torch.compile")
+    p.add_argument("--linear", default="auto", choices=("auto", "eager", "packed"),
+                   help="linear layers: weights prepacked for oneDNN (float32 CPU; auto: where that applies) "
+                        "or F.linear on the stored weights (eager)")
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:
@@ -109,12 +112,13 @@ def check_knobs(args: argparse.Namespace) -> None:
 
 
 def load_model(args: argparse.Namespace) -> Any:
-    """The model ``--model/--adapter/--no-adapter/--dtype/--device/--compile`` name."""
+    """The model ``--model/--adapter/--no-adapter/--dtype/--device/--compile/--linear`` name."""
     import graphrt
 
     adapter: Any = False if args.no_adapter else args.adapter
     return graphrt.load(args.model, dtype=args.dtype, device=args.device, max_batch=1, compile=args.compile,
-                        adapter=adapter, tp=getattr(args, "tp", 1), tp_check=getattr(args, "tp_check", False))
+                        adapter=adapter, tp=getattr(args, "tp", 1), tp_check=getattr(args, "tp_check", False),
+                        linear=getattr(args, "linear", "auto"))
 
 
 def decode_options(args: argparse.Namespace) -> dict[str, Any]:
