@@ -209,3 +209,12 @@ def test_vs_ar_decodes_the_request_again_with_ar_and_compares(capsys) -> None:
     vs = rec["vs_ar"]
     assert vs["identical_to_ar"] is True and vs["ar_tpf"] == 1.0
     assert vs["speedup"] == pytest.approx(vs["tok_per_s"] / vs["ar_tok_per_s"], rel=1e-2)
+
+
+def test_chat_message_is_a_one_shot_user_turn(tmp_path, capsys) -> None:
+    path = write_transformers_checkpoint("llama", tmp_path / "llama", seed=1)
+    file = tmp_path / "one.json"
+    file.write_text(json.dumps([{"role": "user", "content": "Hello there"}]))
+    by_file = run_json(capsys, "chat", "--model", str(path), "--messages", str(file), "--max-new-tokens", "4")
+    by_flag = run_json(capsys, "chat", "--model", str(path), "--message", "Hello there", "--max-new-tokens", "4")
+    assert by_flag["tokens"] == by_file["tokens"] and by_flag["messages"] == by_file["messages"]

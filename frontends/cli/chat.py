@@ -12,6 +12,7 @@ EXAMPLES = """examples:
   graphrt chat --model DIR                                   # interactive: type a message, empty line or /exit ends
   graphrt chat --model DIR --mode self-spec --system "Be brief."
   graphrt chat --model DIR --messages chat.json --json -     # one shot: reply to the conversation in chat.json
+  graphrt chat --model smollm2 --message "What is a hash table?" --mode self-spec --vs-ar   # one shot
   graphrt chat --model DIR --thinking-budget 128             # force </think> after 128 tokens
 """
 
@@ -23,7 +24,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(p)
     add_decode_arguments(p)
-    p.add_argument("--messages", default=None, metavar="FILE.json", help="one shot: reply to this conversation")
+    one_shot = p.add_mutually_exclusive_group()
+    one_shot.add_argument("--messages", default=None, metavar="FILE.json", help="one shot: reply to this conversation")
+    one_shot.add_argument("--message", default=None, metavar="TEXT", help="one shot: reply to this user message")
     p.add_argument("--system", default=None, help="a system message opening the conversation")
     p.set_defaults(func=run, max_new_tokens=256)
 
@@ -32,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt chat``."""
     check_knobs(args)
     messages = read_messages(args.messages) if args.messages is not None else []
+    if args.message is not None:
+        if not args.message.strip():
+            raise ValueError("--message: expected non-empty text, found an empty message")
+        messages.append({"role": "user", "content": args.message})
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
     model = load_model(args)
@@ -39,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         where = model.path
         raise ValueError(f"chat: the tokenizer of {where} has no chat template (expected 'chat_template' in "
                          f"tokenizer_config.json or a chat_template.jinja file); use graphrt generate --prompt")
-    if args.messages is not None:
+    if args.messages is not None or args.message is not None:
         compiled, ids, params = prepare_request(model, args, messages=messages)
         decode_and_report(model, args, compiled, ids, params, record_extra={"messages": messages})
         return 0
