@@ -184,7 +184,7 @@ def hf_mistral(checkpoint: str, dtype: torch.dtype, attn: str = "sdpa") -> Any:
     """
     import transformers
 
-    from graphrt.frontends.checkpoint import load_checkpoint
+    from graphrt.frontends.models.checkpoint import load_checkpoint
 
     cfg, net = load_checkpoint(checkpoint, dtype=dtype)
     unsupported = [name for name, bad in (("rope_parameters", cfg.rope_type != "default"),

@@ -17,8 +17,8 @@ import torch
 
 import graphrt
 from contenders import GraphrtContender, TransformersContender, hf_mistral
-from graphrt.frontends.checkpoint import random_checkpoint, read_config
-from graphrt.frontends.loader import SHIPPED_MODEL, parse_dtype
+from graphrt.frontends.models.checkpoint import random_checkpoint, read_config
+from graphrt.frontends.models.loader import SHIPPED_MODEL, parse_dtype
 
 
 def run_sweep(model_path: str | None, lengths: list[int], positions: int = 4096, new_tokens: int = 32,

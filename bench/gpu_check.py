@@ -257,9 +257,9 @@ def run_captured_policies(repeats: int) -> list[list[str]]:
     import torch
 
     import graphrt
-    from graphrt.frontends.checkpoint import init_random_
-    from graphrt.frontends.config import default_test_config
-    from graphrt.frontends.transformer import Transformer, TransformerBackbone
+    from graphrt.frontends.models.checkpoint import init_random_
+    from graphrt.frontends.models.config import default_test_config
+    from graphrt.frontends.models.transformer import Transformer, TransformerBackbone
 
     cfg = default_test_config(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                               head_dim=48, block_size=8, mask_token_id=3)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from graphrt.frontends.training import corpus
-from graphrt.frontends.checkpoint import load_checkpoint
-from graphrt.frontends.tokenizer import Tokenizer
+from graphrt.frontends.models.checkpoint import load_checkpoint
+from graphrt.frontends.models.tokenizer import Tokenizer
 from graphrt.frontends.training.train import heldout_losses, measure_drafts, token_windows
 
 

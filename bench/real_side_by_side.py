@@ -293,6 +293,13 @@ def plan(args: argparse.Namespace, src: ModelSource, prompt_len: int, max_batch:
     return out, skipped
 
 
+def cache_slots(spec: dict[str, Any]) -> int | str:
+    """A contender's KV-cache slots per sequence: a number, ``dynamic`` (grows) or ``default`` (the loader's)."""
+    if spec["kind"] == "transformers" and not spec["fast"]:
+        return "dynamic"
+    return next((spec[k] for k in ("max_seq_len", "max_cache_len", "n_ctx") if spec.get(k)), "default")
+
+
 def llama_cpp_missing(src: ModelSource) -> str | None:
     """Why the llama.cpp contenders cannot run (``None`` when they can)."""
     import importlib.util
@@ -353,8 +360,7 @@ def run_contenders(args: argparse.Namespace, log: Any = print) -> dict[str, Any]
                            "prompts": [{"id": p["id"], "kind": p["kind"], "source": p.get("source"), "tokens": len(i)}
                                        for p, i in zip(prompts, ids)],
                            "skipped": skipped,
-                           "cache_slots": {c.name: next((c.spec[k] for k in ("max_seq_len", "max_cache_len", "n_ctx")
-                                                         if c.spec.get(k)), None) for c in contenders},
+                           "cache_slots": {c.name: cache_slots(c.spec) for c in contenders},
                            "load": {c.name: {"seconds": c.worker.ready["load_seconds"],
                                                                  "rss_mb": c.worker.ready["rss_mb"]}
                                                         for c in contenders}}
@@ -572,7 +578,7 @@ def markdown(doc: dict[str, Any]) -> str:
                                      f"{c['warmup_seconds']:.1f}, compile {c['compile_seconds']:.1f}"
                                      for c in doc["compile"]] + [""]
     lines += ["KV-cache slots per sequence (sized for the run): " + "; ".join(
-        f"{k} {v if v else 'default'}" for k, v in doc["cache_slots"].items()), ""]
+        f"{k} {v}" for k, v in doc["cache_slots"].items()), ""]
     lines += ["Load time and RSS after loading: " + "; ".join(
         f"{k} {v['seconds']:.1f} s, {v['rss_mb']:.0f} MiB" for k, v in doc["load"].items()), ""]
     if doc["targets"]:
@@ -591,6 +597,7 @@ def plot(doc: dict[str, Any], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     records = [r for r in doc["records"] if r["batch"] == min(r["batch"] for r in doc["records"])]
     kinds = [k for k in KINDS if any(r["kind"] == k for r in records)]
@@ -615,6 +622,9 @@ def plot(doc: dict[str, Any], path: str) -> None:
     bx.axhline(bw["floor_ms"], color="black", linestyle="--",
                label=f"bandwidth floor {bw['floor_ms']:.1f} ms ({bw['stream_read_gb_per_s']:.1f} GB/s)")
     bx.set_xscale("log", base=2)
+    bx.set_xticks([int(w) for w in fc["widths"]])
+    bx.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    bx.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     bx.set_xlabel(f"tokens in the forward (after a {fc['prefix']}-token prefix)")
     bx.set_ylabel("ms per forward (median)")
     bx.set_ylim(bottom=0)

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from graphrt.frontends.training import corpus
 
-    from graphrt.frontends.checkpoint import load_checkpoint, save_checkpoint
-    from graphrt.frontends.tokenizer import Tokenizer
+    from graphrt.frontends.models.checkpoint import load_checkpoint, save_checkpoint
+    from graphrt.frontends.models.tokenizer import Tokenizer
 
     src = Path(args.run_dir) / "model"
     if not (src / "training_record.json").is_file():

@@ -33,7 +33,7 @@ import torch
 
 import graphrt
 from graphrt.frontends.cli.output import write_json
-from graphrt.frontends.loader import parse_dtype
+from graphrt.frontends.models.loader import parse_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_side_by_side  # noqa: E402

@@ -39,8 +39,8 @@ PREFIX = 96
 
 def wide_checkpoint(root: Path) -> Path:
     """Write (once) the random ``wide`` checkpoint under ``root`` and return its directory."""
-    from graphrt.frontends.checkpoint import random_checkpoint
-    from graphrt.frontends.config import default_test_config
+    from graphrt.frontends.models.checkpoint import random_checkpoint
+    from graphrt.frontends.models.config import default_test_config
 
     path = root / "wide"
     if not (path / "config.json").is_file():

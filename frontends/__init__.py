@@ -3,9 +3,11 @@
 * ``policies/`` -- the built-in modes, forward merging, policy files;
 * ``cli/`` -- the ``graphrt`` command;
 * ``serving/`` -- the OpenAI-compatible server;
-* ``training/`` -- training, evaluation;
-* the model files (transformer backbone, compiled shape buckets, checkpoint and GGUF loading,
-  config, tokenizer, tensor parallel, test checkpoints) sit at this level for now.
+* ``models/`` -- the transformer backbone, its KV cache and compiled shape buckets, checkpoint
+  and GGUF loading, config, tokenizer, tensor parallel;
+* ``training/`` -- training, evaluation, the release tools of the shipped model;
+* ``fixtures`` -- small random checkpoints for tests and examples; ``model/`` -- the shipped
+  model's files (data, not code).
 
 Every room may import the core (``graphrt``) and ``graphrt.passes``; the core never imports
 this package. It reaches the core as a plugin: :func:`register` is the ``graphrt.plugins``
@@ -28,7 +30,7 @@ def register() -> None:
 
 
 def load(*args: Any, **kwargs: Any) -> Any:
-    """:func:`graphrt.frontends.loader.load_model` (imported on the first load, not on registration)."""
-    from graphrt.frontends.loader import load_model
+    """:func:`graphrt.frontends.models.loader.load_model` (imported on the first load, not on registration)."""
+    from graphrt.frontends.models.loader import load_model
 
     return load_model(*args, **kwargs)

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import init_random_, save_checkpoint
-from .config import ModelConfig
-from .transformer import Transformer
+from .models.checkpoint import init_random_, save_checkpoint
+from .models.config import ModelConfig
+from .models.transformer import Transformer
 
 CORPUS = ["def parse_args(argv):\n    return argv\n", "import os\nimport sys\n", "class A:\n    pass\n",
           "The quick brown fox jumps over the lazy dog.\n", "Hello! How can I help you today?\n",

@@ -6,7 +6,7 @@ name with :func:`register_mode`; :func:`graphrt.compile` and
 :func:`graphrt.generate` look a name up here. The built-in modes (``ar``,
 ``diffusion``, ``self-spec``, ``self-spec-quadratic``, ...) are registered by
 :mod:`graphrt.frontends.policies.builtin`, and the loader of checkpoints behind
-:func:`graphrt.load` by :mod:`graphrt.frontends.loader`, through
+:func:`graphrt.load` by :mod:`graphrt.frontends.models.loader`, through
 :func:`register_loader`.
 
 How the core finds them without importing ``graphrt.frontends``: the layers

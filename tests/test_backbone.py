@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from graphrt.backbone import Backbone, ForwardBatch
-from graphrt.frontends.checkpoint import init_random_, load_checkpoint
-from graphrt.frontends.config import ModelConfig, default_test_config
-from graphrt.frontends.transformer import Transformer, TransformerBackbone, causal_mask
-from graphrt.kvcache import RowKVCache
+from graphrt.frontends.models.checkpoint import init_random_, load_checkpoint
+from graphrt.frontends.models.config import ModelConfig, default_test_config
+from graphrt.frontends.models.transformer import Transformer, TransformerBackbone, causal_mask
+from graphrt.frontends.models.kvcache import RowKVCache
 
 F64 = torch.float64
 

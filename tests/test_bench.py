@@ -16,9 +16,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
-from graphrt.frontends.checkpoint import random_checkpoint  # noqa: E402
+from graphrt.frontends.models.checkpoint import random_checkpoint  # noqa: E402
 from graphrt.frontends.cli import main  # noqa: E402
-from graphrt.frontends.config import default_test_config  # noqa: E402
+from graphrt.frontends.models.config import default_test_config  # noqa: E402
 
 RECORD_KEYS = {"contender", "backend", "mode", "batch", "tokens_per_s", "tpf", "ms_per_forward", "peak_rss_mb",
                "forwards_by_width", "outside_forward_share", "tokens"}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from graphrt.frontends import checkpoint as ck
-from graphrt.frontends.checkpoint import init_random_, load_checkpoint, random_checkpoint, save_adapter, save_checkpoint
-from graphrt.frontends.config import ModelConfig, default_test_config
-from graphrt.frontends.transformer import Transformer
+from graphrt.frontends.models import checkpoint as ck
+from graphrt.frontends.models.checkpoint import init_random_, load_checkpoint, random_checkpoint, save_adapter, save_checkpoint
+from graphrt.frontends.models.config import ModelConfig, default_test_config
+from graphrt.frontends.models.transformer import Transformer
 
 
 def small_model(**overrides) -> tuple[ModelConfig, Transformer]:

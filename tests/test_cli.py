@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from graphrt.frontends.checkpoint import random_checkpoint
+from graphrt.frontends.models.checkpoint import random_checkpoint
 from graphrt.frontends.cli import main
-from graphrt.frontends.config import default_test_config
-from graphrt.frontends.tokenizer import save_tokenizer, train_tokenizer
+from graphrt.frontends.models.config import default_test_config
+from graphrt.frontends.models.tokenizer import save_tokenizer, train_tokenizer
 
 TEXT = ["def parse_args(argv):\n    return argv\n", "import os\nimport sys\n", "class A:\n    pass\n"] * 20
 

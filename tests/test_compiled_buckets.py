@@ -12,8 +12,8 @@ import torch
 
 import graphrt
 from support.decode_oracles import tiny_model
-from graphrt.frontends.compiled_shapes import ShapeBuckets
-from graphrt.frontends.transformer import TransformerBackbone
+from graphrt.frontends.models.compiled_shapes import ShapeBuckets
+from graphrt.frontends.models.transformer import TransformerBackbone
 
 MODES = ("ar", "diffusion", "self-spec", "self-spec-quadratic")
 

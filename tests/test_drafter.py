@@ -9,14 +9,14 @@ import torch
 
 import graphrt
 from graphrt.api import prepare
-from graphrt.frontends.checkpoint import load_checkpoint, save_adapter
+from graphrt.frontends.models.checkpoint import load_checkpoint, save_adapter
 from graphrt.frontends.cli.streaming import stream_generate
-from graphrt.frontends.config import ADAPTER_MODULES
+from graphrt.frontends.models.config import ADAPTER_MODULES
 from graphrt.frontends.fixtures import write_transformers_checkpoint
 from graphrt.frontends.training.drafter import build_drafter, drafter_losses
 from graphrt.frontends.training.objective import build_batch, compute_losses
 from graphrt.frontends.training.train import parse_args
-from graphrt.frontends.transformer import Transformer
+from graphrt.frontends.models.transformer import Transformer
 
 
 @pytest.fixture()

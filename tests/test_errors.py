@@ -9,7 +9,7 @@ import torch
 
 import graphrt
 from graphrt.frontends import policies
-from graphrt.frontends.checkpoint import random_checkpoint
+from graphrt.frontends.models.checkpoint import random_checkpoint
 from support.decode_oracles import tiny_model
 
 

@@ -9,7 +9,7 @@ import pytest
 from graphrt.frontends.cli import main
 from graphrt.frontends.training.evaluate import (baseline_record, first_line, make_prompts, prefix_match,
                                                  repetition)
-from graphrt.frontends.tokenizer import Tokenizer
+from graphrt.frontends.models.tokenizer import Tokenizer
 from test_cli import model_dir  # noqa: F401  (fixture)
 
 

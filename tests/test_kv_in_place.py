@@ -13,9 +13,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from graphrt.backbone import ForwardBatch
-from graphrt.frontends.checkpoint import init_random_
-from graphrt.frontends.config import default_test_config
-from graphrt.frontends.transformer import Transformer, TransformerBackbone
+from graphrt.frontends.models.checkpoint import init_random_
+from graphrt.frontends.models.config import default_test_config
+from graphrt.frontends.models.transformer import Transformer, TransformerBackbone
 
 F64 = torch.float64
 # head_dim 64, 2 KV heads: one layer's K for one token is 2 * 64 * 8 = 1024 bytes.

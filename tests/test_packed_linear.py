@@ -13,11 +13,11 @@ from torch import nn
 
 import graphrt
 from graphrt.backbone import ForwardBatch
-from graphrt.frontends.checkpoint import init_random_
-from graphrt.frontends.config import default_test_config
+from graphrt.frontends.models.checkpoint import init_random_
+from graphrt.frontends.models.config import default_test_config
 from graphrt.frontends.models.packed_linear import (FusedProduct, PackedLinear, PackedSlice, packing_available,
                                                      prepack, resolve_linear)
-from graphrt.frontends.transformer import LoRALinear, Transformer, TransformerBackbone, causal_mask
+from graphrt.frontends.models.transformer import LoRALinear, Transformer, TransformerBackbone, causal_mask
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.float32, "cpu"), reason="oneDNN not available")
 F32 = torch.float32

@@ -258,7 +258,7 @@ def test_stream_runner_on_cuda_python_streams_matches_cpu(interpret: bool) -> No
 @pytest.mark.parametrize("mode", ["ar", "diffusion", "self-spec"])
 def test_stream_scheduled_modes_on_cuda_match_the_reference(mode: str) -> None:
     from graphrt.api import Model
-    from graphrt.frontends.transformer import TransformerBackbone
+    from graphrt.frontends.models.transformer import TransformerBackbone
 
     net = tiny_model(seed=1).backbone.model.cuda()
     model = Model(TransformerBackbone(net, max_rows=2), None, "random-1-cuda")

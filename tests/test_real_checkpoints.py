@@ -12,7 +12,7 @@ import transformers
 
 import graphrt
 from graphrt.api import prepare
-from graphrt.frontends.checkpoint import load_checkpoint
+from graphrt.frontends.models.checkpoint import load_checkpoint
 from graphrt.frontends.cli.streaming import stream_generate
 from graphrt.frontends.fixtures import write_release_checkpoint, write_transformers_checkpoint
 

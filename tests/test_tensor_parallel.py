@@ -24,8 +24,8 @@ import pytest
 import torch
 
 import graphrt
-from graphrt.frontends.checkpoint import random_checkpoint
-from graphrt.frontends.config import default_test_config
+from graphrt.frontends.models.checkpoint import random_checkpoint
+from graphrt.frontends.models.config import default_test_config
 from graphrt.frontends.fixtures import write_release_checkpoint
 from graphrt.frontends.policies import MODES
 from graphrt.params import GenerationParams
@@ -72,7 +72,7 @@ def _cli(tp: int, out: Path) -> int:
 
 def _worker(root: Path) -> None:
     """One rank (run under torchrun): decode every checkpoint in check mode, then the CLI."""
-    from graphrt.frontends.tensor_parallel import assert_same_across_ranks
+    from graphrt.frontends.models.tensor_parallel import assert_same_across_ranks
 
     rank = int(os.environ["RANK"])
     record: dict[str, object] = {}
@@ -157,7 +157,7 @@ def test_serving_lockstep_shares_rank0s_decision_and_notices_a_rank_out_of_step(
 
 def test_errors_name_what_was_expected(monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    from graphrt.frontends.tensor_parallel import TensorParallelBackbone, check_shardable, init_tensor_parallel
+    from graphrt.frontends.models.tensor_parallel import TensorParallelBackbone, check_shardable, init_tensor_parallel
 
     with pytest.raises(ValueError, match="expected compile False, True or 'freeze', found 'background'"):
         TensorParallelBackbone(None, None, compile="background")  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from graphrt.frontends.training import corpus
-from graphrt.frontends.tokenizer import (
+from graphrt.frontends.models.tokenizer import (
     BOS, EOS, MASK, PAD, Tokenizer, save_tokenizer, train_tokenizer,
 )
 

@@ -168,7 +168,7 @@ def read_messages(path: str) -> list[dict[str, str]]:
         raise ValueError(f"--messages: {p}: expected JSON, found invalid JSON ({e})") from None
     if isinstance(data, dict):
         data = data.get("messages")
-    from graphrt.frontends.tokenizer import check_messages
+    from graphrt.frontends.models.tokenizer import check_messages
 
     check_messages(data, f"--messages {p}")
     return data
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tp == 1:
         decode(args)
     else:
-        from graphrt.frontends.tensor_parallel import decode_on_every_rank
+        from graphrt.frontends.models.tensor_parallel import decode_on_every_rank
 
         decode_on_every_rank(model, args, decode)
     return 0

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``graphrt show``."""
     import graphrt
     from graphrt.frontends.cli.output import write_json
-    from graphrt.frontends.loader import read_model_config
+    from graphrt.frontends.models.loader import read_model_config
 
     out = Path(args.out)
     if out.suffix.lower() not in SUFFIXES:

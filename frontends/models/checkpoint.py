@@ -303,7 +303,7 @@ def check_tensor_names(want: dict[str, tuple[int, ...]], sources: dict[str, tupl
 def read_peft_adapter(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, tuple[Path, str]]]:
     """Read a PEFT LoRA draft adapter (the released drafter's format, or what ``graphrt train`` writes).
 
-    A plain LoRA on any of :data:`~graphrt.frontends.config.ADAPTER_MODULES` (the released
+    A plain LoRA on any of :data:`~graphrt.frontends.models.config.ADAPTER_MODULES` (the released
     drafter adapts ``o_proj`` only), optionally with PEFT's trainable tokens on ``embed_tokens``
     for exactly one id: the mask token's input embedding of a base model that never saw one.
 

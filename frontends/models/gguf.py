@@ -173,7 +173,7 @@ _KINDS = {
 
 
 def read_gguf_config(reader: Any, path: str | os.PathLike[str]) -> Any:
-    """The :class:`~graphrt.frontends.config.ModelConfig` a Llama GGUF file's metadata describes.
+    """The :class:`~graphrt.frontends.models.config.ModelConfig` a Llama GGUF file's metadata describes.
 
     Parameters
     ----------
@@ -196,8 +196,8 @@ def read_gguf_config(reader: Any, path: str | os.PathLike[str]) -> Any:
         missing or of the wrong type; RoPE scaling or a head layout graphrt does
         not implement.
     """
-    from graphrt.frontends.checkpoint import DEFAULT_AR_BLOCK_SIZE
-    from graphrt.frontends.config import MODEL_TYPE, ModelConfig
+    from graphrt.frontends.models.checkpoint import DEFAULT_AR_BLOCK_SIZE
+    from graphrt.frontends.models.config import MODEL_TYPE, ModelConfig
 
     p = Path(path)
     arch = _meta(reader, "general.architecture", p, "str")
@@ -300,8 +300,8 @@ def read_gguf_tensors(reader: Any, config: Any, path: str | os.PathLike[str],
     """
     from gguf.quants import dequantize
 
-    from graphrt.frontends.checkpoint import expected_shapes
-    from graphrt.frontends.transformer import Transformer
+    from graphrt.frontends.models.checkpoint import expected_shapes
+    from graphrt.frontends.models.transformer import Transformer
 
     p = Path(path)
     with torch.device("meta"):

@@ -12,7 +12,7 @@ import torch
 from graphrt.api import Model
 from graphrt.frontends.models import gguf, named_models
 
-SHIPPED_MODEL = Path(__file__).resolve().parent / "model"
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "model"
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,15 +53,15 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     EOS ids are the config's ``eos_token_id`` (an int or a list) plus the tokenizer's
     EOS, the end-of-thinking id the tokenizer's ``</think>`` token.
     ``tp > 1`` loads this rank's shard of a tensor-parallel model (one process per
-    rank, launched by ``torchrun``; see :mod:`graphrt.frontends.tensor_parallel`),
+    rank, launched by ``torchrun``; see :mod:`graphrt.frontends.models.tensor_parallel`),
     ``tp_check`` compares every forward's inputs across the ranks.
     ``linear``: the backbone's linear-layer path, ``"auto"`` (oneDNN-prepacked weights for float32
     on the CPU when not compiled, else ``F.linear``), ``"packed"`` or ``"eager"``; see
-    :class:`~graphrt.frontends.transformer.TransformerBackbone`.
+    :class:`~graphrt.frontends.models.transformer.TransformerBackbone`.
     """
-    from graphrt.frontends.checkpoint import find_adapter, load_checkpoint
-    from graphrt.frontends.tokenizer import has_tokenizer, load_tokenizer
-    from graphrt.frontends.transformer import TransformerBackbone
+    from graphrt.frontends.models.checkpoint import find_adapter, load_checkpoint
+    from graphrt.frontends.models.tokenizer import has_tokenizer, load_tokenizer
+    from graphrt.frontends.models.transformer import TransformerBackbone
 
     root = Path(path) if path is not None else SHIPPED_MODEL
     if path is None and not (root / "config.json").is_file():
@@ -79,7 +79,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     if tp == 1:
         cfg, net = load_checkpoint(root, dtype=parse_dtype(dtype), device=resolve_device(device), adapter=adapter_dir)
     else:
-        from graphrt.frontends import tensor_parallel
+        from graphrt.frontends.models import tensor_parallel
 
         mesh, dev = tensor_parallel.init_tensor_parallel(tp, device)
         cfg, net = tensor_parallel.load_sharded_transformer(root, mesh, dtype=parse_dtype(dtype), device=dev,
@@ -112,10 +112,10 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
 
 
 def read_model_config(path: str | os.PathLike[str] | None = None) -> Any:
-    """The :class:`~graphrt.frontends.config.ModelConfig` of what :func:`load_model` would load from ``path``,
+    """The :class:`~graphrt.frontends.models.config.ModelConfig` of what :func:`load_model` would load from ``path``,
     without loading weights: a directory's ``config.json``, a GGUF file's metadata (nothing is converted), a
     named model's file with its table entry's mask token."""
-    from graphrt.frontends.checkpoint import read_config
+    from graphrt.frontends.models.checkpoint import read_config
 
     root = Path(path) if path is not None else SHIPPED_MODEL
     entry = None
@@ -149,7 +149,7 @@ def _model_source(path: Path, dtype: torch.dtype | str | None) -> tuple[Path, Pa
 
 def _declares_mask_token(root: Path) -> bool:
     """Whether checkpoint directory ``root`` has a mask token (not a placeholder the AR mapping picked)."""
-    from graphrt.frontends.checkpoint import AR_MODEL_TYPES
+    from graphrt.frontends.models.checkpoint import AR_MODEL_TYPES
 
     try:
         raw = json.loads((root / "config.json").read_text(encoding="utf-8"))

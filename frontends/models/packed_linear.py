@@ -8,7 +8,7 @@ once into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what 
 weight freezing uses) streams the weight at close to the read bandwidth for any ``M`` up to about
 16, so a forward of 1..16 tokens costs about the same (``bench/linear_paths.py`` has the figures).
 
-:func:`prepack` swaps every projection of a :class:`~graphrt.frontends.transformer.Transformer`
+:func:`prepack` swaps every projection of a :class:`~graphrt.frontends.models.transformer.Transformer`
 (and its output head) for a :class:`PackedLinear` holding only the packed weight: inference only,
 no autograd, float32 on CPU. Results equal ``F.linear``'s up to float32 rounding (the summation
 order differs). The plain model is what :func:`prepack` is not called on (``linear="eager"`` in
@@ -193,7 +193,7 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     Parameters
     ----------
     model:
-        A :class:`~graphrt.frontends.transformer.Transformer` in float32 on the CPU.
+        A :class:`~graphrt.frontends.models.transformer.Transformer` in float32 on the CPU.
     fuse:
         Stack the projections that share an input (q/k/v, gate/up) into one matrix each.
 

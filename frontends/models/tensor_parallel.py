@@ -17,7 +17,7 @@ The plan (:func:`tensor_parallel_plan`) is Megatron's, written with torch's own 
     diffusion_head               ColwiseParallel(output_layouts=Replicate())  vocab split, all-gather
     norms, RoPE                  replicated (plain tensors)
 
-Each rank's :class:`~graphrt.frontends.transformer.Transformer` is built from the
+Each rank's :class:`~graphrt.frontends.models.transformer.Transformer` is built from the
 checkpoint's config with per-rank head counts and MLP width (:func:`local_config`),
 so attention, MLP and the KV cache come out per-rank-sized; the parameters are
 DTensors made from the slices this rank reads from the safetensors files
@@ -63,7 +63,7 @@ SHARDED_FIELDS = ("num_attention_heads", "num_key_value_heads", "intermediate_si
 
 # ----------------------------------------------------------------------------- plan
 class LoRARowwiseParallel(RowwiseParallel):
-    """``RowwiseParallel`` for a :class:`~graphrt.frontends.transformer.LoRALinear` (the drafter's ``o_proj``).
+    """``RowwiseParallel`` for a :class:`~graphrt.frontends.models.transformer.LoRALinear` (the drafter's ``o_proj``).
 
     The base weight and ``lora_A`` are split along their input features
     (``Shard(1)``, as the base layer's input is split by head); ``lora_B`` is
@@ -244,7 +244,7 @@ def load_sharded_transformer(path: str | os.PathLike[str], mesh: DeviceMesh, dty
     Parameters
     ----------
     path:
-        Checkpoint directory (:func:`~graphrt.frontends.checkpoint.load_checkpoint`'s format).
+        Checkpoint directory (:func:`~graphrt.frontends.models.checkpoint.load_checkpoint`'s format).
     mesh:
         The 1-D tensor-parallel mesh (:func:`init_tensor_parallel`).
     dtype, device:
@@ -261,7 +261,7 @@ def load_sharded_transformer(path: str | os.PathLike[str], mesh: DeviceMesh, dty
     Raises
     ------
     ValueError
-        As :func:`~graphrt.frontends.checkpoint.load_checkpoint`, and when the
+        As :func:`~graphrt.frontends.models.checkpoint.load_checkpoint`, and when the
         mesh size does not divide the split dimensions.
     """
     root = Path(path)

@@ -5,7 +5,7 @@ One layer implementation serves two entry points:
 * :meth:`Transformer.forward_dense` -- no cache, an explicit ``[B, L, L]`` mask;
   used by training and as the test reference.
 * :class:`TransformerBackbone` -- implements :class:`graphrt.backbone.Backbone`
-  over a :class:`graphrt.kvcache.RowKVCache`: queries attend to their row's
+  over a :class:`graphrt.frontends.models.kvcache.RowKVCache`: queries attend to their row's
   cached prefix plus the new tokens the batch's mask allows.
 
 Architecture (DESIGN.md): pre-norm RMSNorm, GQA, SiLU-gated MLP, RoPE (plain or
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphrt.backbone import ATTENTION_KINDS, BackboneConfig, ForwardBatch
-from graphrt.kvcache import RowKVCache, SlotPlan
+from graphrt.frontends.models.kvcache import RowKVCache, SlotPlan
 
 from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
-from .models.packed_linear import prepack, resolve_linear
+from .packed_linear import prepack, resolve_linear
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -225,7 +225,7 @@ class Attention(nn.Module):
 @dataclass
 class CachedCall:
     """What the layers of one cached call share, as flat tensors (so a compiled stack guards on
-    tensor shapes only): see :class:`graphrt.kvcache.SlotPlan` for ``k``, ``v``, ``index``,
+    tensor shapes only): see :class:`graphrt.frontends.models.kvcache.SlotPlan` for ``k``, ``v``, ``index``,
     ``gather`` and ``keys``; ``causal``: attention is plain causal self-attention over the new
     tokens (prefill of empty rows)."""
 
@@ -431,11 +431,11 @@ class TransformerBackbone:
         the widest built-in forward (quadratic self-speculation).
     compile:
         Run the layer stack compiled (:func:`compile_layers`) at static shapes: each
-        call is padded to its :class:`~graphrt.frontends.compiled_shapes.ShapeBuckets`
+        call is padded to its :class:`~graphrt.frontends.models.compiled_shapes.ShapeBuckets`
         width, batch size and key span, so each bucket compiles once and never again:
         ``True`` compiles a bucket on its first call (that call waits), ``"freeze"``
         likewise with inductor's weight freezing, ``"background"`` on a worker thread
-        (:class:`~graphrt.frontends.compiled_shapes.BackgroundCompiler`) while the calls
+        (:class:`~graphrt.frontends.models.compiled_shapes.BackgroundCompiler`) while the calls
         that need it run eagerly, so no call ever waits for a compile. Inductor's compiled
         code is cached on disk and reused across runs, so only the first run on a machine
         pays the full compile.

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 
-from ..checkpoint import load_checkpoint, save_adapter
-from ..config import ADAPTER_MODULES, ModelConfig
-from ..transformer import CachedCall, Transformer, group_mask
+from ..models.checkpoint import load_checkpoint, save_adapter
+from ..models.config import ADAPTER_MODULES, ModelConfig
+from ..models.transformer import CachedCall, Transformer, group_mask
 from .objective import DIFFUSION_WEIGHT, TrainBatch
 
 #: Adapter settings of a drafter run when the arguments do not say (LoRA on every projection:

@@ -176,7 +176,7 @@ def ar_loglik(model: Any, prompts: list[EvalPrompt], outputs: list[list[int]], b
     Parameters
     ----------
     model : graphrt.Model
-        A model whose backbone holds a :class:`~graphrt.frontends.transformer.Transformer`.
+        A model whose backbone holds a :class:`~graphrt.frontends.models.transformer.Transformer`.
     prompts : list[EvalPrompt]
     outputs : list[list[int]]
         Token ids per prompt.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..transformer import Transformer
+from ..models.transformer import Transformer
 
 DIFFUSION_WEIGHT = 0.3
 

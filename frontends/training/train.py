@@ -75,10 +75,10 @@ import torch
 from . import corpus as corpus_mod
 from . import drafter as drafter_mod
 from .objective import DIFFUSION_WEIGHT, block_training_mask, build_batch, compute_losses
-from ..checkpoint import save_checkpoint
-from ..config import ModelConfig
-from ..tokenizer import Tokenizer, save_tokenizer, train_tokenizer
-from ..transformer import Transformer
+from ..models.checkpoint import save_checkpoint
+from ..models.config import ModelConfig
+from ..models.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
+from ..models.transformer import Transformer
 
 IGNORE = -100
 CSV_FIELDS = (
@@ -200,7 +200,7 @@ def token_windows(stream: np.ndarray, n: int, length: int, gen: torch.Generator 
 def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, autocast: bool = False) -> torch.Tensor:
     """The model's greedy AR continuation of each prefix (causal prefill, then one cached token per forward).
 
-    Runs through the backbone protocol (:class:`~graphrt.frontends.transformer.TransformerBackbone`
+    Runs through the backbone protocol (:class:`~graphrt.frontends.models.transformer.TransformerBackbone`
     and its KV cache), as decoding does.
 
     Parameters
@@ -220,7 +220,7 @@ def greedy_continuation(model: Transformer, prefixes: torch.Tensor, n: int, auto
     """
     from graphrt.backbone import ForwardBatch
 
-    from ..transformer import TransformerBackbone
+    from ..models.transformer import TransformerBackbone
 
     N, P = prefixes.shape
     dev = model.encoder.embed_tokens.weight.device
@@ -619,7 +619,7 @@ def read_init_checkpoint(args: argparse.Namespace) -> None:
     """
     if not args.init_from:
         return
-    from ..checkpoint import read_config
+    from ..models.checkpoint import read_config
 
     cfg, _ = read_config(args.init_from)
     args.vocab_size, args.hidden, args.layers = cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers
@@ -644,7 +644,7 @@ def load_init_weights_(model: Transformer, path: str | Path) -> None:
     ValueError
         If its architecture differs from the model's.
     """
-    from ..checkpoint import load_checkpoint
+    from ..models.checkpoint import load_checkpoint
 
     cfg, src = load_checkpoint(path, dtype=torch.float32)
     mine = {k: v for k, v in model.config.to_dict().items() if k not in ("block_size", "torch_dtype")}
@@ -689,7 +689,7 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter_rank:
         if not args.init_from:
             raise ValueError("train: expected --init-from BASE with --adapter-rank, found no --init-from")
-        from ..checkpoint import read_config
+        from ..models.checkpoint import read_config
 
         args.init_from, named_mask = drafter_mod.base_checkpoint(args.init_from)
         if args.mask_token is None:

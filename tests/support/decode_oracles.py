@@ -18,9 +18,9 @@ import torch
 import graphrt
 from graphrt import noise
 from graphrt.api import Model
-from graphrt.frontends.checkpoint import init_random_
-from graphrt.frontends.config import default_test_config
-from graphrt.frontends.transformer import Transformer, TransformerBackbone
+from graphrt.frontends.models.checkpoint import init_random_
+from graphrt.frontends.models.config import default_test_config
+from graphrt.frontends.models.transformer import Transformer, TransformerBackbone
 from graphrt.sampling import sample
 
 F64 = torch.float64
