@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_WAIT_POLICY=PASSIVE
 mkdir -p bench/results docs/img
-if [ -n "${RUN:-}" ]; then python bench/ship_model.py "$RUN"; fi
+if [ -n "${RUN:-}" ]; then python -m graphrt.frontends.training.ship_model "$RUN"; fi
 graphrt eval --prompts 200 --near-ties --json bench/results/eval.json --markdown bench/results/eval.md \
     --plot docs/img/eval_front.png
 graphrt eval --prompts 200 --dtype float64 --modes ar,self-spec,self-spec-quadratic --speed-prompts 2 \

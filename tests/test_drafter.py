@@ -15,7 +15,7 @@ from graphrt.frontends.models.config import ADAPTER_MODULES
 from graphrt.frontends.fixtures import write_transformers_checkpoint
 from graphrt.frontends.training.drafter import build_drafter, drafter_losses
 from graphrt.frontends.training.objective import build_batch, compute_losses
-from graphrt.frontends.training.train import parse_args
+from graphrt.frontends.training.command import parse_args
 from graphrt.frontends.models.transformer import Transformer
 
 

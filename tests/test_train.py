@@ -16,10 +16,11 @@ from graphrt.frontends.models.checkpoint import load_checkpoint
 from graphrt.frontends.models.config import default_test_config
 from graphrt.frontends.models.tokenizer import Tokenizer, save_tokenizer, train_tokenizer
 from graphrt.frontends.training.objective import block_training_mask, build_batch, compute_losses
-from graphrt.frontends.training.train import (
-    CSV_FIELDS, add_parser, block_schedule, draft_mask, load_init_weights_, lr_at, measure_drafts, model_config,
-    parse_args, self_generated_pool, train,
+from graphrt.frontends.training.command import add_parser, parse_args
+from graphrt.frontends.training.loop import (
+    CSV_FIELDS, block_schedule, load_init_weights_, lr_at, model_config, self_generated_pool, train,
 )
+from graphrt.frontends.training.measure import draft_mask, measure_drafts
 from graphrt.frontends.models.transformer import Transformer
 
 TINY = ["--hidden", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--head-dim", "16",

@@ -23,7 +23,7 @@ SUBCOMMANDS = [
     "graphrt.frontends.cli.show",
     "graphrt.frontends.cli.bench",
     "graphrt.frontends.cli.serve",
-    "graphrt.frontends.training.train",
+    "graphrt.frontends.training.command",
     "graphrt.frontends.training.evaluate",
 ]
 

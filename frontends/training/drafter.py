@@ -7,7 +7,7 @@ emits; the tied output head keeps the base row). Both apply to mask tokens only,
 are exactly the tokens of draft and denoise forwards, so prefill and verification run
 the base weights and AR decoding stays the base model's, bit for bit.
 
-The objective and the batch layout are those of :mod:`graphrt.frontends.training.train`
+The objective and the batch layout are those of :mod:`graphrt.frontends.training.command`
 (``L = L_AR + 0.3 * L_diffusion`` on packed rows: a clean causal sequence, then blocks at
 random offsets whose slot 0 is the clean seed and whose other slots are masked). With a
 frozen base the AR term carries no gradient; it is logged as a check that the base is

@@ -1,7 +1,7 @@
 """The training objective: packed batches of clean sequences and diffusion blocks, and their losses.
 
 ``L = L_AR + 0.3 * L_diffusion`` on one packed forward per batch row; the row layout is
-described in :mod:`graphrt.frontends.training.train`.
+described in :mod:`graphrt.frontends.training.command`.
 """
 
 from __future__ import annotations

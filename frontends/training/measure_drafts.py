@@ -1,11 +1,11 @@
-"""Held-out AR loss and draft quality of a trained model directory.
+"""Held-out AR loss and draft quality of a trained model directory: a release tool.
 
 Usage::
 
-    python bench/measure_drafts.py MODEL_DIR [MODEL_DIR ...] [--dtype float16] [--prompts 256]
+    python -m graphrt.frontends.training.measure_drafts MODEL_DIR [MODEL_DIR ...] [--dtype float16] [--prompts 256]
 
 For each model: held-out AR / diffusion loss on fixed held-out windows and
-:func:`graphrt.frontends.training.train.measure_drafts` (linear and quadratic
+:func:`graphrt.frontends.training.measure.measure_drafts` (linear and quadratic
 self-speculation drafts against greedy AR) on fixed held-out prefixes. With
 ``--dtype`` the stored weights are rounded to that dtype and computed in
 float32 (the check that a half-precision export keeps quality). Prints one
@@ -21,10 +21,11 @@ import sys
 import numpy as np
 import torch
 
-from graphrt.frontends.training import corpus
 from graphrt.frontends.models.checkpoint import load_checkpoint
 from graphrt.frontends.models.tokenizer import Tokenizer
-from graphrt.frontends.training.train import heldout_losses, measure_drafts, token_windows
+from graphrt.frontends.training import corpus
+from graphrt.frontends.training.data import token_windows
+from graphrt.frontends.training.measure import heldout_losses, measure_drafts
 
 
 def heldout_stream(tok: Tokenizer) -> np.ndarray:

@@ -1,8 +1,8 @@
-"""Copy a finished ``graphrt train`` run's model into the package (``frontends/model/``).
+"""Copy a finished ``graphrt train`` run's model into the package (``frontends/model/``): a release tool.
 
 Usage::
 
-    python bench/ship_model.py RUN_DIR [--dtype float32|float16|bfloat16]
+    python -m graphrt.frontends.training.ship_model RUN_DIR [--dtype float32|float16|bfloat16]
 
 Checks before copying: the run finished (``RUN_DIR/model/training_record.json``
 exists), the checkpoint loads, the tokenizer round-trips the held-out split,
@@ -16,7 +16,8 @@ tokenizer is unchanged the shipped tokenizer files (chat template included)
 are kept. Also copies the run's loss curves to
 ``bench/shipped_model_loss_curves.png`` / ``bench/shipped_model_train_log.csv``
 and writes ``bench/shipped_model_drafts.json`` (held-out loss and draft quality
-on 256 prefixes, see ``bench/measure_drafts.py``).
+on 256 prefixes, see :mod:`.measure_drafts`). Run it from a source checkout: it writes into the
+repository's ``frontends/model/`` and ``bench/``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository: frontends/training/ship_model.py
 SHIPPED = ROOT / "frontends" / "model"
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
          "special_tokens_map.json", "training_record.json")
@@ -44,13 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="graphrt eval JSON of the shipped and the new model (TPF must improve)")
     p.add_argument("--force", action="store_true", help="ship even if held-out AR loss or TPF got worse")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from measure_drafts import main as measure_main
-
-    from graphrt.frontends.training import corpus
-
     from graphrt.frontends.models.checkpoint import load_checkpoint, save_checkpoint
     from graphrt.frontends.models.tokenizer import Tokenizer
+    from graphrt.frontends.training import corpus
+    from graphrt.frontends.training.measure_drafts import main as measure_main
 
     src = Path(args.run_dir) / "model"
     if not (src / "training_record.json").is_file():
