@@ -25,7 +25,7 @@ tokens after a 100-token prefix) for graphrt, transformers and llama.cpp, agains
 bandwidth floor measured on this machine (stream-reading a 512 MB float32 tensor with
 the benchmark's threads): the weights' bytes at that rate.
 
-The full run (about 70 minutes on 2 cores with the compiled contenders, 35 without;
+The full run (about 75 minutes on 2 cores, compiles included; about 40 with ``--no-compiled``;
 run it with the machine otherwise idle)::
 
     OMP_WAIT_POLICY=PASSIVE graphrt bench --model smollm2
