@@ -22,7 +22,7 @@ from typing import Any
 
 def register() -> None:
     """Register the built-in modes and the checkpoint loader in the core's registries (:mod:`graphrt.modes`)."""
-    from graphrt.frontends.policies.builtin import register_modes
+    from graphrt.frontends.policies.modes import register_modes
     from graphrt.modes import register_loader
 
     register_modes()

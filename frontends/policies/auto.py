@@ -42,7 +42,7 @@ from graphrt.builder import GraphBuilder, Var
 from graphrt.ir import Graph
 from graphrt.library import DecodeInputs, accept_length, ban_mask, decode_inputs, next_tokens, token_logprobs
 from graphrt.policy import Policy
-from graphrt.types import scalar, tensor
+from graphrt.types import tensor
 
 from graphrt.frontends.policies.builtin import _denoise_block, context_buffer, prefill
 
