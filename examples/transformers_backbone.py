@@ -8,7 +8,7 @@ must get right is the protocol's meaning: a query sees its row's cached prefix
 plus the new tokens ``batch.attention`` allows, and only ``kv_write`` tokens
 persist, at slot ``positions``.
 
-Run: ``python examples/transformers_backbone.py [--model DIR] [--mode self-spec]``
+Run: ``python examples/transformers_backbone.py [--model DIR] [--mode prompt-lookup]``
 (default: a tiny random Llama written by transformers, with its tokenizer).
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import warnings
 
 import torch
 import transformers
@@ -91,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[int]]:
     """Decode with graphrt over :class:`HFBackbone` and over graphrt's own backbone; returns both outputs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a transformers checkpoint directory (default: a tiny Llama)")
-    parser.add_argument("--mode", default="self-spec", choices=("ar", "self-spec", "self-spec-quadratic"))
+    parser.add_argument("--mode", default="prompt-lookup", choices=("ar", "prompt-lookup", "self-spec-lookup"),
+                        help="a mode that needs no drafter (a Llama checkpoint has no mask token)")
     parser.add_argument("--max-new-tokens", type=int, default=8)
     args = parser.parse_args(argv)
     path = args.model
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[int]]:
     rid = session.add(graphrt.compile(args.mode, backbone), prompt,
                       graphrt.GenerationParams(max_new_tokens=args.max_new_tokens, ignore_eos=True))
     ours = session.run()[rid].tokens
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                                     # no mask token in a Llama checkpoint
-        model = graphrt.load(path, dtype="float32", max_batch=1, max_seq_len=256)
+    model = graphrt.load(path, dtype="float32", max_batch=1, max_seq_len=256)
     builtin = graphrt.generate(model, prompt, mode=args.mode, max_new_tokens=args.max_new_tokens,
                                ignore_eos=True).tokens
     print(f"{args.mode} over transformers: {ours}\n{args.mode} over graphrt's backbone: {builtin}")

@@ -14,7 +14,7 @@ def example(name: str):
     return runpy.run_path(str(EXAMPLES / name), run_name="example")["main"]
 
 
-@pytest.mark.parametrize("mode", ["ar", "self-spec", "self-spec-quadratic"])
+@pytest.mark.parametrize("mode", ["ar", "prompt-lookup", "self-spec-lookup"])
 def test_transformers_model_as_backbone(mode: str) -> None:
     out = example("transformers_backbone.py")(["--mode", mode, "--max-new-tokens", "6"])
     assert out["transformers"] == out["graphrt"] and len(out["transformers"]) == 6
