@@ -98,3 +98,18 @@ def test_the_adapter_never_touches_prefill_or_verify_forwards(base_with_drafter:
     if mode != "diffusion":
         assert result.tokens == graphrt.generate(model, "def f(x):", mode="ar", max_new_tokens=12,
                                                  ignore_eos=True).tokens
+
+
+def test_training_continues_from_a_saved_drafter(tmp_path: Path, drafter: tuple[Transformer, Transformer]) -> None:
+    _, model = drafter
+    save_adapter(model, tmp_path / "saved")
+    args = parse_args(["--init-from", str(tmp_path / "base"), "--adapter-rank", "4", "--mask-token", "3",
+                       "--init-adapter", str(tmp_path / "saved")])
+    again, _ = build_drafter(args)
+    want = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert want and all(torch.equal(p, want[n]) for n, p in again.named_parameters() if p.requires_grad)
+    args = parse_args(["--init-from", str(tmp_path / "base"), "--adapter-rank", "8", "--mask-token", "3",
+                       "--init-adapter", str(tmp_path / "saved")])
+    with pytest.raises(ValueError, match=r"--init-adapter .*: expected an adapter of rank, modules and mask token "
+                                         r"\(8, .*found \(4, "):
+        build_drafter(args)

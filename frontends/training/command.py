@@ -166,6 +166,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--adapter-alpha", type=float, default=None, help="LoRA alpha of the drafter (default: 2 * rank)")
     a("--adapter-modules", type=lambda t: [x for x in t.split(",") if x], default=None,
       help="comma-separated projections the drafter adapts (default: all of q,k,v,o,gate,up,down)")
+    a("--init-adapter", default=None, metavar="DIR",
+      help="start the drafter from this saved adapter (same rank and modules), e.g. a shipped drafter/")
     a("--mask-token", type=int, default=None,
       help="the drafter's mask token id (a special token the base model never emits)")
     a("--lr", type=float, default=2e-3)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer as HFTokenizer
 
-from ..models.checkpoint import load_checkpoint, save_adapter
+from ..models.checkpoint import load_checkpoint, read_peft_adapter, save_adapter
 from ..models.config import ADAPTER_MODULES, ModelConfig
 from ..models.transformer import CachedCall, Transformer, group_mask
 from .objective import DIFFUSION_WEIGHT, TrainBatch
@@ -102,9 +102,7 @@ def base_checkpoint(source: str) -> tuple[str, int | None]:
     """
     from ..models import gguf, named_models
 
-    path, entry = Path(source), None
-    if not path.exists() and named_models.named_model(source) is not None:
-        entry, path = named_models.named_model(source), named_models.named_model_file(source)
+    path, entry = named_models.resolve(source)
     if gguf.is_gguf_path(path):
         path = gguf.cached_checkpoint(path, torch.float32)
     return str(path), entry.mask_token_id if entry is not None else None
@@ -170,7 +168,33 @@ def build_drafter(args: argparse.Namespace) -> tuple[Transformer, BaseTokenizer]
             if name.endswith("lora_B.weight"):
                 p.zero_()
         model.encoder.mask_embedding.copy_(model.encoder.embed_tokens.weight.mean(0, keepdim=True))
+    if getattr(args, "init_adapter", None):
+        load_adapter_(model, args.init_adapter)
     return model, BaseTokenizer.from_dir(args.init_from, cfg)
+
+
+def load_adapter_(model: Transformer, path: str | Path) -> None:
+    """Copy a saved drafter's tensors into ``model``'s adapter (continued training from a shipped drafter).
+
+    Raises
+    ------
+    ValueError
+        If the saved adapter's rank, modules or mask token differ from the model's.
+    """
+    from safetensors import safe_open
+
+    saved, sources = read_peft_adapter(path)
+    mine = model.config.draft_adapter or {}
+    want = (mine.get("rank"), list(model.config.adapter_targets), model.config.mask_token_id)
+    found = (saved["rank"], saved["target_modules"], saved.get("mask_token_id"))
+    if want != found:
+        raise ValueError(f"train --init-adapter {path}: expected an adapter of rank, modules and mask token {want}, "
+                         f"found {found}")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, (file, stored) in sources.items():
+            with safe_open(str(file), framework="pt") as f:
+                params[name].copy_(f.get_tensor(stored))
 
 
 def drafter_losses(model: Transformer, batch: TrainBatch, distill: float = 0.0) -> dict[str, torch.Tensor]:
