@@ -14,12 +14,13 @@ leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from graphrt.frontends.models.gguf import file_sha256
 
 FILE_TYPE_ALL_F32 = 0  # llama.cpp's LLAMA_FTYPE_ALL_F32
 
@@ -29,15 +30,6 @@ def cache_dir() -> Path:
     if os.environ.get("GRAPHRT_CACHE_DIR"):
         return Path(os.environ["GRAPHRT_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "graphrt"
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_f32_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
@@ -102,7 +94,7 @@ def write_f32_gguf(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
 
 def cached_f32_gguf(src: str | os.PathLike[str]) -> Path:
     """The cached F32 copy of GGUF file ``src``, written on a cache miss (see the module docstring)."""
-    out = cache_dir() / "gguf-f32" / f"{sha256_of(src)}.f32.gguf"
+    out = cache_dir() / "gguf-f32" / f"{file_sha256(src)}.f32.gguf"
     if out.is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,4 +109,4 @@ def cached_f32_gguf(src: str | os.PathLike[str]) -> Path:
     return out
 
 
-__all__ = ["cache_dir", "sha256_of", "write_f32_gguf", "cached_f32_gguf", "FILE_TYPE_ALL_F32"]
+__all__ = ["cache_dir", "write_f32_gguf", "cached_f32_gguf", "FILE_TYPE_ALL_F32"]
