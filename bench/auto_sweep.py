@@ -199,7 +199,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="served checkpoint (default: the shipped model)")
     p.add_argument("--url", default=None, help="an already running server (default: start one)")
-    p.add_argument("--served-name", default="model", help="the model name the server answers to")
+    p.add_argument("--served-name", default=None,
+                   help="the model name the server answers to (default: a named model's name, else 'model')")
     p.add_argument("--port", type=int, default=8021)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--fixed", default=",".join(FIXED), help="fixed modes to compare with")
@@ -209,6 +210,11 @@ def main() -> None:
     p.add_argument("--tiny", action="store_true", help="a seconds-long check that everything runs")
     p.add_argument("--out", default=str(HERE / "results" / "auto_sweep"), help="writes OUT.json, OUT.md, OUT.png")
     args = p.parse_args()
+    if args.served_name is None:  # graphrt serve answers to a named model's name (--model smollm2), else 'model'
+        from graphrt.frontends.models.named_models import named_model
+
+        named = args.model is not None and not Path(args.model).exists() and named_model(args.model) is not None
+        args.served_name = args.model if named else "model"
     if args.tiny:
         args.kinds, args.fixed, args.concurrency = "chat,mixed", "ar,prompt-lookup", "1,2"
         args.requests, args.max_tokens = 2, 8
