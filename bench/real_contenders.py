@@ -138,7 +138,7 @@ class GraphrtRunner:
         return self.policies[mode]
 
     def run(self, mode: str, prompts: list[list[int]], max_new: int) -> dict[str, Any]:
-        """Decode every prompt in one session; tokens, forwards (DESIGN.md's count) and seconds."""
+        """Decode every prompt in one session; tokens, forwards (counted as docs/design.md says) and seconds."""
         g = self.graphrt
         policy = self._policy(mode)
         params = g.GenerationParams(max_new_tokens=max_new, ignore_eos=True)

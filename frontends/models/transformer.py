@@ -8,7 +8,7 @@ One layer implementation serves two entry points:
   over a :class:`graphrt.frontends.models.kvcache.RowKVCache`: queries attend to their row's
   cached prefix plus the new tokens the batch's mask allows.
 
-Architecture (DESIGN.md): pre-norm RMSNorm, GQA, SiLU-gated MLP, RoPE (plain or
+Architecture (docs/design.md): pre-norm RMSNorm, GQA, SiLU-gated MLP, RoPE (plain or
 YaRN exactly as transformers computes it, attention factor included), the
 released checkpoints' query scaling ``1 + beta * log(1 + floor(pos / orig))``,
 no biases unless ``attention_bias`` (Qwen2), optional q/k RMSNorm (Qwen3), tied
@@ -291,7 +291,7 @@ class Encoder(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The tri-mode transformer (weights named as in DESIGN.md's checkpoint format).
+    """The tri-mode transformer (weights named as in docs/design.md's checkpoint format).
 
     Parameters
     ----------
