@@ -12,7 +12,8 @@ Architecture (docs/design.md): pre-norm RMSNorm, GQA, SiLU-gated MLP, RoPE (plai
 YaRN exactly as transformers computes it, attention factor included), the
 released checkpoints' query scaling ``1 + beta * log(1 + floor(pos / orig))``,
 no biases unless ``attention_bias`` (Qwen2), optional q/k RMSNorm (Qwen3), tied
-embeddings, and an optional LoRA draft adapter on ``o_proj`` applied per token.
+embeddings, and an optional draft adapter applied per token to mask tokens only (a LoRA on
+any projection, and the mask token's input embedding).
 
 Numerics follow transformers: RoPE angles are computed in float32 and cast to the
 model dtype; RMSNorm runs in float32 for half-precision models (and in the model
@@ -541,7 +542,8 @@ class TransformerBackbone:
         pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
         causal = self._causal_prefill(batch, plan)
         mask = None if causal else self._mask(batch, plan, B, L)
-        adapter = batch.adapter.to(dev) if self._has_adapter else None
+        # A call with no draft token (prefill, AR, verification) skips the adapter: it adds nothing there.
+        adapter = batch.adapter.to(dev) if self._has_adapter and bool(batch.adapter.any()) else None
         logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal), _last(batch, dev))
         self.cache.commit(plan)
         return logits
