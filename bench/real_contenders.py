@@ -30,54 +30,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-
-
-# ----------------------------------------------------------------------------- memory
-def rss_mb() -> float:
-    """Resident set size of this process now, in MiB (0 where ``/proc`` is unavailable)."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return 0.0
-
-
-def max_rss_mb() -> float:
-    """Peak resident set size of this process so far (``ru_maxrss``), in MiB."""
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 2**20 if sys.platform == "darwin" else kb / 2**10  # bytes on macOS, KiB on Linux
-
-
-class RunPeak:
-    """Samples this process's RSS every ``interval`` seconds while active (a context manager)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0.0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "RunPeak":
-        self.peak = rss_mb()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
+sys.path.insert(0, str(BENCH_DIR))
+from memory import PeakRSS, max_rss_mb, rss_mb  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- graphrt
@@ -434,7 +396,7 @@ def handle(runner: Any, msg: dict[str, Any]) -> dict[str, Any]:
         if msg["op"] == "encode":
             return {"ok": True, "ids": runner.encode(msg["records"], msg.get("max_tokens"))}
         if msg["op"] == "run":
-            with RunPeak() as peak:
+            with PeakRSS() as peak:
                 out = runner.run(msg["mode"], msg["prompts"], msg["max_new"])
             return {**out, "ok": True, "run_peak_rss_mb": peak.peak, "max_rss_mb": max_rss_mb()}
         if msg["op"] == "forward_cost":

@@ -23,7 +23,6 @@ import platform
 import random
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from graphrt.frontends.models.loader import parse_dtype
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_side_by_side  # noqa: E402
+from memory import PeakRSS  # noqa: E402
 from contenders import (REFERENCE_MODES, GraphrtContender, HandLoopContender,  # noqa: E402
                         ReferenceLoopContender, RunOutput, TransformersContender, hf_mistral)
 
@@ -64,38 +64,6 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "system": f"{platform.system()} {platform.release()}"}
-
-
-def rss_mb() -> float:
-    """Resident set size of this process now, in MiB (0 where /proc is unavailable)."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return 0.0
-
-
-class PeakRSS:
-    """Samples this process's RSS every ``interval`` s while active (a context manager)."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak = interval, 0.0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = rss_mb()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_mb())
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mb())
 
 
 # ----------------------------------------------------------------------------- prompts
