@@ -13,14 +13,16 @@ Two ops, registered like every other op (a type rule and a torch reference):
     rule replaces it by name (the ``rule`` attribute), so the graph stays
     serialisable. The op reads its inputs on the host (``host_sync``).
 
-``acceptance_update(stats, source, width, accepted) {decay} -> stats``
+``acceptance_update(stats, source, width, accepted) {decay, idle_decay} -> stats``
     The running acceptance by draft slot, per source, carried from cycle to
     cycle as a loop value ``float[6 D]``, the flattened ``[3, 2, D]`` (a policy
     starts it with ``fill``): ``stats[s, 0, j]`` counts the
     cycles of source ``s`` that reached draft slot ``j`` (every earlier draft
-    accepted), ``stats[s, 1, j]`` those that accepted it; both decay by
-    ``decay`` every cycle, so old evidence fades and a source left unused
-    drifts back to its prior (which is how it gets tried again).
+    accepted), ``stats[s, 1, j]`` those that accepted it. Every cycle the
+    cycle's source decays by ``decay``, so old evidence fades, and the other
+    sources by the slower ``idle_decay``: a source left unused drifts back to
+    its prior (which is how it gets tried again), but slowly, so a drafter
+    that keeps failing is not retried every few cycles.
 
 The inputs ``cost`` and ``load`` are graph inputs a session fills live
 (:class:`graphrt.session.Session`): ``cost`` the backbone's call-time
@@ -240,12 +242,15 @@ def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: tor
 
 
 def acceptance_update_ref(stats: torch.Tensor, source: torch.Tensor, width: torch.Tensor, accepted: torch.Tensor,
-                          *, decay: float = 0.9) -> torch.Tensor:
-    """The meaning of ``acceptance_update``: decay every count, then count this cycle's slots.
+                          *, decay: float = 0.9, idle_decay: float = 0.98) -> torch.Tensor:
+    """The meaning of ``acceptance_update``: decay the counts, then count this cycle's slots.
 
     A cycle of ``source`` with ``width - 1`` drafts of which ``accepted`` were accepted reached
     draft slots ``0 .. min(accepted, width - 2)`` and accepted slots ``0 .. accepted - 1``.
-    A plain step (``width`` 1) counts nothing.
+    A plain step (``width`` 1) counts nothing. The cycle's source decays by ``decay`` (recent
+    cycles weigh most); the others by ``idle_decay``, so a source that was given up keeps its
+    evidence for a while and drifts back to its prior only slowly (with 0.98, half of it is
+    gone after 34 cycles), which is when it is tried again.
 
     Returns
     -------
@@ -260,7 +265,8 @@ def acceptance_update_ref(stats: torch.Tensor, source: torch.Tensor, width: torc
     took = drafted & (j < accepted)
     onehot = (torch.arange(stats.shape[0], device=stats.device) == source).to(stats.dtype)[:, None, None]  # [3,1,1]
     new = torch.stack([reached, took]).to(stats.dtype)[None]  # [1, 2, D]
-    return (stats * decay + onehot * new).reshape(flat.shape)
+    factor = onehot * decay + (1 - onehot) * idle_decay
+    return (stats * factor + onehot * new).reshape(flat.shape)
 
 
 # ---------------------------------------------------------------------- registration
@@ -308,8 +314,9 @@ def _update_infer(ts: list[Type], attrs: dict) -> list[Type]:
     st = _check_stats(stats)
     for t, what in ((source, "source"), (width, "width"), (accepted, "accepted")):
         _scalar_i64(t, what)
-    if not 0.0 <= float(attrs["decay"]) <= 1.0:
-        raise ValueError(f"attribute decay: expected a number in [0, 1], found {attrs['decay']!r}")
+    for name in ("decay", "idle_decay"):
+        if not 0.0 <= float(attrs[name]) <= 1.0:
+            raise ValueError(f"attribute {name}: expected a number in [0, 1], found {attrs[name]!r}")
     return [st]
 
 
@@ -321,8 +328,8 @@ register_op(OpDef(
         "acceptance, the lookup's match, the cost model and the round's load, by the registered rule named 'rule'.",
 ))
 register_op(OpDef(
-    "acceptance_update", ("stats", "source", "width", "accepted"), {"decay": 0.9}, _update_infer,
-    acceptance_update_ref,
-    doc="Running acceptance by draft slot per source, flattened [3, 2, D] (reached, accepted): decay, then count "
-        "the cycle.",
+    "acceptance_update", ("stats", "source", "width", "accepted"), {"decay": 0.9, "idle_decay": 0.98},
+    _update_infer, acceptance_update_ref,
+    doc="Running acceptance by draft slot per source, flattened [3, 2, D] (reached, accepted): decay (the cycle's "
+        "source by decay, the others by idle_decay), then count the cycle.",
 ))

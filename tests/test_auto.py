@@ -145,8 +145,12 @@ def test_acceptance_update_counts_reached_and_accepted_slots() -> None:
     s2 = out2.reshape(3, 2, D)  # all drafted accepted: slots 0, 1 reached and accepted
     assert s2[LOOKUP, 0].tolist() == [1.5, 1.5, 0.5, 0, 0, 0, 0]
     assert s2[LOOKUP, 1].tolist() == [1.5, 1.5, 0, 0, 0, 0, 0]
-    plain = acceptance_update_ref(out, torch.tensor(NONE), torch.tensor(1), torch.tensor(0), decay=1.0)
+    plain = acceptance_update_ref(out, torch.tensor(NONE), torch.tensor(1), torch.tensor(0), decay=1.0,
+                                  idle_decay=1.0)
     assert torch.equal(plain, out)
+    idle = acceptance_update_ref(out, torch.tensor(DIFFUSION), torch.tensor(1), torch.tensor(0), decay=0.5,
+                                 idle_decay=0.75)
+    assert torch.equal(idle.reshape(3, 2, D)[LOOKUP], 0.75 * s[LOOKUP])  # an unused source fades slowly
 
 
 def _state(rates: list[float], cost: tuple[float, ...], load: tuple[float, ...], lookup: bool = True) -> ChoiceState:

@@ -59,7 +59,8 @@ def default_widths(block: int) -> tuple[int, ...]:
 
 def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
                sources: Sequence[str] = SOURCES, rule: str = "expected-rate", decay: float = 0.9,
-               prior: Sequence[float] = (0.0, 0.6, 0.7), max_ngram: int = 3, min_ngram: int = 1) -> Graph:
+               prior: Sequence[float] = (0.0, 0.6, 0.7), max_ngram: int = 3, min_ngram: int = 1,
+               idle_decay: float = 0.98) -> Graph:
     """The ``auto`` graph (see the module docstring).
 
     Parameters
@@ -72,11 +73,13 @@ def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
     rule : str
         The registered rule ``draft_choice`` asks.
     decay : float
-        Per-cycle decay of the acceptance counts.
+        Per-cycle decay of the acceptance counts of the cycle's source.
     prior : sequence of float
         Acceptance assumed per source before any evidence.
     max_ngram, min_ngram : int
         The lookup's n-gram sizes.
+    idle_decay : float
+        Per-cycle decay of the other sources' counts (slower: a source given up is retried rarely).
 
     Returns
     -------
@@ -107,7 +110,7 @@ def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
             branch = _branch(b, io, config, w, draft, source, mask_id, diffusion=2 in srcs)
             carried = b.loop(width == w, carried, branch, name=f"width{w}")
         cache, ctx, seed, start, going, accepted = carried
-        stats = b.acceptance_update(stats, source, width, accepted, decay=decay)
+        stats = b.acceptance_update(stats, source, width, accepted, decay=decay, idle_decay=idle_decay)
         return going, cache, ctx, seed, start, stats
 
     b.loop(~done, [cache, ctx, seed, start, stats], cycle, name="cycle")
@@ -145,7 +148,8 @@ def _branch(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, w: int, d
 
 def auto(widths: Sequence[int] | None = None, sources: Sequence[str] = SOURCES,
          rule: str | Callable[[ChoiceState], tuple[int, int]] = "expected-rate", decay: float = 0.9,
-         prior: Sequence[float] = (0.0, 0.6, 0.7), block_length: int | None = None) -> Policy:
+         prior: Sequence[float] = (0.0, 0.6, 0.7), block_length: int | None = None,
+         idle_decay: float = 0.98) -> Policy:
     """Adaptive speculation (``auto``): lossless, output equals AR's.
 
     Parameters
@@ -159,11 +163,14 @@ def auto(widths: Sequence[int] | None = None, sources: Sequence[str] = SOURCES,
         The choice rule: a registered rule's name, or a function ``rule(state) -> (source, width)``
         (registered here under its module and name).
     decay:
-        Per-cycle decay of the acceptance counts (in ``[0, 1]``).
+        Per-cycle decay of the acceptance counts of the source a cycle used (in ``[0, 1]``).
     prior:
         Acceptance of a draft slot assumed per source before any evidence.
     block_length:
         With ``widths`` left out: the largest width (default: the checkpoint's block size).
+    idle_decay:
+        Per-cycle decay of the other sources' counts (in ``[0, 1]``; slower than ``decay``, so a
+        source that keeps failing is retried rarely).
 
     Raises
     ------
@@ -177,8 +184,9 @@ def auto(widths: Sequence[int] | None = None, sources: Sequence[str] = SOURCES,
         raise ValueError(f"auto: widths expected ints >= 1, found {list(widths)}")
     if block_length is not None and (not isinstance(block_length, int) or block_length < 1):
         raise ValueError(f"auto: block_length expected an int >= 1, found {block_length!r}")
-    if not 0.0 <= float(decay) <= 1.0:
-        raise ValueError(f"auto: decay expected a number in [0, 1], found {decay!r}")
+    for name, value in (("decay", decay), ("idle_decay", idle_decay)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"auto: {name} expected a number in [0, 1], found {value!r}")
     if len(prior) != len(SOURCES):
         raise ValueError(f"auto: prior expected {len(SOURCES)} numbers (one per source {SOURCES}), found {list(prior)}")
     if callable(rule):
@@ -187,12 +195,14 @@ def auto(widths: Sequence[int] | None = None, sources: Sequence[str] = SOURCES,
 
     def build(config: BackboneConfig) -> Graph:
         chosen = ws or default_widths(block_length or config.block_size)
-        return build_auto(config, chosen, tuple(sources), rule, decay, tuple(prior))  # type: ignore[arg-type]
+        return build_auto(config, chosen, tuple(sources), rule, decay, tuple(prior),  # type: ignore[arg-type]
+                          idle_decay=idle_decay)
 
     def overshoot(config: BackboneConfig) -> int:
         return max(ws or default_widths(block_length or config.block_size)) + 1
 
-    return Policy(AUTO_MODE, build, {"widths": ws, "sources": tuple(sources), "rule": rule, "decay": decay},
+    return Policy(AUTO_MODE, build, {"widths": ws, "sources": tuple(sources), "rule": rule, "decay": decay,
+                                     "idle_decay": idle_decay},
                   overshoot=overshoot)
 
 
