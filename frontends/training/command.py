@@ -40,7 +40,11 @@ trains what each mode drafts under:
   sequences the model generated itself (a training prefix plus its greedy
   continuation, regenerated every ``--self-gen-every`` steps): their blocks
   lie in the generated part and carry only the diffusion loss, whose targets
-  are then exactly the greedy tokens verification accepts.
+  are then exactly the greedy tokens verification accepts;
+* ``--chat-rows R`` (drafters) appends ``R`` rows per batch from the base model's
+  greedy answers to chat questions and code-edit requests written for training
+  (:mod:`.chat_data`; generated once and cached under ``data/``), so drafts learn
+  the chat template and the answers' register, not only library source.
 
 The AR loss is the mean over the ``L - 1`` clean targets, the diffusion loss
 the mean over masked slots. Weights train in float32 under bfloat16 autocast
@@ -117,7 +121,18 @@ def run(args: argparse.Namespace) -> int:
     else:
         read_init_checkpoint(args)
     tok, train_stream, heldout_stream, info = prepare_data(out, args.vocab_size, args.tokenizer, base_tok)
-    result = train(args, tok, train_stream, heldout_stream, info)
+    chat = None
+    if args.chat_rows:
+        if not args.adapter_rank:
+            raise ValueError(f"train: expected --adapter-rank with --chat-rows (the answers are the base model's), "
+                             f"found --chat-rows {args.chat_rows} without it")
+        from .chat_data import chat_answer_stream
+
+        stream, starts, record = chat_answer_stream(args.init_from, out, args.chat_edits, args.chat_max_new_tokens,
+                                                    args.chat_batch, args.seed, not args.no_progress)
+        chat = (stream, starts)
+        info = dict(info, chat_answers=record)
+    result = train(args, tok, train_stream, heldout_stream, info, chat)
     if getattr(args, "json", None) is None:
         print(json.dumps(result, indent=1))
     else:
@@ -157,6 +172,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--self-gen-pool", type=int, default=64, help="self-generated sequences kept")
     a("--self-gen-len", type=int, default=128, help="generated tokens at the end of each self-generated sequence")
     a("--self-gen-every", type=int, default=500, help="steps between regenerations of the pool")
+    a("--chat-rows", type=int, default=0,
+      help="drafter only: rows per batch from the base model's own chat answers (frontends/training/chat_data.py)")
+    a("--chat-edits", type=int, default=96, help="code-edit requests (training-split functions) among the chats")
+    a("--chat-max-new-tokens", type=int, default=192, help="longest chat answer generated")
+    a("--chat-batch", type=int, default=16, help="chat answers generated together")
     a("--init-from", default=None,
       help="continue from this checkpoint directory (its architecture, tokenizer and weights)")
     a("--export-every", type=int, default=0, help="also export model/ at every multiple of this step (0: end only)")

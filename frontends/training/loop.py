@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import drafter as drafter_mod
+from .chat_data import conversation_windows
 from .data import token_windows
 from .measure import greedy_continuation, heldout_losses, measure_drafts
 from .objective import DIFFUSION_WEIGHT, build_batch, compute_losses
@@ -329,7 +330,7 @@ def load_init_weights_(model: Transformer, path: str | Path) -> None:
 
 
 def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, heldout_stream: np.ndarray,
-          info: dict[str, Any]) -> dict[str, Any]:
+          info: dict[str, Any], chat: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The training loop on prepared token streams.
 
     Parameters
@@ -342,6 +343,10 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
         Token streams (see :func:`prepare_data`).
     info : dict
         Corpus record (see :func:`graphrt.frontends.training.corpus.corpus_info`).
+    chat : (stream, starts), optional
+        The base model's chat answers and each conversation's offset
+        (:func:`~graphrt.frontends.training.chat_data.chat_answer_stream`); ``args.chat_rows``
+        rows of every batch come from them.
 
     Returns
     -------
@@ -436,12 +441,15 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
             pool = self_generated_pool(model, train_stream, args, step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         clean = token_windows(train_stream, args.batch_size, args.seq_len, gen)
+        if chat is not None:
+            clean = torch.cat((clean, conversation_windows(*chat, args.chat_rows, args.seq_len, gen)))
         b, nb = block_schedule(args, step)
         extra: dict[str, torch.Tensor] = {}
         if args.self_gen_rows:
             own = pool["tokens"][torch.randint(0, pool["tokens"].shape[0], (args.self_gen_rows,), generator=gen)]
             clean = torch.cat((clean, own))  # [B + R, L]
-            B, R = args.batch_size, args.self_gen_rows
+            R = args.self_gen_rows
+            B = clean.shape[0] - R
             extra = {"min_start": torch.cat((torch.ones(B, dtype=torch.long), torch.full((R,), pool["start"]))),
                      "ar_rows": torch.arange(B + R) < B}
         batch = build_batch(clean, b, nb, tok.mask_id, gen, args.full_mask_prob, args.seedless_prob, **extra)
