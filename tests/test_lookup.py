@@ -3,6 +3,8 @@ context-augmented self-speculation (float64 random tiny models; output equal to 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -168,3 +170,22 @@ def test_lookup_policies_refuse_bad_parameters() -> None:
         policies.prompt_lookup(block_length=1)
     with pytest.raises(ValueError, match="1 <= min_ngram <= max_ngram"):
         policies.self_spec_lookup(max_ngram=1, min_ngram=2)
+
+
+def test_the_lookup_replay_counts_the_forwards_prompt_lookup_runs() -> None:
+    """``bench/lookup_tuning.py`` chooses the lookup defaults by replaying recorded AR output; its forward
+    count must be what prompt-lookup decoding actually runs."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "lookup_tuning.py"
+    spec = importlib.util.spec_from_file_location("lookup_tuning", path)
+    tuning = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tuning)  # type: ignore[union-attr]
+    m = graphrt.load()
+    for prompt, block, hi in (([5, 6, 7, 8, 5, 6, 7, 8, 5, 6], 8, 4), ([9, 4, 9, 4, 11, 12, 9, 4], 4, 2),
+                              (list(range(20, 60)), 8, 3)):
+        ar = run(m, prompt, "ar", max_new_tokens=40, ignore_eos=True).tokens
+        got = run(m, prompt, policies.prompt_lookup(block_length=block, max_ngram=hi), max_new_tokens=40,
+                  ignore_eos=True)
+        assert got.tokens == ar
+        assert tuning.replay(prompt + ar, len(prompt), block, hi, 1) == (len(ar), got.forwards)

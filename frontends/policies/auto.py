@@ -44,7 +44,7 @@ from graphrt.library import DecodeInputs, accept_length, ban_mask, decode_inputs
 from graphrt.policy import Policy
 from graphrt.types import tensor
 
-from graphrt.frontends.policies.builtin import _denoise_block, context_buffer, prefill
+from graphrt.frontends.policies.builtin import LOOKUP_MAX_NGRAM, _denoise_block, context_buffer, prefill
 
 __all__ = ["auto", "build_auto", "default_widths", "summarize_cycles", "AUTO_MODE"]
 
@@ -59,7 +59,7 @@ def default_widths(block: int) -> tuple[int, ...]:
 
 def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
                sources: Sequence[str] = SOURCES, rule: str = "expected-rate", decay: float = 0.9,
-               prior: Sequence[float] = (0.0, 0.6, 0.7), max_ngram: int = 3, min_ngram: int = 1,
+               prior: Sequence[float] = (0.0, 0.6, 0.7), max_ngram: int = LOOKUP_MAX_NGRAM, min_ngram: int = 1,
                idle_decay: float = 0.98) -> Graph:
     """The ``auto`` graph (see the module docstring).
 
