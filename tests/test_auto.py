@@ -41,9 +41,11 @@ def every_choice(block: int) -> list[tuple[int, int]]:
 
 
 def rotating_rule(choices: list[tuple[int, int]]) -> adaptive.Rule:
-    """A rule that walks through ``choices`` by the seed's position: a different choice on every cycle."""
+    """A rule that walks through ``choices`` call by call: a different choice on every cycle."""
+    calls = itertools.count()
+
     def rule(state: ChoiceState) -> tuple[int, int]:
-        return choices[state.start % len(choices)]
+        return choices[next(calls) % len(choices)]
     return rule
 
 
@@ -303,7 +305,8 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
 
 def test_rules_and_choices_enumerate() -> None:
     assert "expected-rate" in adaptive.rule_names()
-    assert list(itertools.chain(*every_choice(4))) == [0, 1, 1, 2, 1, 4, 2, 2, 2, 4]
+    assert list(itertools.chain(*every_choice(4))) == [0, 1, 1, 2, 1, 4, 1, 8, 2, 2, 2, 4, 2, 8]
+    assert default_widths(2) == (1, 2, 8) and default_widths(16) == (1, 2, 4, 8, 16)
 
 
 # ---------------------------------------------------------------------- serving

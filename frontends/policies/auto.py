@@ -44,7 +44,7 @@ from graphrt.library import DecodeInputs, accept_length, ban_mask, decode_inputs
 from graphrt.policy import Policy
 from graphrt.types import tensor
 
-from graphrt.frontends.policies.builtin import LOOKUP_MAX_NGRAM, _denoise_block, context_buffer, prefill
+from graphrt.frontends.policies.builtin import LOOKUP_BLOCK, LOOKUP_MAX_NGRAM, _denoise_block, context_buffer, prefill
 
 __all__ = ["auto", "build_auto", "default_widths", "summarize_cycles", "AUTO_MODE"]
 
@@ -53,8 +53,10 @@ SOURCE_INDEX = {name: i for i, name in enumerate(SOURCES)}
 
 
 def default_widths(block: int) -> tuple[int, ...]:
-    """The verified widths ``auto`` offers for a block length: 1 (a plain step), 2, 4 and the block."""
-    return tuple(sorted({1, 2, 4, block} & set(range(1, block + 1))))
+    """The verified widths ``auto`` offers for a block length: 1 (a plain step), 2, 4 (those up to the
+    block) and the block, and prompt-lookup's :data:`~graphrt.frontends.policies.builtin.LOOKUP_BLOCK`
+    (a lookup draft is free to make, so it may run wider than the drafter's block)."""
+    return tuple(sorted(({1, 2, 4} & set(range(1, block + 1))) | {block, LOOKUP_BLOCK}))
 
 
 def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
@@ -155,7 +157,7 @@ def auto(widths: Sequence[int] | None = None, sources: Sequence[str] = SOURCES,
     Parameters
     ----------
     widths:
-        Verified widths offered (1 is a plain AR step; default 1, 2, 4 and the block size).
+        Verified widths offered (1 is a plain AR step; default 1, 2, 4, the block size and 8, :func:`default_widths`).
     sources:
         Draft sources offered (``"none"``, ``"lookup"``, ``"diffusion"``); leave ``"diffusion"`` out
         for a checkpoint without a trained drafter.
