@@ -35,7 +35,7 @@ from ..models.transformer import Transformer
 
 CSV_FIELDS = (
     "step", "lr", "loss", "ar_loss", "diff_loss", "diff_true_loss", "tokens", "elapsed_s",
-    "heldout_ar_loss", "heldout_diff_loss", "draft_slot1_agree", "draft_mean_accepted",
+    "heldout_ar_loss", "heldout_diff_loss", "draft_slot1_agree", "draft_mean_accepted", "draft_slot_agree",
 )
 ARCH_ARGS = ("vocab_size", "hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate",
              "seq_len", "block_size")
@@ -156,8 +156,11 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
         ax.plot([r["step"] for r in ev], [r["heldout_diff_loss"] for r in ev], "s-", label="held-out diffusion")
         ax2.plot([r["step"] for r in ev], [r["draft_mean_accepted"] for r in ev], "o-",
                  label="mean accepted drafts / cycle")
-        ax2.plot([r["step"] for r in ev], [r["draft_slot1_agree"] for r in ev], "s-",
-                 label="slot-1 agreement with AR")
+        slots = [[float(x) for x in str(r.get("draft_slot_agree") or r["draft_slot1_agree"]).split()] for r in ev]
+        for j in range(max(len(a) for a in slots)):  # evaluations logged before per-slot rates give slot 1 only
+            pts = [(r["step"], a[j]) for r, a in zip(ev, slots) if len(a) > j]
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], "s-", ms=3, lw=1,
+                     label=f"slot-{j + 1} agreement with AR")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats / token)")
     ax.legend()
@@ -413,7 +416,8 @@ def train(args: argparse.Namespace, tok: Tokenizer, train_stream: np.ndarray, he
                            args.full_mask_prob, args.batch_size, not args.no_autocast)
         d = measure_drafts(model, draft_prefixes, args.block_size, tok.mask_id)
         return {"heldout_ar_loss": round(h["ar"], 4), "heldout_diff_loss": round(h["diff"], 4),
-                "draft_slot1_agree": d["slot_agree"][0], "draft_mean_accepted": d["mean_accepted"], "drafts": d}
+                "draft_slot1_agree": d["slot_agree"][0], "draft_mean_accepted": d["mean_accepted"],
+                "draft_slot_agree": " ".join(f"{x:.4f}" for x in d["slot_agree"]), "drafts": d}
 
     tokens_per_step = args.batch_size * args.seq_len
     bar = tqdm(total=sched["total"], initial=step, desc="train", dynamic_ncols=True,
