@@ -424,6 +424,7 @@ def test_smollm2_tensors_equal_transformers_dequantization(smollm2) -> None:
     cfg = ours.backbone.model.config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
             cfg.vocab_size, cfg.tie_word_embeddings) == (30, 576, 9, 3, 49152, True)
+    assert ours.backbone.linear == "packed"  # 538 MB of weights stream from memory: packing pays
     want = ref.state_dict()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAPHRT_CACHE_DIR", str(cache))

@@ -15,8 +15,8 @@ import graphrt
 from graphrt.backbone import ForwardBatch
 from graphrt.frontends.models.checkpoint import init_random_
 from graphrt.frontends.models.config import default_test_config
-from graphrt.frontends.models.packed_linear import (FusedProduct, PackedLinear, PackedSlice, packing_available,
-                                                     prepack, resolve_linear)
+from graphrt.frontends.models.packed_linear import (PACK_MIN_BYTES, FusedProduct, PackedLinear, PackedSlice,
+                                                     packing_available, prepack, resolve_linear)
 from graphrt.frontends.models.transformer import LoRALinear, Transformer, TransformerBackbone, causal_mask
 
 pytestmark = pytest.mark.skipif(not packing_available(torch.float32, "cpu"), reason="oneDNN not available")
@@ -100,6 +100,10 @@ def test_resolve_linear_paths_and_errors() -> None:
     assert resolve_linear("auto", F32, "cpu") == "packed"
     assert resolve_linear("auto", torch.float64, "cpu") == "eager"
     assert resolve_linear("auto", F32, "cpu", compile=True) == "eager"
+    assert resolve_linear("auto", F32, "cpu", weight_bytes=PACK_MIN_BYTES) == "packed"
+    assert resolve_linear("auto", F32, "cpu", weight_bytes=PACK_MIN_BYTES - 1) == "eager"
+    assert resolve_linear("packed", F32, "cpu", weight_bytes=1) == "packed"
+    assert graphrt.load(max_batch=1).backbone.linear == "eager"  # the 12.8 MB shipped model
     assert resolve_linear("eager", F32, "cpu") == "eager"
     with pytest.raises(ValueError, match="linear: expected one of"):
         resolve_linear("fast", F32, "cpu")

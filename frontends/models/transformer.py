@@ -476,7 +476,8 @@ class TransformerBackbone:
                              f"found {compile!r}")
         self.compiled = bool(compile)
         # -- linear-layer path (frontends/models/packed_linear.py): weights prepacked once, for CPU inference
-        self.linear = resolve_linear(linear, self.dtype, self.device, compile)
+        weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
+        self.linear = resolve_linear(linear, self.dtype, self.device, compile, weights)
         if self.linear == "packed":
             prepack(model)
         # --
