@@ -46,7 +46,7 @@ train)
     for d in passes cuda_kernels frontends; do cp -r "$d" ".gpu/pkg/graphrt/$d"; done
     mkdir -p /tmp/run && cp -r .gpu/run/data .gpu/run/tokenizer /tmp/run/
     python3 -m graphrt.frontends.training.command --out /tmp/run --init-from /tmp/smollm2.gguf --device cuda \
-        --adapter-rank 32 --mask-token 7 --seq-len 256 --batch-size 64 --blocks-per-seq 8 --block-sizes 4,8 \
+        --adapter-rank 32 --mask-token 7 --seq-len 256 --batch-size 64 --chat-rows 32 --blocks-per-seq 8 --block-sizes 4,8 \
         --seedless-prob 0.25 --distill 0.8 --distill-after 0 --lr 1e-3 --weight-decay 0 --warmup 50 \
         --steps 1000000 --minutes "${MINUTES:-8}" --decay-frac 0.15 --eval-every 200 --log-every 20 \
         --ckpt-every 1000000 --eval-windows 16 --draft-prompts 64 --no-autocast --no-progress --threads 8
