@@ -233,6 +233,8 @@ def main() -> None:
                     rows.append({"kind": kind, **r})
                     print(f"{kind:12s} streams {c:2d} {mode:20s} {r['tok_s']:8.1f} tok/s  p50 {r['p50_s']:.2f} s  "
                           f"p99 {r['p99_s']:.2f} s", flush=True)
+    except KeyboardInterrupt:  # Ctrl-C: stop, and report the points measured so far
+        print(f"interrupted after {len(rows)} points; writing them", file=sys.stderr)
     finally:
         if proc is not None:
             proc.terminate()

@@ -69,10 +69,10 @@ def test_eval_writes_json_markdown_and_plot(model_dir, tmp_path) -> None:  # noq
     assert "| ar |" in (tmp_path / "eval.md").read_text()
 
 
-def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path) -> None:  # noqa: F811
+def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path, capsys) -> None:  # noqa: F811
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": t}) + "\n"
-                               for i, t in enumerate(["import os\nimport sys\n", "def f(x):\n    return x\n"])))
+    prompts.write_text(json.dumps({"id": "p0", "prompt": "import os\nimport sys\n"}) + "\n"  # both raw-text spellings
+                       + json.dumps({"id": "p1", "text": "def f(x):\n    return x\n"}) + "\n")
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(model_dir), "--prompt-file", str(prompts), "--max-new-tokens", "6",
                  "--modes", "ar,self-spec", "--speed-prompts", "1", "--json", str(out)]) == 0
@@ -84,3 +84,6 @@ def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path) -> N
     assert len(ss["slot_acceptance"]) == len(hist) - 1
     for j, rate in enumerate(ss["slot_acceptance"], 1):
         assert rate == pytest.approx(sum(hist[j:]) / sum(hist[j - 1:]), abs=1e-4)
+    prompts.write_text(json.dumps({"id": "p2", "content": "x"}) + "\n")
+    assert main(["eval", "--model", str(model_dir), "--prompt-file", str(prompts), "--modes", "ar"]) == 2
+    assert "p.jsonl:1: expected an object with 'messages', 'prompt' or 'text'" in capsys.readouterr().err

@@ -66,12 +66,13 @@ class EvalPrompt:
 
 
 def read_prompt_file(model: Any, path: str, max_new: int) -> list[EvalPrompt]:
-    """The prompts of a JSONL file: each record's ``messages`` (through the chat template) or ``prompt`` text.
+    """The prompts of a JSONL file: each record's ``messages`` (through the chat template) or its raw text,
+    ``prompt`` (or ``text``, as ``bench/prompts/continuation.jsonl`` writes it).
 
     Raises
     ------
     ValueError
-        If a line is not a JSON object with ``messages`` or ``prompt``.
+        If a line is not a JSON object with ``messages``, ``prompt`` or ``text``.
     """
     from graphrt.api import prepare
 
@@ -80,10 +81,11 @@ def read_prompt_file(model: Any, path: str, max_new: int) -> list[EvalPrompt]:
         if not line.strip():
             continue
         rec = json.loads(line)
-        if not isinstance(rec, dict) or not ("messages" in rec or "prompt" in rec):
-            raise ValueError(f"eval --prompt-file {path}:{n}: expected an object with 'messages' or 'prompt', "
-                             f"found {line[:60]!r}")
-        source = {"messages": rec["messages"]} if "messages" in rec else {"prompt": rec["prompt"]}
+        if not isinstance(rec, dict) or not ("messages" in rec or "prompt" in rec or "text" in rec):
+            raise ValueError(f"eval --prompt-file {path}:{n}: expected an object with 'messages', 'prompt' or "
+                             f"'text', found {line[:60]!r}")
+        source = ({"messages": rec["messages"]} if "messages" in rec else
+                  {"prompt": rec["prompt"] if "prompt" in rec else rec["text"]})
         _, ids, _ = prepare(model, mode="ar", max_new_tokens=max_new, **source)
         prompts.append(EvalPrompt(list(ids), None, None, str(rec.get("id", f"{path}:{n}"))))
     if not prompts:
