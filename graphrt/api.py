@@ -34,10 +34,6 @@ class Model:
         thinking budget's forced token.
     adapter:
         The draft adapter directory loaded, if any.
-    has_mask_token:
-        Whether the checkpoint has a mask token (a model trained to fill masked
-        slots); without one ``config.mask_token_id`` is a placeholder and the
-        modes that draft with masks are refused by name.
     """
 
     backbone: Backbone
@@ -46,7 +42,13 @@ class Model:
     eos_token_ids: tuple[int, ...] = ()
     end_think_token_id: int | None = None
     adapter: str | None = None
-    has_mask_token: bool = True
+
+    @property
+    def has_mask_token(self) -> bool:
+        """Whether the checkpoint has a mask token (a model trained to fill masked slots, or a drafter adapter
+        that brings one); without one ``config.mask_token_id`` is a placeholder no mode bans, and the modes
+        that draft with masks are refused by name (``config.has_mask_token``)."""
+        return self.backbone.config.has_mask_token
 
     @property
     def config(self) -> Any:

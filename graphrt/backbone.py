@@ -44,6 +44,10 @@ class BackboneConfig:
         Block diffusion's denoise forwards apply the draft adapter to mask tokens, as
         drafts do (a base model taught masks only through its adapter); ``False``: they
         run the base weights (a model trained on masks itself, as the released ones).
+    has_mask_token:
+        ``False`` for a checkpoint with no mask token: ``mask_token_id`` is then only a
+        placeholder marking undecided slots, no prediction bans it (see
+        :attr:`banned_token_id`), and the modes that draft with masks are refused.
     """
 
     vocab_size: int
@@ -53,6 +57,12 @@ class BackboneConfig:
     eos_token_id: int | None
     block_size: int
     denoise_adapter: bool = False
+    has_mask_token: bool = True
+
+    @property
+    def banned_token_id(self) -> int | None:
+        """The id a committed token may never be (the mask token), or ``None`` when the model has none."""
+        return self.mask_token_id if self.has_mask_token else None
 
 
 @dataclass

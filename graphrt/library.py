@@ -86,9 +86,13 @@ def next_tokens(b: GraphBuilder, logits: Var, positions: Var, io: DecodeInputs) 
     return force_end_of_thinking(b, sample_tokens(b, logits, positions, io), positions, io)
 
 
-def ban_mask(b: GraphBuilder, logits: Var, mask_token_id: int) -> Var:
-    """``logits`` with the mask token's logit at ``-inf``: undecided slots are never a prediction."""
-    return b.ban(logits, index=mask_token_id)
+def ban_mask(b: GraphBuilder, logits: Var, mask_token_id: int | None) -> Var:
+    """``logits`` with the mask token's logit at ``-inf``: undecided slots are never a prediction.
+
+    ``None`` (a model without a mask token, :attr:`BackboneConfig.banned_token_id
+    <graphrt.backbone.BackboneConfig.banned_token_id>`) bans nothing and returns ``logits``.
+    """
+    return logits if mask_token_id is None else b.ban(logits, index=mask_token_id)
 
 
 def confidence(b: GraphBuilder, logits: Var, tokens: Var) -> Var:

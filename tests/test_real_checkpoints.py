@@ -169,6 +169,25 @@ def test_transformers_checkpoints_chat_and_logits(tmp_path, kind: str) -> None:
     assert set(model.eos_token_ids) >= {hf_tok.eos_token_id}
 
 
+def test_a_checkpoint_without_a_mask_token_bans_no_token(tmp_path) -> None:
+    # Its mask_token_id is a placeholder (vocab_size - 1, a real token here): AR must keep its
+    # probability, so the log-probs equal transformers' full softmax (a ban renormalises them).
+    path = write_transformers_checkpoint("llama", tmp_path / "llama", seed=3)
+    model = load_quiet(path, dtype="float64")
+    assert not model.config.has_mask_token and model.config.banned_token_id is None
+    ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float64).eval()
+    ids = model.tokenizer.encode_chat(CHAT)
+    got = graphrt.chat(model, CHAT, mode="ar", max_new_tokens=6, ignore_eos=True, logprobs=True)
+    seq = torch.tensor([ids + got.tokens])
+    with torch.no_grad():
+        logp = torch.log_softmax(ref(input_ids=seq).logits[0, len(ids) - 1:-1], -1)  # [6, V]
+    assert got.tokens == logp.argmax(-1).tolist()
+    want = logp.gather(1, torch.tensor(got.tokens)[:, None])[:, 0]
+    assert logp[:, model.config.mask_token_id].max() > -12  # a ban would move the log-probs beyond the tolerance
+    torch.testing.assert_close(torch.tensor([float(x) for x in got.logprobs], dtype=torch.float64), want,
+                               rtol=0, atol=1e-6)  # the two float64 forwards differ by ~4e-8
+
+
 def test_no_chat_template_is_a_clear_error(tmp_path) -> None:
     path = write_transformers_checkpoint("qwen2", tmp_path / "q", chat_template=False)
     model = load_quiet(path)

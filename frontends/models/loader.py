@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -97,6 +99,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
                              f"found {linear!r}")
         backbone = tensor_parallel.TensorParallelBackbone(net, mesh, check=tp_check, max_rows=max_batch,
                                                           row_capacity=capacity, compile=compile)
+    backbone.config = dataclasses.replace(backbone.config, has_mask_token=has_mask)
     tokenizer = load_tokenizer(root) if has_tokenizer(root) else None
     eos = cfg.eos_token_id if isinstance(cfg.eos_token_id, list) else [cfg.eos_token_id]
     if tokenizer is not None:
@@ -104,7 +107,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     eos_ids = tuple(dict.fromkeys(int(e) for e in eos if e is not None))
     end_think = tokenizer.end_think_token_id if tokenizer is not None else None
     return Model(backbone, tokenizer, str(source), eos_token_ids=eos_ids, end_think_token_id=end_think,
-                 adapter=str(adapter_dir) if adapter_dir is not None else None, has_mask_token=has_mask)
+                 adapter=str(adapter_dir) if adapter_dir is not None else None)
 
 
 def read_model_config(path: str | os.PathLike[str] | None = None) -> Any:

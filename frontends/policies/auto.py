@@ -95,7 +95,7 @@ def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
     io = decode_inputs(b)
     cost = b.input("cost", tensor("float", 4))
     load = b.input("load", tensor("float", 4))
-    cache, seed, lp, start = prefill(b, io, mask_id)
+    cache, seed, lp, start = prefill(b, io, config.banned_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
     ctx = context_buffer(b, io, config, blen, seed, start)
     stats = b.fill(length=6 * max(blen - 1, 1), value=0.0, dtype="float")
@@ -135,7 +135,7 @@ def _branch(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, w: int, d
             if diffusion:  # a diffusion draft: one read-only forward fills the masks (none: the loop never runs)
                 block = _denoise_block(b, io, cache, block, positions, mask_id, None, 0.0, w, adapter=True)
         logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
-        logits = ban_mask(b, logits, config.mask_token_id)       # [w, V]
+        logits = ban_mask(b, logits, config.banned_token_id)       # [w, V]
         ar = next_tokens(b, logits, positions + 1, io)           # [w] the AR token after each slot
         k = accept_length(b, block, ar) if w > 1 else b.const(0)
         n = k + 1

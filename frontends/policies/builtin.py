@@ -31,7 +31,7 @@ LOOKUP_BLOCK = 8
 LOOKUP_MAX_NGRAM = 4
 
 
-def prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, Var, Var]:
+def prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int | None) -> tuple[Var, Var, Var, Var]:
     """Causal prefill writing the prompt's KV, and the first AR token.
 
     Parameters
@@ -39,8 +39,8 @@ def prefill(b: GraphBuilder, io: DecodeInputs, mask_id: int) -> tuple[Var, Var, 
     b : GraphBuilder
     io : DecodeInputs
         From :func:`graphrt.library.decode_inputs`.
-    mask_id : int
-        The mask token (never sampled).
+    mask_id : int or None
+        The mask token, never sampled (``config.banned_token_id``: ``None`` for a model without one).
 
     Returns
     -------
@@ -59,12 +59,12 @@ def build_ar(config: BackboneConfig) -> Graph:
     """Autoregressive decoding: one causal token per forward after the prefill."""
     b = GraphBuilder("ar")
     io = decode_inputs(b)
-    cache, tok, lp, pos = prefill(b, io, config.mask_token_id)
+    cache, tok, lp, pos = prefill(b, io, config.banned_token_id)
     done = b.emit(tok.unsqueeze(), 1, lp.unsqueeze())
 
     def step(cache: Var, tok: Var, pos: Var) -> tuple[Var, ...]:
         logits, cache = b.forward(cache, tok.unsqueeze(), pos.unsqueeze(), attention="causal", write="all")
-        last = ban_mask(b, logits[0], config.mask_token_id)       # [V]
+        last = ban_mask(b, logits[0], config.banned_token_id)       # [V]
         nxt = next_tokens(b, last, pos + 1, io)
         done = b.emit(nxt.unsqueeze(), 1, token_logprobs(b, last, nxt).unsqueeze())
         return ~done, cache, nxt, pos + 1
@@ -133,7 +133,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
     steps = steps or blen
     b = GraphBuilder("diffusion")
     io = decode_inputs(b)
-    cache, seed, seed_lp, start = prefill(b, io, config.mask_token_id)
+    cache, seed, seed_lp, start = prefill(b, io, config.banned_token_id)
 
     def block_step(cache: Var, seed: Var, seed_lp: Var, start: Var) -> tuple[Var, ...]:
         positions = b.arange(start, length=blen)
@@ -141,7 +141,7 @@ def build_diffusion(config: BackboneConfig, block_length: int | None = None, thr
         block = _denoise_block(b, io, cache, block, positions, config.mask_token_id, config.eos_token_id,
                                threshold, steps, adapter=config.denoise_adapter)
         logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
-        logits = ban_mask(b, logits, config.mask_token_id)        # [b, V]
+        logits = ban_mask(b, logits, config.banned_token_id)        # [b, V]
         lps = b.concat(seed_lp.unsqueeze(), token_logprobs(b, logits[:-1], block[1:])) if blen > 1 \
             else seed_lp.unsqueeze()
         nxt = next_tokens(b, logits[-1], start + blen, io)
@@ -157,7 +157,7 @@ def build_self_spec(config: BackboneConfig, block_length: int | None = None, thr
     blen = block_length or config.block_size
     b = GraphBuilder("self_spec")
     io = decode_inputs(b)
-    cache, seed, lp, start = prefill(b, io, config.mask_token_id)
+    cache, seed, lp, start = prefill(b, io, config.banned_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
 
     def cycle(cache: Var, seed: Var, start: Var) -> tuple[Var, ...]:
@@ -196,7 +196,7 @@ def verify_block(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, cach
         ``(not done, cache, next seed, next start, ar)`` where ``ar [b]`` are the AR tokens after each slot.
     """
     logits, cache = b.forward(cache, block, positions, attention="causal", write="all")
-    logits = ban_mask(b, logits, config.mask_token_id)            # [b, V]
+    logits = ban_mask(b, logits, config.banned_token_id)            # [b, V]
     ar = next_tokens(b, logits, positions + 1, io)                # [b] AR token after each slot
     k = accept_length(b, block, ar)
     n = k + 1
@@ -234,7 +234,7 @@ def build_prompt_lookup(config: BackboneConfig, block_length: int | None = None,
     blen = block_length or LOOKUP_BLOCK
     b = GraphBuilder("prompt_lookup")
     io = decode_inputs(b)
-    cache, seed, lp, start = prefill(b, io, config.mask_token_id)
+    cache, seed, lp, start = prefill(b, io, config.banned_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
     ctx = context_buffer(b, io, config, blen, seed, start)               # prompt + output so far
 
@@ -264,7 +264,7 @@ def build_self_spec_lookup(config: BackboneConfig, block_length: int | None = No
     mask_id = config.mask_token_id
     b = GraphBuilder("self_spec_lookup")
     io = decode_inputs(b)
-    cache, seed, lp, start = prefill(b, io, mask_id)
+    cache, seed, lp, start = prefill(b, io, config.banned_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
     ctx = context_buffer(b, io, config, blen, seed, start)
 
