@@ -46,6 +46,26 @@ GENERAL_QUESTIONS = (
     "What is machine learning?", "How do I write a good email to my manager asking for a day off?",
     "What is the greenhouse effect?", "Translate 'good morning, how are you?' into French.",
     "What is the difference between a lake and a pond?", "Why do onions make people cry?",
+    "Who painted the Mona Lisa?", "What is the largest desert in the world?", "How do earthquakes happen?",
+    "What is the chemical formula of water, and what does it mean?", "Why do we dream?",
+    "Give me four tips for learning a new language.", "How does a refrigerator keep food cold?",
+    "What is the difference between an alligator and a crocodile?", "How many continents are there? Name them.",
+    "What is the population of Japan, roughly?", "How does the heart pump blood?", "What is a light year?",
+    "Write a haiku about autumn.", "Why is exercise good for the brain?", "What is the stock market?",
+    "How do I make a cup of green tea?", "What is the difference between a hurricane and a tornado?",
+    "Who was Albert Einstein?", "What is the Great Wall of China?", "How do solar panels make electricity?",
+    "Give me three ideas for a birthday present for a friend who likes books.", "What is an atom made of?",
+    "Why do birds migrate?", "What are the main causes of the French Revolution?", "How do I remove a coffee stain?",
+    "What is the difference between empathy and sympathy?", "Explain gravity in simple terms.",
+    "What should I pack for a weekend hiking trip?", "Why do we yawn?", "What is a budget and how do I make one?",
+    "Write a limerick about a cat who loves pizza.", "What is the role of the United Nations?",
+    "How does the internet work, in a few sentences?", "What are renewable energy sources?",
+    "What is the smallest country in the world?", "How can I be more productive when working from home?",
+    "What is a metaphor? Give an example.", "What is the difference between a noun and a verb?",
+    "Describe the water cycle.", "What is the function of the lungs?", "How long does it take light from the Sun to reach us?",
+    "Suggest a name for a coffee shop by the sea.", "What are the benefits of reading every day?",
+    "What is an operating system?", "How does a compass work?", "What is the main idea of Darwin's theory of evolution?",
+    "Give me a simple recipe for pancakes.", "What are the primary colours?", "Why do stars twinkle?",
 )
 
 PYTHON_TASKS = (
@@ -62,6 +82,13 @@ PYTHON_TASKS = (
     "converts a Roman numeral to an integer", "chunks a list into pieces of size n",
     "returns the longest common prefix of a list of strings", "implements bubble sort",
     "capitalizes the first letter of every word in a string", "computes the sum of the digits of a number",
+    "returns the second largest number in a list", "checks whether a number is prime",
+    "converts a list of tuples into a dictionary", "counts the vowels in a string",
+    "finds the intersection of two lists", "rotates a list by k positions", "computes the median of a list",
+    "returns all permutations of a string", "checks whether brackets in a string are balanced",
+    "converts an integer to its binary representation", "finds the most common word in a text",
+    "generates a random password of a given length", "computes the power set of a list",
+    "groups a list of words by their first letter", "returns the n largest items of a list",
 )
 
 HOWTO_TASKS = (
@@ -72,12 +99,19 @@ HOWTO_TASKS = (
     "check whether a key is in a dictionary", "split a string on commas", "generate a random integer",
     "use a list comprehension with a condition", "define a class with a constructor", "run a shell command",
     "join a list of strings with a separator", "find the index of an item in a list",
+    "list the files in a directory", "convert a string to an integer safely", "merge two dictionaries",
+    "format a float with two decimal places", "read a file line by line", "count items with a Counter",
+    "sleep for one second", "check the type of a variable", "use f-strings", "create a set from a list",
+    "write a unit test with unittest", "use enumerate in a for loop", "make a deep copy of a list",
 )
 
 CONCEPTS = (
     "a Python decorator", "recursion", "a linked list", "a REST API", "a closure", "a generator in Python",
     "big-O notation", "a binary search tree", "garbage collection", "a race condition", "a context manager",
     "a lambda function", "version control", "a unit test", "a stack and a queue", "dynamic programming",
+    "an API key", "a compiler", "an interpreter", "a database index", "encryption", "a mutex",
+    "a pure function", "inheritance in object-oriented programming", "a dictionary in Python", "a tuple",
+    "a virtual machine", "a cache", "an iterator", "polymorphism", "a deadlock",
 )
 
 EDIT_REQUESTS = (
