@@ -211,9 +211,9 @@ class Attention(nn.Module):
             o = o.transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
             return self.o_proj(o, adapter)
         if cached is not None:
-            if cached.gather is not None:  # scattered rows: gather them
-                kl, vl = kl.index_select(0, cached.gather), vl.index_select(0, cached.gather)
-            keys, vals = kl[:, :, :cached.keys], vl[:, :, :cached.keys]  # [B, KV, S, d]
+            keys, vals = kl[:, :, :cached.keys], vl[:, :, :cached.keys]  # [B', KV, S, d] views
+            if cached.gather is not None:  # scattered rows: gather their spans only (never the row capacity)
+                keys, vals = keys.index_select(0, cached.gather), vals.index_select(0, cached.gather)
         else:
             keys, vals = k, v.transpose(1, 2)  # [B, KV, L, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
