@@ -97,11 +97,14 @@ class ChoiceState:
             return 1.0
         return 1.0 + float(torch.cumprod(self.rates[source, :width - 1].double(), 0).sum())
 
-    def round_seconds(self, width: int) -> float:
-        """The cost model's time of this round's call with this request's forward ``width`` tokens wide
-        joining the others' (the call is as wide as its widest row)."""
+    def round_seconds(self, width: int, join: bool = False) -> float:
+        """The cost model's time of this round's call with this request's forward ``width`` tokens wide.
+
+        A call is as wide as its widest row. By default the request is charged as if it set the call's
+        width (``T(R + 1, width)``); ``join=True`` prices joining the others' widest forward
+        (``T(R + 1, max(W, width))``), where width up to ``W`` looks free."""
         rows, wide, spans = self.load[0], self.load[1], self.load[2]
-        shape = CallShape(int(rows) + 1, int(max(wide, width)), int(spans) + self.start + width)
+        shape = CallShape(int(rows) + 1, int(max(wide, width) if join else width), int(spans) + self.start + width)
         return max(float(torch.tensor(shape.features) @ torch.tensor(self.cost, dtype=torch.float64)), 1e-9)
 
     def candidates(self) -> list[tuple[int, int]]:
@@ -155,17 +158,19 @@ def expected_rate(state: ChoiceState) -> tuple[int, int]:
     """The built-in rule: the choice that maximises the round's expected committed tokens per second.
 
     For each candidate (source ``s``, width ``w``) of this request, given the others' share of the
-    round (``load``: ``R`` rows at most ``W`` wide, having committed ``G`` tokens in the last round)::
+    round (``load``: ``R`` rows, having committed ``G`` tokens in the last round)::
 
-        rate(s, w) = (G + E(s, w) / n_s) / T(R + 1, max(W, w), spans)
+        rate(s, w) = (G + E(s, w) / n_s) / T(R + 1, w, spans)
 
     where ``E(s, w) = 1 + sum_{j < w} prod_{i <= j} p_s[i]`` is the expected tokens the cycle commits
     (from the per-slot acceptance ``p_s``), ``n_s`` the rounds the cycle takes (1 for a plain step or a
     lookup draft, 2 for a diffusion draft: the draft forward, then the verify forward) and ``T`` the
-    cost model's time of the shared call with this request's ``w`` tokens in it. Alone in the round
-    (``R = G = 0``) this is the request's own tokens per second; among many it weighs the tokens the
-    draft adds against the time its extra width costs everyone in the call. Ties go to the
-    cheaper choice (fewer tokens, then a plain step).
+    cost model's time of the shared call were it ``w`` tokens wide. Alone in the round (``R = G = 0``)
+    this is the request's own tokens per second; among many it weighs the tokens a draft adds against
+    the time its width costs everyone in the call. Each request is charged the call's width as if it
+    set it, never ``max(W, w)``: were width up to the others' widest ``W`` free, a crowded round would
+    lock into wide cycles (each request's best answer to wide others is wide, so none steps back) even
+    where all stepping narrow is faster. Ties go to the cheaper choice (fewer tokens, then a plain step).
     """
     committed = float(state.load[3])
     best, best_key = (0, 1), None

@@ -176,6 +176,18 @@ def test_expected_rate_drafts_alone_and_steps_in_a_crowded_compute_bound_round()
     assert adaptive.expected_rate(_state([0.9] * 7, flat, crowded))[0] == LOOKUP
 
 
+def test_expected_rate_steps_back_from_a_round_the_others_made_wide() -> None:
+    # Three others drafting 8 wide at low acceptance: joining their width looks free, yet if every
+    # request reasons so, none ever steps back; charged at its own width, each one does.
+    per_token = (40e-3, 0.0, 1e-3, 0.0)                 # a 40 ms call, 1 ms per token slot (SmolLM2-like)
+    wide_others = (3.0, 8.0, 400.0, 3 * 1.3)
+    state = _state([0.2] * 7, per_token, wide_others)
+    assert adaptive.expected_rate(state) == (NONE, 1)
+    assert state.round_seconds(1, join=True) == state.round_seconds(8, join=True) > state.round_seconds(1)
+    alone = _state([0.9] * 7, per_token, (0.0, 0.0, 0.0, 0.0))
+    assert adaptive.expected_rate(alone) == (LOOKUP, 8), "alone, a good draft is still worth its width"
+
+
 def test_draft_choice_names_what_a_bad_rule_answered() -> None:
     adaptive.register_rule("test-bad", constant_rule((LOOKUP, 3)), replace=True)
     args = (torch.zeros(42, dtype=torch.float64), torch.tensor(7), torch.tensor(10),

@@ -12,7 +12,7 @@ AR's, at T = 0 and at T > 0 with the same seed (the noise is a function of the a
 
 The rule (the built-in :func:`graphrt.adaptive.expected_rate`): pick the ``(source, w)`` that
 maximises the round's expected committed tokens per second given the other requests' share of
-the round, ``(G + E(s, w) / n_s) / T(R + 1, max(W, w), spans)``, with ``E`` the expected tokens
+the round, ``(G + E(s, w) / n_s) / T(R + 1, w, spans)``, with ``E`` the expected tokens
 of the cycle from the request's running acceptance by draft slot, ``n_s`` its rounds (2 for a
 diffusion draft) and ``T`` the measured cost model's time of the shared call (see its
 docstring). Replace it with your own: ``auto(rule=my_rule)`` where
