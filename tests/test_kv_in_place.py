@@ -8,6 +8,8 @@ layer's K for that token (what a gather or a per-layer concatenation would copy)
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -15,6 +17,7 @@ from torch.profiler import ProfilerActivity, profile
 from graphrt.backbone import ForwardBatch
 from graphrt.frontends.models.checkpoint import init_random_
 from graphrt.frontends.models.config import default_test_config
+from graphrt.frontends.models.kvcache import RowKVCache
 from graphrt.frontends.models.transformer import Transformer, TransformerBackbone
 
 F64 = torch.float64
@@ -146,3 +149,20 @@ def test_last_only_logits_equal_the_last_valid_rows_of_all_logits() -> None:
         torch.testing.assert_close(last[b, 0], everything[b, n - 1], rtol=0, atol=1e-12)
     bb._causal_prefill = lambda batch, plan: False  # the same prefill through the explicit mask
     torch.testing.assert_close(prefill("last", causal), last, rtol=0, atol=1e-12)
+
+
+def _resident_mib() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads resident memory from /proc")
+def test_a_cpu_cache_is_resident_only_where_written() -> None:
+    """Rows sized for 8192 tokens cost memory for the slots written, not for their capacity."""
+    before = _resident_mib()
+    cache = RowKVCache(rows=4, layers=4, kv_heads=2, capacity=8192, head_dim=64)  # 168 MiB of storage
+    storage = sum(t.numel() * t.element_size() for t in cache._k + cache._v) / 2**20
+    assert storage > 160 and _resident_mib() - before < 16
+    for k in cache._k:
+        k[0, :, :16] = 1.0  # a 16-token row: a few pages per layer and head
+    assert _resident_mib() - before < 16
+    assert float(cache._v[3].abs().sum()) == 0.0  # reads as zeros

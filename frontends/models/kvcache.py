@@ -34,8 +34,11 @@ shape, a compiled forward serves every row range of a given size with one graph.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -113,8 +116,8 @@ class RowKVCache:
         self.pad_slot = capacity + max(int(scratch), 1)  # padding rows' slot, never a real token's
         self.slots = self.pad_slot + 1
         shape = (rows + 1, kv_heads, self.slots, head_dim)  # row `rows`: padding rows' slots
-        self._k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self._v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self._k = [_lazy_zeros(shape, dtype, device) for _ in range(layers)]
+        self._v = [_lazy_zeros(shape, dtype, device) for _ in range(layers)]
         self.device = self._k[0].device
         self._kv_index = torch.arange(kv_heads, device=self.device)[None, None, :]  # [1, 1, KV]
         self.lengths: list[int] = [0] * rows
@@ -326,3 +329,13 @@ class RowKVCache:
 
 
 __all__ = ["RowKVCache", "SlotPlan"]
+
+
+def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A zeroed storage tensor. On the CPU its pages are the kernel's zero pages until first written
+    (``calloc`` through numpy; ``torch.zeros`` writes every byte), so a row costs resident memory
+    only for the slots it fills, not for its whole capacity."""
+    if torch.device(device).type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
