@@ -79,3 +79,4 @@ def test_an_unmapped_machine_path_is_refused_by_key() -> None:
                                          r"path '/srv/data'"):
         ship_drafter.portable({"args": {"data": "/srv/data"}}, {"/work/repo": "."}, "training_record")
     assert ship_drafter.portable(["/work/repo/x", "rel"], {"/work/repo": "."}, "r") == ["x", "rel"]
+    assert ship_drafter.portable("abc-/cache/m-v1-192", {"/cache/m-v1": "smollm2"}, "key") == "abc-smollm2-192"

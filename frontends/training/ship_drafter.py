@@ -48,7 +48,8 @@ def run_number(record: dict[str, Any]) -> int:
 
 
 def portable(value: Any, names: dict[str, str], where: str) -> Any:
-    """``value`` with every absolute path string rewritten by ``names`` (longest prefix first).
+    """``value`` with every path under a prefix of ``names`` rewritten to its name (longest prefix first),
+    whole strings and paths inside longer ones (cache keys).
 
     Raises
     ------
@@ -59,12 +60,18 @@ def portable(value: Any, names: dict[str, str], where: str) -> Any:
         return {k: portable(v, names, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v, names, f"{where}[{i}]") for i, v in enumerate(value)]
-    if not isinstance(value, str) or not value.startswith("/"):
+    if not isinstance(value, str):
         return value
     for prefix in sorted(names, key=len, reverse=True):
-        if value == prefix or value.startswith(prefix.rstrip("/") + "/"):
-            rest = value[len(prefix.rstrip("/")):]
+        prefix = prefix.rstrip("/")
+        if value == prefix or value.startswith(prefix + "/"):
+            rest = value[len(prefix):]
             return (rest.lstrip("/") or ".") if names[prefix] == "." else names[prefix] + rest
+        if prefix in value:  # a path inside a longer string (a cache key)
+            value = value.replace(prefix + "/" if names[prefix] == "." else prefix, "" if names[prefix] == "."
+                                  else names[prefix])
+    if not value.startswith("/"):
+        return value
     raise ValueError(f"ship_drafter: {where}: expected a path inside the repository, the run or the base "
                      f"model's cache, found the machine path {value!r}")
 
