@@ -8,7 +8,7 @@ widths are interleaved within each repetition; figures are medians (and the 10th
 least disturbed by other processes on the machine). The streaming-read floor (weight bytes / the
 GB/s of a sum over a 512 MB float32 tensor) is timed in the same run, between repetitions.
 
-Run: ``python bench/forward_widths.py --model /work/smollm2-hf [--repeats 20] [--out FILE.md]``.
+Run: ``python bench/forward_widths.py --model smollm2 [--repeats 20] [--out FILE.md]``.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def uptime() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="/work/smollm2-hf")
+    ap.add_argument("--model", default="smollm2")
     ap.add_argument("--paths", nargs="*", default=list(PATHS), choices=list(PATHS))
     ap.add_argument("--widths", nargs="*", type=int, default=list(WIDTHS))
     ap.add_argument("--prefix", type=int, default=100)

@@ -77,6 +77,6 @@ def test_worse_drafts_are_refused_unless_forced(tmp_path: Path) -> None:
 def test_an_unmapped_machine_path_is_refused_by_key() -> None:
     with pytest.raises(ValueError, match=r"training_record.args.data: expected a path inside .* found the machine "
                                          r"path '/srv/data'"):
-        ship_drafter.portable({"args": {"data": "/srv/data"}}, {"/work/repo": "."}, "training_record")
-    assert ship_drafter.portable(["/work/repo/x", "rel"], {"/work/repo": "."}, "r") == ["x", "rel"]
+        ship_drafter.portable({"args": {"data": "/srv/data"}}, {"/srv/repo": "."}, "training_record")
+    assert ship_drafter.portable(["/srv/repo/x", "rel"], {"/srv/repo": "."}, "r") == ["x", "rel"]
     assert ship_drafter.portable("abc-/cache/m-v1-192", {"/cache/m-v1": "smollm2"}, "key") == "abc-smollm2-192"

@@ -193,13 +193,13 @@ def corpus_info(files: list[SourceFile]) -> dict:
     Returns
     -------
     dict
-        Python version, stdlib root, split rule, sha256, and per-split file
+        Python version, stdlib directory (``lib/pythonX.Y``), split rule, sha256, and per-split file
         and character counts.
     """
     info: dict = {
         "python_version": sys.version.split()[0],
         "python_implementation": sys.implementation.name,
-        "stdlib_root": str(stdlib_root()),
+        "stdlib_root": str(Path("lib") / stdlib_root().name),  # the installation's own prefix is not recorded
         "split_rule": SPLIT_RULE,
         "sha256": corpus_sha256(files),
         "n_files": len(files),
