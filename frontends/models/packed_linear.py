@@ -89,8 +89,8 @@ class PackedLinear(nn.Module):
     ----------
     linear:
         The layer to replace: its ``weight [out, in]`` (and ``bias [out]``) are packed; its LoRA
-        (``lora_A``, ``lora_B``, ``lora_scale``), if any, becomes a :class:`AdapterProducts`, added
-        where ``select`` is True as ``LoRALinear`` adds it.
+        (``lora_A``, ``lora_B``, ``lora_scale``), if any, is kept as is and applied as
+        ``LoRALinear`` applies it (added where ``select`` is True).
 
     Notes
     -----
@@ -103,12 +103,12 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = _pack(linear.weight, "PackedLinear")
         self.bias = None if linear.bias is None else linear.bias.detach().clone()  # [out]
-        self.adapter = AdapterProducts.of([linear])
+        _keep_lora(self, linear)
 
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]``."""
         out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return out if self.adapter is None or select is None else self.adapter.add(x, out, select)
+        return _add_lora(self, x, out, select)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
@@ -118,10 +118,9 @@ class FusedProduct:
     """One packed product for several projections of the same input (q/k/v, gate/up).
 
     The projections' weights are stacked into one ``[sum(out), in]`` matrix, so a layer reads
-    them in one pass and pays one call's overhead; their LoRAs, if any, likewise become one
-    :class:`AdapterProducts`. The product of the last input is kept: the projections after the
-    first one to be called with the same tensor (same object, unmodified since: same
-    ``_version``) and the same ``select`` reuse it.
+    them in one pass and pays one call's overhead. The product of the last input is kept: the
+    projections after the first one to be called with the same tensor (same object, unmodified
+    since: same ``_version``) reuse it.
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
@@ -130,17 +129,14 @@ class FusedProduct:
         self.packed = _pack(weight, "FusedProduct")
         self.bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
-        self.adapter = AdapterProducts.of(linears)
-        self._key: tuple[torch.Tensor, int, torch.Tensor | None] | None = None
+        self._key: tuple[torch.Tensor, int] | None = None
         self._out: torch.Tensor | None = None
 
-    def __call__(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [..., in]``, ``select [...]`` bool or None -> ``[..., sum(out)]``."""
-        key = self._key
-        if key is None or key[0] is not x or key[1] != x._version or key[2] is not select:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            self._out = out if self.adapter is None or select is None else self.adapter.add(x, out, select)
-            self._key = (x, x._version, select)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., in]`` -> ``[..., sum(out)]``."""
+        if self._key is None or self._key[0] is not x or self._key[1] != x._version:
+            self._out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            self._key = (x, x._version)
         return self._out
 
     def release(self) -> None:
@@ -149,62 +145,39 @@ class FusedProduct:
 
 
 class PackedSlice(nn.Module):
-    """One projection of a :class:`FusedProduct`: columns ``[start, stop)`` of its product (its LoRA
-    included); a drop-in for the ``nn.Linear`` it replaces."""
+    """One projection of a :class:`FusedProduct`: columns ``[start, stop)`` of its product, plus this
+    projection's own LoRA (as :class:`PackedLinear`); a drop-in for the ``nn.Linear`` it replaces."""
 
     def __init__(self, product: FusedProduct, start: int, linear: nn.Linear) -> None:
         super().__init__()
         self.product = product
         self.start, self.stop = start, start + linear.out_features
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        _keep_lora(self, linear)
 
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]`` (a view of the fused product)."""
-        return self.product(x, select)[..., self.start:self.stop]  # [..., out]
+        out = self.product(x)[..., self.start:self.stop]  # [..., out]
+        return _add_lora(self, x, out, select)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"fused columns [{self.start}, {self.stop}), packed=oneDNN")
 
 
-class AdapterProducts:
-    """The draft adapter (LoRA) of one or several projections of the same input, as two products.
+def _keep_lora(module: nn.Module, linear: nn.Linear) -> None:
+    """Move ``linear``'s LoRA (``LoRALinear``'s ``lora_A``, ``lora_B``, ``lora_scale``), if any, onto ``module``."""
+    module.lora_A = getattr(linear, "lora_A", None)
+    module.lora_B = getattr(linear, "lora_B", None)
+    module.lora_scale = float(getattr(linear, "lora_scale", 0.0))
 
-    ``LoRALinear`` adds ``scale * B(A(x))`` to each projection where ``select`` is True, five
-    small operations per projection. Here the projections' ``A`` are stacked (``[sum(r), in]``)
-    and their scaled ``B`` placed on a block diagonal (``[sum(out), sum(r)]``, zero blocks for
-    a projection without LoRA), so a group adds its adapter in three: ``h = x A^T``, ``h`` zeroed
-    at unselected tokens, ``out + h B^T`` (one ``addmm``). An unselected token's output is
-    ``out + 0``: the base projection's.
-    """
 
-    def __init__(self, a_t: torch.Tensor, b_t: torch.Tensor) -> None:
-        self.a_t, self.b_t = a_t, b_t  # [in, sum(r)], [sum(r), sum(out)]
-
-    @classmethod
-    def of(cls, linears: list[nn.Linear]) -> "AdapterProducts | None":
-        """The adapter of ``linears`` (the columns of their stacked product, in order), or ``None``
-        when none of them has a LoRA (``LoRALinear``'s ``lora_A``, ``lora_B``, ``lora_scale``)."""
-        adapted = [(i, lin) for i, lin in enumerate(linears) if getattr(lin, "lora_A", None) is not None]
-        if not adapted:
-            return None
-        starts = [0]
-        for lin in linears:
-            starts.append(starts[-1] + lin.out_features)
-        ranks = [lin.lora_A.weight.shape[0] for _, lin in adapted]
-        a = torch.cat([lin.lora_A.weight.detach() for _, lin in adapted])  # [sum(r), in]
-        b = torch.zeros(starts[-1], sum(ranks), dtype=a.dtype, device=a.device)  # [sum(out), sum(r)]
-        col = 0
-        for (i, lin), r in zip(adapted, ranks):
-            b[starts[i]:starts[i + 1], col:col + r] = lin.lora_B.weight.detach() * float(lin.lora_scale)
-            col += r
-        return cls(a.t().contiguous(), b.t().contiguous())
-
-    def add(self, x: torch.Tensor, out: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-        """``out [..., sum(out)]`` plus the adapter's delta at the tokens ``select [...]`` marks."""
-        x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-        h = torch.mm(x2, self.a_t).mul_(select.reshape(-1, 1))  # [N, sum(r)], zero at unselected tokens
-        return torch.addmm(out.reshape(-1, out.shape[-1]), h, self.b_t).view(out.shape)
+def _add_lora(module: nn.Module, x: torch.Tensor, out: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+    """``LoRALinear``'s rule: ``out + scale * B(A(x))`` where ``select`` is True, ``out`` elsewhere."""
+    if module.lora_A is None or select is None:
+        return out
+    delta = module.lora_B(module.lora_A(x)) * module.lora_scale  # [..., out]
+    return torch.where(select[..., None], out + delta, out)
 
 
 #: Projections of one block that read the same input, packed as one matrix when ``fuse``.
@@ -228,7 +201,7 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
         q_proj: Linear(576, 576)         q_proj: PackedSlice(fused columns [0, 576))
         k_proj: Linear(576, 192)   ->    k_proj: PackedSlice(fused columns [576, 768))
         v_proj: Linear(576, 192)         v_proj: PackedSlice(fused columns [768, 960))
-        o_proj: LoRALinear(576, 576)     o_proj: PackedLinear(576, 576) (its LoRA as AdapterProducts)
+        o_proj: LoRALinear(576, 576)     o_proj: PackedLinear(576, 576) (its LoRA kept)
 
     Parameters
     ----------
@@ -268,5 +241,5 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     return model
 
 
-__all__ = ["LINEAR_PATHS", "PACK_MIN_BYTES", "AdapterProducts", "FusedProduct", "PackedLinear", "PackedSlice", "packing_available",
+__all__ = ["LINEAR_PATHS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedSlice", "packing_available",
            "prepack", "resolve_linear"]
