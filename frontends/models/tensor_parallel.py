@@ -32,6 +32,7 @@ Backends: gloo for ``device="cpu"``, NCCL for ``device="cuda"`` (one GPU per ran
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import dataclasses
 import fnmatch
@@ -232,7 +233,16 @@ def init_tensor_parallel(tp: int, device: str = "cpu") -> tuple[DeviceMesh, torc
         raise ValueError(f"tensor parallel: expected device 'cpu' (gloo) or 'cuda' (NCCL), found {device!r}")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if kind == "cuda" else "gloo")
+        # The group's threads must be joined before the interpreter tears down: a gloo group left alive at exit
+        # aborts the process now and then ("terminate called without an active exception").
+        atexit.register(_destroy_process_group)
     return init_device_mesh(kind, (tp,), mesh_dim_names=("tp",)), dev
+
+
+def _destroy_process_group() -> None:
+    """Destroy the default process group if it is still alive (registered at exit by :func:`init_tensor_parallel`)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- loading
