@@ -60,6 +60,28 @@ def test_fused_slices_equal_separate_products_and_follow_in_place_updates() -> N
     torch.testing.assert_close(slices[1](x), F.linear(x, lins[1].weight), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_lora_on_part_of_a_group_equals_each_projections_own() -> None:
+    """q and v adapted, k not: one stacked A, each B into its own columns; unselected rows exactly the base."""
+    g = torch.Generator().manual_seed(7)
+    lins = [LoRALinear(16, 16, rank=4, alpha=8), LoRALinear(16, 8), LoRALinear(16, 8, rank=2, alpha=2)]
+    for lin in lins:
+        if lin.lora_B is not None:
+            nn.init.normal_(lin.lora_B.weight, generator=g)
+    product = FusedProduct(lins)
+    assert product.lora is not None and product.lora.rank == 6
+    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 16, 24), lins)]
+    x = torch.randn(2, 3, 16, generator=g)
+    sel = torch.tensor([[True, False, True], [False, False, True]])
+    with torch.no_grad():
+        for s, lin in zip(slices, lins):
+            torch.testing.assert_close(s(x, sel), lin(x, sel), rtol=1e-5, atol=1e-5)
+        # the same input with another selection is a new product, not the kept one
+        none = torch.zeros_like(sel)
+        for s, lin in zip(slices, lins):
+            assert torch.equal(s(x, none), slices[0].product(x)[..., s.start:s.stop])
+            torch.testing.assert_close(s(x, none), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
+
+
 def test_prepack_keeps_dense_logits() -> None:
     model = make_model(seed=3, draft_adapter={"rank": 4, "alpha": 8})
     tokens = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(4))
