@@ -371,7 +371,8 @@ def _rows(backbone: Any) -> str:
 
 
 def load_cached(key: str, max_age_s: float = 7 * 24 * 3600.0) -> CostModel | None:
-    """The cached model measured under ``key``, or ``None`` when there is none, it is unreadable or stale.
+    """The cached model measured under ``key``, or ``None`` when there is none, it is unreadable or stale
+    (older than ``max_age_s``, or calibrated on fewer points than coefficients: an underdetermined fit).
 
     Parameters
     ----------
@@ -385,7 +386,7 @@ def load_cached(key: str, max_age_s: float = 7 * 24 * 3600.0) -> CostModel | Non
         model = CostModel.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if model.key != key or time.time() - model.created > max_age_s:
+    if model.key != key or time.time() - model.created > max_age_s or len(model.points) < len(FEATURES):
         return None
     return model
 
@@ -436,7 +437,7 @@ def for_model(model: Any, budget_s: float = 2.0, measure: bool = True, max_age_s
 
 def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
               rows: Sequence[int] = (1, 2, 4, 8), widths: Sequence[int] = (1, 2, 4, 8, 16),
-              spans: Sequence[int] = (0, 128), repeats: int = 3,
+              spans: Sequence[int] = (0, 128), repeats: int = 3, min_points: int = len(FEATURES),
               clock: Callable[[], float] = time.perf_counter) -> CostModel:
     """Measure the backbone on a grid of call shapes within ``budget_s`` seconds and fit the model.
 
@@ -459,6 +460,10 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
         The grid; rows beyond the free rows, widths and spans beyond a row's capacity are left out.
     repeats:
         Timed calls per point.
+    min_points:
+        Points measured even past the budget (default: one per coefficient, so the fit is determined). On
+        a large model a few wide calls can spend a short budget, and a model fitted on narrow calls
+        alone would price every width alike.
     clock:
         Seconds now (tests pass a clock of their own).
 
@@ -484,7 +489,7 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
         grid.sort(key=lambda p: _spread_order(p, rows, widths, spans))
         filled = 0
         for r, w, s in grid:
-            if clock() > deadline:
+            if clock() > deadline and len(points) >= min_points:
                 break
             if s < filled:  # keep a prefix of s tokens
                 for row in got:

@@ -14,7 +14,7 @@ import graphrt
 from graphrt import adaptive
 from graphrt.adaptive import ChoiceState, acceptance_update_ref, draft_choice_ref
 from graphrt.api import Model
-from graphrt.cost_model import CallShape, CostModel, calibrate, call_shape, load_cached, model_key, probe_batch
+from graphrt.cost_model import FEATURES, CallShape, CostModel, calibrate, call_shape, load_cached, model_key, probe_batch
 from graphrt.frontends.policies.auto import auto, default_widths, summarize_cycles
 from graphrt.params import GenerationParams
 from graphrt.session import Session
@@ -251,6 +251,18 @@ def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model) 
     assert cm.tensor.tolist() == pytest.approx(list(cm.coef))
 
 
+def test_calibration_measures_one_point_per_coefficient_past_a_spent_budget(model) -> None:
+    """A budget that a few wide calls exhaust still leaves a determined fit: narrow and wide shapes."""
+    true = (2e-3, 1e-4, 5e-5, 1e-5)
+    clocked = ClockedBackbone(model.backbone, true)
+    clocked.now = 10.0
+    cm = calibrate(clocked, budget_s=0.0, clock=lambda: clocked.now + 100.0, rows=(1, 2, 4), widths=(1, 4, 8),
+                   spans=(0, 32), repeats=1)
+    assert len(cm.points) == len(FEATURES)
+    assert len({w for _, w, _, _ in cm.points}) > 1 and len({r for r, _, _, _ in cm.points}) > 1
+    assert cm.linear(rows=4, width=8) > cm.linear(rows=4, width=1)
+
+
 def test_the_fit_against_measured_step_times(model) -> None:
     """Calibrated on the running toy model, the linear model predicts the times of calls of other shapes,
     each timed as the fastest of a few, as calibration does. Timing on a machine busy with other work is
@@ -302,7 +314,11 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))
     key = model_key(model.backbone, "random-0")
     assert load_cached(key) is None
-    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0], key=key, points=[(1, 1, 2, 1.2e-3)])
+    few = CostModel(coef=[1e-3, 0.0, 0.0, 0.0], key=key, points=[(1, 1, 2, 1.2e-3), (8, 1, 16, 1.3e-3)])
+    few.save()
+    assert load_cached(key) is None, "fewer points than coefficients: underdetermined, measured again"
+    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0], key=key,
+                   points=[(1, 1, 2, 1.2e-3), (4, 1, 8, 2e-3), (1, 8, 16, 1.5e-3), (4, 8, 64, 3e-3)])
     path = cm.save()
     assert path.parent == tmp_path / "cost_models"
     back = load_cached(key)
