@@ -4,7 +4,10 @@ Each round (:meth:`Session.step`) admits waiting requests whose cache row is
 free, collects the pending one-row :class:`~graphrt.backbone.ForwardBatch` of
 every active request, packs them into one backbone call (every attention kind is a
 per-row boolean mask, so rows of different modes share a call), and resumes
-each request with its slice of the logits until it suspends again. Emitted
+each request with its slice of the logits until it suspends again. A call is
+padded to its widest row; where the cost model prices it, a round whose
+forwards differ widely in width (a prompt joining rows that decode a token
+each) runs as two calls, the narrow forwards and the wide ones. Emitted
 tokens are checked against the request's budget and stops here; a finished
 request frees its row.
 
@@ -14,7 +17,8 @@ your scheduler, read ``poll``/``result``, ``cancel`` at will.
 Adaptive policies (:mod:`graphrt.adaptive`) declare two more graph inputs that
 the session fills live: ``cost``, the backbone's call-time coefficients from
 the session's :class:`~graphrt.cost_model.CostModel` (refreshed by the call
-times it observes while such a request is active), and ``load``, per request,
+times it observes: every call on a host device, on CUDA while such a request
+is active, as timing synchronises), and ``load``, per request,
 the *other* requests' share of the round (:data:`graphrt.adaptive.LOAD_FIELDS`).
 What an ``emit`` reports in its ``info`` input is kept per request
 (:attr:`~graphrt.params.GenerationResult.cycle_info`).
@@ -81,10 +85,15 @@ class Session:
     cost_model:
         The backbone's measured call times (:mod:`graphrt.cost_model`), read by adaptive
         policies; default: an unmeasured model that learns from the calls it observes.
+    split_calls:
+        Whether a round may run as two calls where the cost model prices that below one
+        padded call; default: unless the backbone is tensor-parallel (``tp > 1``), whose
+        ranks must make the same calls while each times its own.
     """
 
     def __init__(self, backbone: Backbone, tokenizer: TokenizerLike | None = None,
-                 row_capacity: int | None = None, cost_model: CostModel | None = None) -> None:
+                 row_capacity: int | None = None, cost_model: CostModel | None = None,
+                 split_calls: bool | None = None) -> None:
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = backbone.config
@@ -92,6 +101,7 @@ class Session:
         self.device = _backbone_device(backbone)
         self.backbone_calls = 0
         self.cost_model = cost_model if cost_model is not None else CostModel()
+        self.split_calls = getattr(backbone, "tp", 1) == 1 if split_calls is None else split_calls
         self._adaptive = 0  # active requests whose policy reads cost/load
         self._next_id = 0
         self._waiting: list[_Request] = []
@@ -155,8 +165,11 @@ class Session:
         Returns the tokens each request emitted (after cuts) during this round.
         """
         self._admit()
-        batch_reqs = sorted((r for r in self._active.values() if r.pending is not None), key=lambda r: r.row)
-        if batch_reqs:
+        pending = sorted((r for r in self._active.values() if r.pending is not None), key=lambda r: r.row)
+        if pending and self._adaptive:  # a new round: what each request committed in the last one
+            for req in self._active.values():
+                req.committed_before, req.committed = req.committed, 0
+        for batch_reqs in self._calls(pending):
             logits = self._forward(batch_reqs)  # [B, L, V], or [B, 1, V] when every request wants its last only
             for i, req in enumerate(batch_reqs):
                 req.forwards += 1
@@ -327,12 +340,39 @@ class Session:
             self.backbone.free_rows([req.row])
         self._done[req.id] = req
 
+    def _calls(self, reqs: list[_Request]) -> list[list[_Request]]:
+        """The round's pending forwards as backbone calls: one, or two (the narrower forwards, then the wider)
+        where the cost model prices two calls below one. A call is padded to its widest row, so a prompt
+        joining rows that decode a token each would make every row as wide as the prompt: on SmolLM2 on a
+        CPU, 15 decoding rows padded to a 270-token prefill cost seconds, a second call about 50 ms.
+        Without measurements (the cost model's prior: every call costs the same) it is always one call."""
+        if len(reqs) < 2 or not self.split_calls or not self.cost_model.calibrated:
+            return [reqs] if reqs else []
+        widths = [r.pending.tokens.shape[1] for r in reqs]  # type: ignore[union-attr]
+        lasts = [int(r.pending.positions.max()) for r in reqs]  # type: ignore[union-attr]
+
+        def seconds(idx: list[int]) -> float:
+            shape = call_shape(len(idx), max(widths[i] for i in idx), [lasts[i] for i in idx])
+            return self.cost_model.predict(shape.rows, shape.width, shape.spans)
+
+        order = sorted(range(len(reqs)), key=widths.__getitem__)
+        best, cut = seconds(order), 0
+        for k in range(1, len(order)):
+            if widths[order[k - 1]] < widths[order[k]]:
+                split = seconds(order[:k]) + seconds(order[k:])
+                if split < best:
+                    best, cut = split, k
+        if not cut:
+            return [reqs]
+        return [[reqs[i] for i in sorted(order[:cut])], [reqs[i] for i in sorted(order[cut:])]]
+
     def _forward(self, reqs: list[_Request]) -> torch.Tensor:
-        """Pack the pending forwards of ``reqs`` into one backbone call (timed for the cost model while an
-        adaptive request is active, which then learns each request's load)."""
+        """Pack the pending forwards of ``reqs`` into one backbone call. The call is timed for the cost model
+        on a host device, and on CUDA while an adaptive request is active (the timing synchronises); an
+        adaptive request then learns its load."""
         batch = ForwardBatch.pack([r.pending for r in reqs])  # type: ignore[misc]
         self.backbone_calls += 1
-        if not self._adaptive:
+        if not self._adaptive and self.device.type == "cuda":
             return self.backbone.forward(batch)
         t0 = time.perf_counter()
         logits = self.backbone.forward(batch)
@@ -342,15 +382,14 @@ class Session:
         widths = [r.pending.tokens.shape[1] for r in reqs]  # type: ignore[union-attr]
         lasts = [int(x) for x in batch.positions.max(dim=1).values.tolist()]
         self.cost_model.observe(call_shape(len(reqs), max(widths), lasts), seconds)
-        self._share_load(reqs, widths, lasts)
+        if self._adaptive:
+            self._share_load(reqs, widths, lasts)
         return logits
 
     def _share_load(self, reqs: list[_Request], widths: list[int], lasts: list[int]) -> None:
         """Tell each adaptive request what the others put in this round: their rows, their widest forward,
         their key spans, and the tokens they committed in the round before."""
         spans = sum(p + 1 for p in lasts)
-        for req in self._active.values():
-            req.committed_before, req.committed = req.committed, 0
         committed = sum(r.committed_before for r in self._active.values())
         order = sorted(range(len(widths)), key=lambda i: -widths[i])
         for i, req in enumerate(reqs):

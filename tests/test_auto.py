@@ -307,7 +307,50 @@ def test_a_session_refreshes_the_cost_model_from_its_steps(model) -> None:
     ar_only = Session(model.backbone, cost_model=CostModel())
     ar_only.add(graphrt.compile("ar", model), [5, 6, 7], params)
     ar_only.run()
-    assert not ar_only.cost_model.calibrated, "no adaptive request: nothing is timed"
+    assert ar_only.cost_model.calibrated, "on a host device every call is timed (it costs no synchronisation)"
+
+
+class CountingBackbone:
+    """A backbone wrapper that records each call's ``(rows, width)``."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def forward(self, batch):
+        self.calls.append(tuple(batch.tokens.shape))
+        return self.inner.forward(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("per_token", [0.0, 1e-3])
+def test_a_prompt_joining_decoding_rows_runs_in_its_own_call_where_padding_costs_more(model, per_token) -> None:
+    """Three requests decode a token per round; a fourth arrives with a 40-token prompt. One call would pad the
+    decoding rows to 40 tokens: with a per-token cost the session runs the prompt alone (a second call), with
+    none (every call costs the same) it packs everything; the tokens are the same either way."""
+    params = GenerationParams(max_new_tokens=6, ignore_eos=True)
+    ar = graphrt.compile("ar", model)
+    prompts = [[5, 17, 33], [9, 4, 71], [12, 8, 3], list(range(3, 43))]
+    cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0], points=[(1, 1, 1, 1e-2)] * 4)
+    cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
+    bb = CountingBackbone(model.backbone)
+    session = Session(bb, cost_model=cm)
+    rids = [session.add(ar, p, params) for p in prompts[:3]]
+    session.step()
+    session.step()  # the three decode one token per round now
+    rids.append(session.add(ar, prompts[3], params))
+    before = len(bb.calls)
+    session.step()
+    joined = bb.calls[before:]
+    if per_token:
+        assert sorted(joined) == [(1, 40), (3, 1)], joined
+    else:
+        assert joined == [(4, 40)], joined
+    done = session.run()
+    for rid, prompt in zip(rids, prompts):
+        assert done[rid].tokens == graphrt.generate(model, prompt, mode="ar", max_new_tokens=6,
+                                                    ignore_eos=True).tokens
 
 
 def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
