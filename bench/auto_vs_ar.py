@@ -1,6 +1,6 @@
 """Mode auto against AR on SmolLM2 with its drafter, one request at a time (a quick check, not the sweep).
 
-Run: ``OMP_WAIT_POLICY=PASSIVE python bench/auto_vs_ar.py [--prompts 2] [--kinds chat,code_edit]``. For each
+Run: ``python bench/auto_vs_ar.py [--prompts 2] [--kinds chat,code_edit]``. For each
 prompt of ``bench/prompts/<kind>.jsonl``, AR and auto are interleaved twice; the second (warm) run of each is
 reported as tokens/s (prefill included), auto's TPF, and whether the tokens agree.
 """

@@ -26,9 +26,10 @@ bandwidth floor measured on this machine (stream-reading a 512 MB float32 tensor
 the benchmark's threads): the weights' bytes at that rate.
 
 The full run (about 75 minutes on 2 cores, compiles included; about 40 with ``--no-compiled``;
-run it with the machine otherwise idle)::
+run it with the machine otherwise idle, and without ``OMP_WAIT_POLICY=PASSIVE``: sleeping between parallel
+regions slows every contender's forward, llama.cpp's 1-token one by 80%)::
 
-    OMP_WAIT_POLICY=PASSIVE graphrt bench --model smollm2
+    graphrt bench --model smollm2
 
 writes ``bench/results/smollm2_side_by_side.{json,md,png}``. A quick look::
 
