@@ -43,7 +43,7 @@ from graphrt.registry import REQUIRED, OpDef, register_op
 from graphrt.types import TensorType, Type
 
 __all__ = ["SOURCES", "LOAD_FIELDS", "ChoiceState", "Rule", "register_rule", "get_rule", "rule_names",
-           "expected_rate", "draft_choice_ref", "acceptance_update_ref", "acceptance_rates", "DEFAULT_PRIOR"]
+           "expected_rate", "draft_choice_ref", "acceptance_update_ref", "acceptance_update_host", "acceptance_rates", "DEFAULT_PRIOR"]
 
 SOURCES = ("none", "lookup", "diffusion")
 """Draft sources, by index: a plain AR step, the context's n-grams, the diffusion drafter."""
@@ -287,6 +287,20 @@ def acceptance_update_ref(stats: torch.Tensor, source: torch.Tensor, width: torc
     return (stats * factor + onehot * new).reshape(flat.shape)
 
 
+def acceptance_update_host(stats: torch.Tensor, source: torch.Tensor, width: torch.Tensor, accepted: torch.Tensor,
+                           *, decay: float = 0.9, idle_decay: float = 0.98) -> torch.Tensor:
+    """:func:`acceptance_update_ref` for host tensors, in NumPy (the op's ``"cpu"`` kernel): the same counts, bit
+    for bit (the same products in the same dtype), in a few microseconds instead of fifteen tensor ops."""
+    counts = stats.numpy().reshape(3, 2, -1)
+    s, drafted, k = int(source), max(int(width) - 1, 0), int(accepted)
+    dt = counts.dtype.type
+    out = counts * dt(idle_decay)
+    out[s] = counts[s] * dt(decay)
+    out[s, 0, :min(k + 1, drafted)] += dt(1.0)  # slots reached: 0 .. min(k, width - 2)
+    out[s, 1, :min(k, drafted)] += dt(1.0)  # slots accepted: 0 .. k - 1
+    return torch.from_numpy(out.reshape(stats.shape))
+
+
 # ---------------------------------------------------------------------- registration
 
 def _float(t: Type, shape: tuple | None, what: str) -> TensorType:
@@ -350,4 +364,5 @@ register_op(OpDef(
     _update_infer, acceptance_update_ref,
     doc="Running acceptance by draft slot per source, flattened [3, 2, D] (reached, accepted): decay (the cycle's "
         "source by decay, the others by idle_decay), then count the cycle.",
+    kernels={"cpu": lambda device, simulator: acceptance_update_host},
 ))

@@ -60,7 +60,8 @@ def resolve_impl(op: str, device: torch.device, kernels: str = "auto") -> Impl:
     """The implementation of ``op`` for tensors on ``device``: its registry entry's
     (:meth:`graphrt.registry.OpDef.implementation`, one lookup).
 
-    ``kernels``: ``"auto"`` runs the entry's CUDA kernel for CUDA devices where it has one;
+    ``kernels``: ``"auto"`` runs the entry's kernel for the device's kind where it has one (CUDA
+    kernels; a few host kernels, such as the n-gram lookup's);
     ``"simulator"`` runs those kernels on CPU tensors in Numba's CUDA simulator (tests);
     ``"off"`` always runs the registry's torch reference. The first time a device needs
     kernels, :mod:`graphrt.cuda_kernels` is imported, and its kernels register themselves on

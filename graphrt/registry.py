@@ -21,7 +21,9 @@ buffer) and its :attr:`OpDef.kernels` (per device kind, a factory of the kernel-
 implementation). The built-in ops register on ``import graphrt`` (:mod:`graphrt.ops`,
 with :mod:`graphrt.out_variants`); the CUDA kernels register themselves on their
 ops' entries when :mod:`graphrt.cuda_kernels` is imported, which the executor does
-the first time it lowers for a CUDA device or Numba's simulator. Resolving is one
+the first time it lowers for a CUDA device or Numba's simulator. A host kernel
+(``"cpu"``) is registered with its op, where the reference's many small tensor ops
+cost more on the host than the computation (the context n-gram lookup). Resolving is one
 lookup, :meth:`OpDef.implementation`.
 """
 
@@ -70,7 +72,7 @@ class OpDef:
     out_variant:
         ``variant(*inputs, out=buffer, **attrs) -> buffer``, bit for bit the reference.
     kernels:
-        Device kind (``"cuda"``) -> :data:`KernelFactory`; the kernels register themselves.
+        Device kind (``"cuda"``, ``"cpu"``) -> :data:`KernelFactory`.
     """
 
     name: str
@@ -94,9 +96,9 @@ class OpDef:
         device:
             A ``torch.device``.
         kernels:
-            ``"auto"`` runs the entry's ``"cuda"`` kernel on CUDA devices, ``"simulator"`` runs
-            it on CPU tensors in Numba's CUDA simulator, ``"off"`` always runs the
-            :attr:`reference`; an op without a kernel runs its reference.
+            ``"auto"`` runs the entry's kernel for the device's kind (``"cuda"``, ``"cpu"``),
+            ``"simulator"`` runs its ``"cuda"`` kernel on CPU tensors in Numba's CUDA simulator,
+            ``"off"`` always runs the :attr:`reference`; an op without a kernel runs its reference.
 
         Raises
         ------
@@ -105,8 +107,8 @@ class OpDef:
         """
         if kernels not in KERNEL_MODES:
             raise ValueError(f"op '{self.name}': kernels expected 'auto', 'simulator' or 'off', found {kernels!r}")
-        factory = self.kernels.get("cuda") if kernels == "simulator" or (kernels == "auto" and device.type == "cuda") \
-            else None
+        factory = self.kernels.get("cuda") if kernels == "simulator" else \
+            self.kernels.get(device.type) if kernels == "auto" else None
         if factory is not None:
             impl = factory(device, kernels == "simulator")
             if impl is not None:

@@ -9,10 +9,12 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphrt
 from graphrt import adaptive
-from graphrt.adaptive import ChoiceState, acceptance_update_ref, draft_choice_ref
+from graphrt.adaptive import ChoiceState, acceptance_update_host, acceptance_update_ref, draft_choice_ref
 from graphrt.api import Model
 from graphrt.cost_model import FEATURES, CallShape, CostModel, calibrate, call_shape, load_cached, model_key, probe_batch
 from graphrt.frontends.policies.auto import auto, default_widths, summarize_cycles
@@ -212,6 +214,19 @@ def test_auto_graph_survives_json_and_the_pass_pipeline(model) -> None:
 
 
 # ---------------------------------------------------------------------- the cost model
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       source=st.integers(0, 2), width=st.integers(1, 8), accepted=st.integers(0, 7),
+       decay=st.floats(0.0, 1.0), idle_decay=st.floats(0.0, 1.0))
+def test_acceptance_update_host_kernel_equals_the_reference_bit_for_bit(seed, dtype, source, width, accepted, decay,
+                                                                         idle_decay) -> None:
+    stats = torch.rand(6 * 7, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 5
+    args = (stats, torch.tensor(source), torch.tensor(width), torch.tensor(min(accepted, width - 1)))
+    want = acceptance_update_ref(*args, decay=decay, idle_decay=idle_decay)
+    got = acceptance_update_host(*args, decay=decay, idle_decay=idle_decay)
+    assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+
 
 class ClockedBackbone:
     """A backbone wrapper whose calls advance a virtual clock by a known cost (plus a drift)."""

@@ -14,7 +14,7 @@ import graphrt
 from graphrt.builder import GraphBuilder
 from graphrt.frontends import policies
 from graphrt.ir import GraphError
-from graphrt.ngram import ngram_lookup_ref
+from graphrt.ngram import ngram_lookup_host, ngram_lookup_ref
 from graphrt.frontends.policies.forward_merging import NotApplicable, merge_forwards
 from graphrt.types import tensor
 from support.decode_oracles import run, tiny_model
@@ -37,16 +37,26 @@ def lookup_oracle(ctx: list[int], k: int, max_ngram: int = 3, min_ngram: int = 1
     return None
 
 
+@pytest.mark.parametrize("lookup", [ngram_lookup_ref, ngram_lookup_host], ids=["reference", "host kernel"])
 @settings(max_examples=100, deadline=None)
 @given(ctx=st.lists(st.integers(0, 3), min_size=0, max_size=14), pad=st.integers(0, 4), k=st.integers(1, 6),
        lo=st.integers(1, 3), extra=st.integers(0, 2))
-def test_ngram_lookup_reference_equals_the_plain_loop(ctx: list[int], pad: int, k: int, lo: int, extra: int) -> None:
+def test_ngram_lookup_equals_the_plain_loop(lookup, ctx: list[int], pad: int, k: int, lo: int, extra: int) -> None:
     buf = torch.tensor(ctx + [7] * pad, dtype=torch.int64)  # what lies past the length is never read
     if buf.numel() == 0:
         buf = torch.tensor([7], dtype=torch.int64)
-    draft, count = ngram_lookup_ref(buf, torch.tensor(len(ctx)), k=k, max_ngram=lo + extra, min_ngram=lo)
+    draft, count = lookup(buf, torch.tensor(len(ctx)), k=k, max_ngram=lo + extra, min_ngram=lo)
     want = lookup_oracle(ctx, k, lo + extra, lo)
+    assert draft.dtype == torch.int64 and count.dtype == torch.int64 and count.dim() == 0
     assert (draft.tolist(), int(count)) == ((want, k) if want is not None else ([0] * k, 0))
+
+
+def test_ngram_lookup_runs_its_host_kernel_on_the_cpu() -> None:
+    from graphrt.executor import resolve_impl
+
+    cpu = torch.device("cpu")
+    assert resolve_impl("ngram_lookup", cpu) is ngram_lookup_host
+    assert resolve_impl("ngram_lookup", cpu, "off") is ngram_lookup_ref
 
 
 def test_ngram_lookup_prefers_the_longest_suffix_then_the_latest_match() -> None:
