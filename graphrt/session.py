@@ -5,9 +5,9 @@ free, collects the pending one-row :class:`~graphrt.backbone.ForwardBatch` of
 every active request, packs them into one backbone call (every attention kind is a
 per-row boolean mask, so rows of different modes share a call), and resumes
 each request with its slice of the logits until it suspends again. A call is
-padded to its widest row; where the cost model prices it, a round whose
-forwards differ widely in width (a prompt joining rows that decode a token
-each) runs as two calls, the narrow forwards and the wide ones. Emitted
+padded to its widest row; with ``split_calls`` (servers), where the cost model
+prices it, a round whose forwards differ widely in width (a prompt joining rows
+that decode a token each) runs as two calls, the narrow forwards and the wide ones. Emitted
 tokens are checked against the request's budget and stops here; a finished
 request frees its row.
 
@@ -87,13 +87,15 @@ class Session:
         policies; default: an unmeasured model that learns from the calls it observes.
     split_calls:
         Whether a round may run as two calls where the cost model prices that below one
-        padded call; default: unless the backbone is tensor-parallel (``tp > 1``), whose
-        ranks must make the same calls while each times its own.
+        padded call (what a server wants). Off by default: the split follows measured
+        times, so which rows share a call, and with it the float rounding of their logits,
+        would vary from run to run; and the ranks of a tensor-parallel engine, each timing
+        its own calls, must make the same calls.
     """
 
     def __init__(self, backbone: Backbone, tokenizer: TokenizerLike | None = None,
                  row_capacity: int | None = None, cost_model: CostModel | None = None,
-                 split_calls: bool | None = None) -> None:
+                 split_calls: bool = False) -> None:
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = backbone.config
@@ -101,7 +103,7 @@ class Session:
         self.device = _backbone_device(backbone)
         self.backbone_calls = 0
         self.cost_model = cost_model if cost_model is not None else CostModel()
-        self.split_calls = getattr(backbone, "tp", 1) == 1 if split_calls is None else split_calls
+        self.split_calls = split_calls
         self._adaptive = 0  # active requests whose policy reads cost/load
         self._next_id = 0
         self._waiting: list[_Request] = []

@@ -350,7 +350,7 @@ def test_a_prompt_joining_decoding_rows_runs_in_its_own_call_where_padding_costs
     cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0], points=[(1, 1, 1, 1e-2)] * 4)
     cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
     bb = CountingBackbone(model.backbone)
-    session = Session(bb, cost_model=cm)
+    session = Session(bb, cost_model=cm, split_calls=True)
     rids = [session.add(ar, p, params) for p in prompts[:3]]
     session.step()
     session.step()  # the three decode one token per round now
