@@ -43,7 +43,8 @@ from graphrt.registry import REQUIRED, OpDef, register_op
 from graphrt.types import TensorType, Type
 
 __all__ = ["SOURCES", "LOAD_FIELDS", "ChoiceState", "Rule", "register_rule", "get_rule", "rule_names",
-           "expected_rate", "draft_choice_ref", "acceptance_update_ref", "acceptance_update_host", "acceptance_rates", "DEFAULT_PRIOR"]
+           "expected_rate", "draft_choice_ref", "acceptance_update_ref", "acceptance_update_host", "acceptance_rates",
+           "DEFAULT_PRIOR"]
 
 SOURCES = ("none", "lookup", "diffusion")
 """Draft sources, by index: a plain AR step, the context's n-grams, the diffusion drafter."""

@@ -286,5 +286,5 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     return model
 
 
-__all__ = ["LINEAR_PATHS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice", "packing_available",
-           "prepack", "resolve_linear"]
+__all__ = ["LINEAR_PATHS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice",
+           "packing_available", "prepack", "resolve_linear"]
