@@ -7,9 +7,9 @@ per-row boolean mask, so rows of different modes share a call), and resumes
 each request with its slice of the logits until it suspends again. A call is
 padded to its widest row; with ``split_calls`` (servers), where the cost model
 prices it, a round whose forwards differ widely in width (a prompt joining rows
-that decode a token each) runs as two calls, the narrow forwards and the wide ones. Emitted
-tokens are checked against the request's budget and stops here; a finished
-request frees its row.
+that decode a token each) runs as two calls, the narrow forwards and the wide
+ones. Emitted tokens are checked against the request's budget and stops here;
+a finished request frees its row.
 
 This is the step-level API for engines: ``add`` a request, call ``step`` from
 your scheduler, read ``poll``/``result``, ``cancel`` at will.
