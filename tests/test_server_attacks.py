@@ -284,6 +284,34 @@ def test_a_request_whose_inputs_cannot_be_built_fails_alone_in_the_session() -> 
     assert model.backbone.free_row_count() == 2
 
 
+def test_a_prompt_failing_in_its_own_call_of_a_split_round_fails_alone() -> None:
+    """A server's session runs a prompt joining decoding rows in a call of its own (where padding costs more);
+    when that call raises, the prompt's request fails and the decoding requests go on, as in a packed call."""
+    import graphrt
+    from graphrt.cost_model import CostModel
+    from graphrt.frontends.serving.isolation import IsolatingSession
+    from graphrt.params import GenerationParams
+    from support.server_harness import POISON, FailingBackbone
+
+    model = graphrt.load(max_batch=4)
+    ar = graphrt.compile("ar", model)
+    params = GenerationParams(max_new_tokens=6, ignore_eos=True)
+    cm = CostModel(coef=[1e-2, 0.0, 1e-3, 0.0], points=[(1, 1, 1, 1e-2)] * 4)
+    cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
+    session = IsolatingSession(FailingBackbone(model.backbone), model.tokenizer, cost_model=cm, split_calls=True)
+    mates = [session.add(ar, p, params) for p in ([5, 17, 33], [9, 4, 71])]
+    session.step()
+    session.step()  # the mates decode a token per round now
+    poisoned = session.add(ar, [POISON] + list(range(5, 45)), params)
+    failed: dict[int, Exception] = {}
+    while session.has_work:
+        session.step()
+        failed.update(session.take_failed())
+    assert list(failed) == [poisoned] and "injected backbone failure" in str(failed[poisoned])
+    for rid, p in zip(mates, ([5, 17, 33], [9, 4, 71])):
+        assert session.release(rid).tokens == graphrt.generate(model, p, max_new_tokens=6, ignore_eos=True).tokens
+
+
 # ----------------------------------------------------------------------------- who may ask
 def test_without_a_valid_key_only_health_answers(url, http, baseline) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEYS[0]}"},

@@ -8,8 +8,9 @@ raises, and the server then has to fail every request of the step. Here:
 - a packed backbone call that raises is retried one request at a time, so the
   requests whose own forward succeeds go on with the logits they would have got
   in the packed call (results do not depend on batch mates), and only those
-  whose forward raises alone fail. When every one of them fails alone, the step
-  raises as a plain session's does.
+  whose forward raises alone fail (a call of one request, one of a round split
+  in two, fails that request at once). When every request of the round fails
+  alone, the step raises as a plain session's does.
 
 The failures of a step are collected in :attr:`IsolatingSession.failed`
 (request id -> the exception); :meth:`IsolatingSession.take_failed` hands them
@@ -34,6 +35,7 @@ class IsolatingSession(Session):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.failed: dict[int, Exception] = {}
+        self._round_size = 0  # forwards in the current round, over its calls
 
     def take_failed(self) -> dict[int, Exception]:
         """The requests that failed since the last call (finished, rows freed), with why; forgets them."""
@@ -62,15 +64,27 @@ class IsolatingSession(Session):
         except Exception as exc:  # noqa: BLE001 - a request's program failed: that request only
             self._fail(req, exc)
 
+    def _calls(self, reqs: list[Any]) -> list[list[Any]]:
+        self._round_size = len(reqs)
+        return super()._calls(reqs)
+
     def _forward(self, reqs: list[Any]) -> torch.Tensor:
         try:
             return super()._forward(reqs)
         except Exception as exc:
-            if len(reqs) == 1:
+            if len(reqs) == 1 == self._round_size:  # the round's only forward: the step raises
                 raise
+            if len(reqs) == 1:  # one call of a split round: this request fails alone, the other call goes on
+                self.failed[reqs[0].id] = exc
+                return self._zeros(reqs)
             log.warning("a packed backbone call of %d requests raised (%s: %s); retrying them one by one",
                         len(reqs), type(exc).__name__, exc)
             return self._forward_one_by_one(reqs, exc)
+
+    def _zeros(self, reqs: list[Any]) -> torch.Tensor:
+        """Logits for a call none of whose requests will read them (each is failed): zeros ``[B, L, V]``."""
+        width = 1 if all(r.pending.logits == "last" for r in reqs) else max(r.pending.tokens.shape[1] for r in reqs)
+        return torch.zeros((len(reqs), width, self.config.vocab_size), device=self.device)
 
     def _forward_one_by_one(self, reqs: list[Any], packed_error: Exception) -> torch.Tensor:
         """The packed call's logits, made by one call per request; a request whose call raises is failed
@@ -83,10 +97,12 @@ class IsolatingSession(Session):
                 self.failed[req.id] = exc
                 outs.append(None)
         good = [o for o in outs if o is not None]
-        if not good:
+        if not good and len(reqs) == self._round_size:  # every request of the round fails alone
             for req in reqs:
                 self.failed.pop(req.id, None)
             raise packed_error
+        if not good:
+            return self._zeros(reqs)
         lengths = [r.pending.tokens.shape[1] for r in reqs]
         all_last = all(r.pending.logits == "last" for r in reqs)
         width = 1 if all_last else max(lengths)
