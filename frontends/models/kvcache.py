@@ -35,10 +35,9 @@ shape, a compiled forward serves every row range of a given size with one graph.
 from __future__ import annotations
 
 import math
-
+import mmap
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 
@@ -332,10 +331,21 @@ __all__ = ["RowKVCache", "SlotPlan"]
 
 
 def _lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """A zeroed storage tensor. On the CPU its pages are the kernel's zero pages until first written
-    (``calloc`` through numpy; ``torch.zeros`` writes every byte), so a row costs resident memory
-    only for the slots it fills, not for its whole capacity."""
+    """A zeroed storage tensor. On the CPU it is an anonymous memory map: its pages are the kernel's
+    zero pages until first written (``torch.zeros`` writes every byte), so a row costs resident memory
+    only for the slots it fills, not for its whole capacity.
+
+    The map is advised against transparent huge pages. Each (row, head) of a layer is one contiguous
+    ``slots x head_dim`` run (2 MiB for SmolLM2 at 8,192 slots), so with huge pages the first token
+    written to a row would make the whole run resident: about 375 MiB per SmolLM2 row instead of the
+    few pages its tokens fill. (numpy's own allocator asks for huge pages on large arrays.)
+    """
     if torch.device(device).type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+    if nbytes == 0:
+        return torch.zeros(shape, dtype=dtype)
+    region = mmap.mmap(-1, nbytes)  # anonymous, zero-filled on first touch; freed with the tensor
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):  # Linux; elsewhere pages are small already
+        region.madvise(mmap.MADV_NOHUGEPAGE)
+    return torch.frombuffer(region, dtype=dtype).view(shape)
