@@ -142,3 +142,27 @@ def test_shipped_model_tokens_equal_eager(mode: str) -> None:
         assert model.backbone.linear == linear
         runs[linear] = graphrt.generate(model, prompt, mode=mode, max_new_tokens=24).tokens
     assert runs["packed"] == runs["eager"]
+
+
+def test_a_fused_product_is_released_once_every_projection_has_it() -> None:
+    """The kept product lives until the group's last projection takes its columns, not until the next call:
+    kept, a prefill's products would stay resident after it (1 GB for 2,000 SmolLM2 tokens)."""
+    lins = [nn.Linear(16, n, bias=False) for n in (16, 8, 8)]
+    product = FusedProduct(lins)
+    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 16, 24), lins)]
+    x = torch.randn(3, 16)
+    q, k = slices[0](x), slices[1](x)
+    assert product._out is not None and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    v = slices[2](x)
+    assert product._out is None and product._key is None
+    torch.testing.assert_close(v, F.linear(x, lins[2].weight), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slices[1](x), k)  # out of turn: recomputed, the same columns
+
+
+def test_a_packed_model_holds_no_activation_after_a_forward() -> None:
+    model = prepack(make_model(seed=5))
+    tokens = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.forward_dense(tokens, torch.arange(7).expand(2, 7), causal_mask(2, 7))
+    products = {m.product for m in model.modules() if isinstance(m, PackedSlice)}
+    assert products and all(p._out is None and p._key is None for p in products)
