@@ -15,7 +15,7 @@ import graphrt
 from graphrt.backbone import ForwardBatch
 from graphrt.frontends.models.checkpoint import init_random_
 from graphrt.frontends.models.config import default_test_config
-from graphrt.frontends.models.packed_linear import (PACK_MIN_BYTES, FusedProduct, PackedLinear, PackedSlice,
+from graphrt.frontends.models.packed_linear import (MIN_ROWS, PACK_MIN_BYTES, FusedProduct, PackedLinear, PackedSlice,
                                                      packing_available, prepack, resolve_linear)
 from graphrt.frontends.models.transformer import LoRALinear, Transformer, TransformerBackbone, causal_mask
 
@@ -166,3 +166,22 @@ def test_a_packed_model_holds_no_activation_after_a_forward() -> None:
         model.forward_dense(tokens, torch.arange(7).expand(2, 7), causal_mask(2, 7))
     products = {m.product for m in model.modules() if isinstance(m, PackedSlice)}
     assert products and all(p._out is None and p._key is None for p in products)
+
+
+@pytest.mark.parametrize("shape", [(960, 576), (576, 1536), (40, 24)])
+def test_a_packed_row_is_the_same_at_every_row_count(shape: tuple[int, int]) -> None:
+    """Lossless decoding needs a token's logits to be the same in a 1-token AR step and in a wide verification
+    call, bit for bit: each row of a packed product, padded to MIN_ROWS or not, equals that row of a wider one."""
+    g = torch.Generator().manual_seed(11)
+    weight, bias = torch.randn(shape, generator=g), torch.randn(shape[0], generator=g)
+    lin = nn.Linear(shape[1], shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(weight), lin.bias.copy_(bias)
+    packed = PackedLinear(lin)
+    x = torch.randn(1, 32, shape[1], generator=g)
+    with torch.no_grad():
+        wide = packed(x)
+        for rows in range(1, 18):
+            assert torch.equal(packed(x[:, :rows]), wide[:, :rows]), f"{rows} rows"
+        torch.testing.assert_close(wide, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+    assert MIN_ROWS > 1

@@ -82,6 +82,27 @@ def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, 
     return "packed" if ok else "eager"
 
 
+#: Fewest rows a packed product is run with. oneDNN takes another kernel for one or two rows, which streams
+#: the weights more slowly than the one for a few rows: on the 2-core machine the fused gate+up product
+#: costs 317 us at one row and 265 at four, the output head 4.31 ms and 3.93 (``bench/linear_paths.py``,
+#: ``bench/results/linear_paths.md``). Narrower products are padded with zero rows. A whole SmolLM2
+#: forward gains less than its products: 41.1 -> 38.1 ms at two tokens, within noise at one. A row's
+#: result does not depend on the row count (``tests/test_packed_linear.py``), so padding changes no value,
+#: and a token's logits stay the same in a 1-token AR step and in a wide verification call.
+MIN_ROWS = 4
+
+
+def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [..., in]`` times a :func:`_pack`-ed weight (plus ``bias``) -> ``[..., out]``, contiguous, run with at
+    least :data:`MIN_ROWS` rows."""
+    rows = x.numel() // x.shape[-1]
+    if rows >= MIN_ROWS:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    padded = F.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, MIN_ROWS - rows))  # [MIN_ROWS, in]
+    out = torch.ops.mkldnn._linear_pointwise(padded, packed, bias, "none", [], "")  # [MIN_ROWS, out]
+    return out[:rows].view(*x.shape[:-1], out.shape[-1])
+
+
 class PackedLinear(nn.Module):
     """An inference-only stand-in for ``nn.Linear`` / ``LoRALinear`` with a oneDNN-packed weight.
 
@@ -107,7 +128,7 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]``."""
-        out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        out = packed_product(x, self.packed, self.bias)
         if self.lora is not None and select is not None:
             self.lora.add_(x, out, select)
         return out
@@ -194,7 +215,7 @@ class FusedProduct:
         if self._kept(x, select):
             out = self._out
         else:
-            out = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+            out = packed_product(x, self.packed, self.bias)
             if select is not None:
                 self.lora.add_(x, out, select)
             self._out, self._served = out, 0
@@ -296,5 +317,5 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     return model
 
 
-__all__ = ["LINEAR_PATHS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice",
-           "packing_available", "prepack", "resolve_linear"]
+__all__ = ["LINEAR_PATHS", "MIN_ROWS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice",
+           "packed_product", "packing_available", "prepack", "resolve_linear"]
