@@ -43,8 +43,8 @@ from graphrt.registry import REQUIRED, OpDef, register_op
 from graphrt.types import TensorType, Type
 
 __all__ = ["SOURCES", "LOAD_FIELDS", "ChoiceState", "Rule", "register_rule", "get_rule", "rule_names",
-           "expected_rate", "draft_choice_ref", "acceptance_update_ref", "acceptance_update_host", "acceptance_rates",
-           "DEFAULT_PRIOR"]
+           "expected_rate", "draft_choice_ref", "draft_choice_host", "acceptance_update_ref", "acceptance_update_host",
+           "acceptance_rates", "DEFAULT_PRIOR"]
 
 SOURCES = ("none", "lookup", "diffusion")
 """Draft sources, by index: a plain AR step, the context's n-grams, the diffusion drafter."""
@@ -92,14 +92,12 @@ class ChoiceState:
     start: int
     cost: tuple[float, ...]
     load: tuple[float, ...]
-    # The same numbers as host floats: a rule asks for a dozen candidates per cycle of every request, and
-    # each tensor op would cost more than the arithmetic (draft_choice runs in about 80 us, not 200).
+    # The rates as host floats: a rule asks for a dozen candidates per cycle of every request, and each
+    # tensor op would cost more than the arithmetic.
     _rates: list[list[float]] = field(init=False, repr=False, compare=False)
-    _cost: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rates = self.rates.double().tolist()
-        self._cost = np.asarray(self.cost, dtype=np.float64)
 
     def expected_tokens(self, source: int, width: int) -> float:
         """Expected tokens a cycle commits: ``1 + sum_j prod_{i <= j} rates[source, i]`` over its drafts."""
@@ -119,7 +117,7 @@ class ChoiceState:
         (``T(R + 1, max(W, width))``), where width up to ``W`` looks free."""
         rows, wide, spans = self.load[0], self.load[1], self.load[2]
         shape = CallShape(int(rows) + 1, int(max(wide, width) if join else width), int(spans) + self.start + width)
-        return max(float(shape.features @ self._cost), 1e-9)
+        return max(shape.seconds(self.cost), 1e-9)
 
     def candidates(self) -> list[tuple[int, int]]:
         """Every ``(source, width)`` the policy allows this cycle (a lookup only where there is a match)."""
@@ -248,6 +246,27 @@ def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: tor
     state = ChoiceState(acceptance_rates(stats, prior, prior_weight).cpu(), stats.reshape(3, 2, -1)[:, 0].cpu(),
                         bool(int(lookup_count) > 0), tuple(widths), tuple(sources), int(start),
                         tuple(float(x) for x in cost.tolist()), tuple(float(x) for x in load.tolist()))
+    return _ask(state, rule, widths, sources, stats.device)
+
+
+def draft_choice_host(stats: torch.Tensor, lookup_count: torch.Tensor, start: torch.Tensor, cost: torch.Tensor,
+                      load: torch.Tensor, *, widths: list[int], sources: list[int], rule: str = "expected-rate",
+                      prior: list[float] = DEFAULT_PRIOR, prior_weight: float = 2.0,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`draft_choice_ref` for host tensors (the op's ``"cpu"`` kernel): the acceptance estimates in NumPy,
+    the same numbers bit for bit (the same operations in the same dtype), so the rule sees the same state and
+    answers the same, at a third of the cost (a choice runs every cycle of every request)."""
+    counts = stats.numpy().reshape(3, 2, -1)
+    p0 = np.asarray(prior, dtype=counts.dtype)[:, None]  # [3, 1]
+    rates = (counts[:, 1] + prior_weight * p0) / (counts[:, 0] + prior_weight)
+    state = ChoiceState(torch.from_numpy(rates), torch.from_numpy(counts[:, 0]), int(lookup_count) > 0,
+                        tuple(widths), tuple(sources), int(start), tuple(cost.tolist()), tuple(load.tolist()))
+    return _ask(state, rule, widths, sources, stats.device)
+
+
+def _ask(state: ChoiceState, rule: str, widths: list[int], sources: list[int],
+         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ask the rule named ``rule`` about ``state`` and check its answer; ``(source, width)`` scalar int64 tensors."""
     source, width = get_rule(rule)(state)
     source, width = int(source), int(width)
     if width not in widths or (width > 1 and source not in sources) or (width > 1 and source == 0):
@@ -256,8 +275,8 @@ def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: tor
                          f"{width}")
     if width == 1:
         source = 0
-    dev = stats.device
-    return (torch.tensor(source, dtype=torch.int64, device=dev), torch.tensor(width, dtype=torch.int64, device=dev))
+    return (torch.tensor(source, dtype=torch.int64, device=device),
+            torch.tensor(width, dtype=torch.int64, device=device))
 
 
 def acceptance_update_ref(stats: torch.Tensor, source: torch.Tensor, width: torch.Tensor, accepted: torch.Tensor,
@@ -359,6 +378,7 @@ register_op(OpDef(
     _choice_infer, draft_choice_ref, frozenset({"host_sync"}),
     doc="Choose the next cycle's draft source (0 none, 1 lookup, 2 diffusion) and verified width from the running "
         "acceptance, the lookup's match, the cost model and the round's load, by the registered rule named 'rule'.",
+    kernels={"cpu": lambda device, simulator: draft_choice_host},
 ))
 register_op(OpDef(
     "acceptance_update", ("stats", "source", "width", "accepted"), {"decay": 0.9, "idle_decay": 0.98},

@@ -73,9 +73,19 @@ class CallShape:
     spans: int = 0
 
     @property
+    def feature_values(self) -> tuple[float, float, float, float]:
+        """``(1, rows, rows * width, width * spans / 1000)`` (see :data:`FEATURES`), as host floats."""
+        return 1.0, float(self.rows), float(self.rows * self.width), self.width * self.spans / 1000.0
+
+    @property
     def features(self) -> np.ndarray:
-        """``[1, rows, rows * width, width * spans / 1000]`` (see :data:`FEATURES`)."""
-        return np.array([1.0, self.rows, self.rows * self.width, self.width * self.spans / 1000.0])
+        """:attr:`feature_values` as a ``[4]`` float64 array (a row of the fit)."""
+        return np.array(self.feature_values)
+
+    def seconds(self, coef: Sequence[float]) -> float:
+        """The linear model's time of this call with coefficients ``coef``, in host floats (a rule prices a dozen
+        candidate calls per cycle of every request; a NumPy product per candidate costs more than the sum)."""
+        return sum(c * f for c, f in zip(coef, self.feature_values))
 
     @property
     def bucket(self) -> tuple[int, int, int]:
@@ -154,7 +164,7 @@ class CostModel:
     # ------------------------------------------------------------------ predictions
     def linear(self, rows: int, width: int, spans: int = 0) -> float:
         """Seconds of a call by the linear model (never below a microsecond)."""
-        return max(float(CallShape(rows, width, spans).features @ self.coef), 1e-6)
+        return max(CallShape(rows, width, spans).seconds(self.coef), 1e-6)
 
     def ema(self, rows: int, width: int, spans: int = 0) -> float | None:
         """Seconds of a call by its bucket's moving average, or ``None`` when that bucket was never observed."""

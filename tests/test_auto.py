@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 import graphrt
 from graphrt import adaptive
-from graphrt.adaptive import ChoiceState, acceptance_update_host, acceptance_update_ref, draft_choice_ref
+from graphrt.adaptive import (ChoiceState, acceptance_rates, acceptance_update_host, acceptance_update_ref,
+                              draft_choice_host, draft_choice_ref, get_rule, register_rule)
 from graphrt.api import Model
 from graphrt.cost_model import FEATURES, CallShape, CostModel, calibrate, call_shape, load_cached, model_key, probe_batch
 from graphrt.frontends.policies.auto import auto, default_widths, summarize_cycles
@@ -226,6 +227,38 @@ def test_acceptance_update_host_kernel_equals_the_reference_bit_for_bit(seed, dt
     want = acceptance_update_ref(*args, decay=decay, idle_decay=idle_decay)
     got = acceptance_update_host(*args, decay=decay, idle_decay=idle_decay)
     assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want)
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dtype=st.sampled_from([torch.float32, torch.float64]),
+       lookup=st.integers(0, 3), start=st.integers(0, 4000), rows=st.integers(0, 15), wide=st.integers(1, 8),
+       committed=st.integers(0, 40), prior_weight=st.floats(0.1, 8.0),
+       sources=st.sampled_from([[0, 1, 2], [0, 1], [0, 2], [0]]))
+def test_draft_choice_host_kernel_sees_and_answers_as_the_reference(seed, dtype, lookup, start, rows, wide, committed,
+                                                                      prior_weight, sources) -> None:
+    """The host kernel's state is the reference's bit for bit (the rule records it), and so is the answer."""
+    g = torch.Generator().manual_seed(seed)
+    stats = torch.rand(6 * 7, generator=g, dtype=dtype) * 5
+    cost = torch.tensor([2e-3, 1e-4, 3e-5, 1e-6], dtype=torch.float64) * (0.5 + torch.rand(4, generator=g,
+                                                                                          dtype=torch.float64))
+    load = torch.tensor([rows, wide, 100.0 * rows, committed], dtype=torch.float64)
+    seen: list[ChoiceState] = []
+
+    def recording(state: ChoiceState) -> tuple[int, int]:
+        seen.append(state)
+        return get_rule("expected-rate")(state)
+
+    register_rule("recording", recording, replace=True)
+    args = (stats, torch.tensor(lookup), torch.tensor(start), cost, load)
+    kw = dict(widths=[1, 2, 4, 8], sources=sources, rule="recording", prior=[0.0, 0.6, 0.7], prior_weight=prior_weight)
+    want, got = draft_choice_ref(*args, **kw), draft_choice_host(*args, **kw)
+    ref, host = seen
+    assert torch.equal(host.rates, ref.rates) and host.rates.dtype == ref.rates.dtype
+    assert torch.equal(host.rates, acceptance_rates(stats, [0.0, 0.6, 0.7], prior_weight))
+    assert torch.equal(host.evidence, ref.evidence)
+    assert (host.lookup_available, host.start, host.cost, host.load) == (ref.lookup_available, ref.start, ref.cost,
+                                                                          ref.load)
+    assert [int(t) for t in got] == [int(t) for t in want]
 
 
 class ClockedBackbone:
