@@ -6,6 +6,9 @@ oneDNN's packed product sums in another order than MKL's, so logits agree to flo
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +188,32 @@ def test_a_packed_row_is_the_same_at_every_row_count(shape: tuple[int, int]) -> 
             assert torch.equal(packed(x[:, :rows]), wide[:, :rows]), f"{rows} rows"
         torch.testing.assert_close(wide, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
     assert MIN_ROWS > 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="paging out is a Linux hint")
+def test_paging_out_a_checkpoint_weight_drops_its_pages_and_keeps_its_values(tmp_path) -> None:
+    """What prepack does to each weight once packed: the file's pages leave resident memory (so loading does not
+    hold the whole file and every packed copy at once), and the tensor still reads the same values."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from graphrt.frontends.models.packed_linear import _page_out
+
+    weights = {f"w{i}": torch.randn(1024, 4096, generator=torch.Generator().manual_seed(i)) for i in range(4)}
+    save_file(weights, str(tmp_path / "w.safetensors"))  # 64 MiB
+    sums = {k: float(v.double().sum()) for k, v in weights.items()}
+    del weights
+
+    def resident() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    with safe_open(str(tmp_path / "w.safetensors"), framework="pt") as f:
+        loaded = {k: f.get_tensor(k) for k in f.keys()}
+    before = resident()
+    assert {k: float(v.double().sum()) for k, v in loaded.items()} == sums  # every page read: resident
+    read = resident()
+    for t in loaded.values():
+        _page_out(t)
+    assert resident() < read - 32, (before, read, resident())
+    assert {k: float(v.double().sum()) for k, v in loaded.items()} == sums

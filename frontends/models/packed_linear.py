@@ -17,6 +17,9 @@ order differs). The plain model is what :func:`prepack` is not called on (``line
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -261,6 +264,30 @@ _FUSED = {"self_attn": (("q_proj", "k_proj", "v_proj"), ("o_proj",)),
           "mlp": (("gate_proj", "up_proj"), ("down_proj",))}
 
 
+_MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim the range now (clean file pages are dropped, read again if touched)
+_LIBC = ctypes.CDLL(None) if sys.platform == "linux" else None
+
+
+def _page_out(weight: torch.Tensor) -> None:
+    """Ask the kernel to drop the pages of ``weight``'s storage from this process's resident memory (a hint;
+    Linux only, a no-op elsewhere or where the kernel declines).
+
+    A checkpoint's tensors are views of the file's memory map, which stays mapped, and every page read from
+    it resident, until the last tensor of the file is gone. Packing reads each weight once, so without this
+    the whole file and every packed copy are resident together (SmolLM2: 1.56 GB at load against 1.05 GB
+    after). A clean file page paged out is read again from the file if it is ever touched, so this changes
+    the peak, never a value.
+    """
+    if _LIBC is None:
+        return
+    storage = weight.untyped_storage()
+    page = 4096
+    start = -(-storage.data_ptr() // page) * page  # whole pages inside the storage only
+    stop = (storage.data_ptr() + storage.nbytes()) // page * page
+    if stop > start:
+        _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), ctypes.c_int(_MADV_PAGEOUT))
+
+
 def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     """Swap ``model``'s projections and output head for packed ones (:class:`PackedLinear`), in place.
 
@@ -270,7 +297,9 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     stays as is. The replaced weights are released unless something else holds them, so the model
     is for inference only afterwards; the parameters left (embedding, norms, LoRA) are copied once, so
     that a memory-mapped checkpoint file is unmapped and resident memory is the packed weights plus
-    the embedding (SmolLM2: 651 MB, against the 538 MB of the plain weights).
+    the embedding (SmolLM2: 651 MB, against the 538 MB of the plain weights). Each projection's pages are
+    paged out of the file's map once packed (:func:`_page_out`), so loading SmolLM2 peaks at 1.15 GB, not
+    1.56 GB (torch alone: 0.25 GB).
 
     Before / after (one layer, ``fuse=True``)::
 
@@ -310,6 +339,8 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
                 else:
                     for name, lin in zip(group, linears):
                         setattr(block, name, PackedLinear(lin))
+                for lin in linears:  # read once, packed: out of resident memory before the next layer is read
+                    _page_out(lin.weight)
     model.diffusion_head = PackedLinear(head)
     model.requires_grad_(False)
     for param in model.parameters():  # the rest out of the checkpoint's memory map, which is then released
