@@ -24,7 +24,7 @@ def _run(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 KERNEL_OPS = ["confidence", "denoise_select", "sample", "verify_accept"]
-HOST_KERNEL_OPS = ["acceptance_update", "ngram_lookup"]
+HOST_KERNEL_OPS = ["acceptance_update", "draft_choice", "ngram_lookup"]
 CPU = torch.device("cpu")
 
 
