@@ -117,7 +117,9 @@ class ForwardBatch:
     def pack(cls, batches: Sequence["ForwardBatch"]) -> "ForwardBatch":
         """Pack batches (the requests' one-row forwards) into one call, right-padded to the longest;
         ``kind`` is their common kind when all have the same length, else ``"mask"``; ``logits`` is
-        ``"last"`` when every batch needs only its last token's. One batch packs into itself (no copy).
+        ``"last"`` when every batch needs only its last token's (a one-token batch's logits are its last
+        token's, whatever it asks: AR steps joined by a prompt must not make the output head run on every
+        padded position of their rows). One batch packs into itself (no copy).
 
         Raises
         ------
@@ -129,7 +131,7 @@ class ForwardBatch:
         if len(batches) == 1:
             return batches[0]
         B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
-        logits = "last" if all(b.logits == "last" for b in batches) else "all"
+        logits = "last" if all(b.logits == "last" or b.tokens.shape[1] == 1 for b in batches) else "all"
         if all(b.tokens.shape[1] == L for b in batches):  # no padding: one cat (or a shared view) per field
             kinds = {b.kind for b in batches}
             return cls([r for b in batches for r in b.rows], *(_stack([getattr(b, f) for b in batches], B)

@@ -169,6 +169,40 @@ def test_forward_batch_single_and_pack() -> None:
         ForwardBatch.pack([])
 
 
+def test_one_token_rows_do_not_make_a_padded_call_return_every_logit() -> None:
+    """AR steps (one token, any logits) joined by a prompt that wants its last token's: the call asks for each
+    row's last logits only, so the output head runs on one token per row, not on every padded position (four
+    decoding rows joined by a 232-token prompt made it 928 tokens: 180 MB of logits and 52 GFLOP on SmolLM2).
+    Rows wider than one token that want every logit still get them."""
+    def one(tokens: list[int], logits: str) -> ForwardBatch:
+        n = len(tokens)
+        return ForwardBatch.single(0, torch.tensor(tokens), torch.arange(n), causal_mask(1, n)[0], "causal",
+                                   torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool), logits)
+
+    prompt, step, verify = one([5, 6, 7, 8], "last"), one([9], "all"), one([3, 4], "all")
+    assert ForwardBatch.pack([step, prompt, step]).logits == "last"
+    assert ForwardBatch.pack([step, step]).logits == "last"
+    assert ForwardBatch.pack([verify, prompt]).logits == "all"
+    model = make_model(seed=8)
+    bb = TransformerBackbone(model, max_rows=2, row_capacity=16)
+    r0, r1 = bb.alloc_rows(2)
+    bb.forward(batch([r0], torch.tensor([[1, 2, 3]]), torch.arange(3)[None], causal_mask(1, 3).clone(),
+                     kind="causal"))
+    alone = TransformerBackbone(model, max_rows=1, row_capacity=16)
+    (a0,) = alone.alloc_rows(1)
+    alone.forward(batch([a0], torch.tensor([[1, 2, 3]]), torch.arange(3)[None], causal_mask(1, 3).clone(),
+                        kind="causal"))
+    want = alone.forward(batch([a0], torch.tensor([[4]]), torch.tensor([[3]]), causal_mask(1, 1).clone(),
+                               kind="causal"))  # [1, 1, V]
+    dec = ForwardBatch.single(r0, torch.tensor([4]), torch.tensor([3]), causal_mask(1, 1)[0], "causal",
+                              torch.ones(1, dtype=torch.bool), torch.zeros(1, dtype=torch.bool), "all")
+    joined = ForwardBatch.single(r1, torch.tensor([7, 8, 9, 10]), torch.arange(4), causal_mask(1, 4)[0], "causal",
+                                 torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool), "last")
+    out = bb.forward(ForwardBatch.pack([dec, joined]))
+    assert out.shape[:2] == (2, 1)
+    torch.testing.assert_close(out[0], want[0], rtol=0, atol=1e-12)
+
+
 def test_pack_of_equal_lengths_shares_constant_fields() -> None:
     """Rows of one length pack without padding: per-row fields are concatenated, a field every row shares
     (the same constant mask or flags) becomes a view of it; values equal the padded packing's."""
