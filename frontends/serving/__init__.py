@@ -23,7 +23,6 @@ from graphrt.api import Model
 from graphrt.frontends.serving.app import create_app, limits_for
 from graphrt.frontends.serving.engine import POLICY_CACHE_SIZE, STALL_S, Engine
 from graphrt.frontends.serving.gate import LOOPBACK_NAMES, Drain, GateConfig, is_loopback
-from graphrt.frontends.serving.lockstep import lockstep_for
 from graphrt.frontends.serving.protocol import Defaults
 
 _log = logging.getLogger("graphrt.serve")
@@ -77,17 +76,17 @@ def build_app(model: Model, name: str | None = None, max_active: int | None = No
         The backbone's cost model, which mode ``auto`` prices its choices with and the engine's session
         splits a round by (a prompt joining decoding rows gets a call of its own where that is cheaper
         than padding them to its length); default: the cached one or a calibration of at most
-        ``calibrate_s`` seconds now (0: none; it then measures as requests run). Under tensor parallel,
-        where rounds are never split, only with ``default_mode="auto"``. Without it a server splits no
+        ``calibrate_s`` seconds now (0: none; it then measures as requests run). Where the engine never
+        splits a round (tensor parallel), only with ``default_mode="auto"``. Without it a server splits no
         round until its own measurements cover enough call shapes: a self-spec server took 12.5 s and
         peaked at 2,295 MiB for 16 SmolLM2 requests arriving together, against 8.0 s and 1,530 MiB.
     """
-    if cost_model is None and (default_mode == "auto" or lockstep_for(model.backbone) is None):
-        from graphrt.cost_model import for_model
-
-        cost_model = for_model(model, budget_s=calibrate_s, measure=calibrate_s > 0, log=_log.info)
     engine = Engine(model, max_active=max_active, max_queue=max_queue, policy_cache=policy_cache,
                     stall_s=stall_timeout, cost_model=cost_model)
+    if cost_model is None and (default_mode == "auto" or engine.session.split_calls):
+        from graphrt.cost_model import for_model
+
+        engine.session.cost_model = for_model(model, budget_s=calibrate_s, measure=calibrate_s > 0, log=_log.info)
     defaults = Defaults(name or model_name(model), default_mode, block_length, threshold)
     limits = limits_for(engine, max_tokens=max_tokens, max_messages=max_messages, request_timeout=request_timeout)
     gate = GateConfig(tuple(api_keys), metrics_public, max_body_bytes, read_timeout, allowed_hosts)

@@ -81,10 +81,11 @@ class IsolatingSession(Session):
                         len(reqs), type(exc).__name__, exc)
             return self._forward_one_by_one(reqs, exc)
 
-    def _zeros(self, reqs: list[Any]) -> torch.Tensor:
-        """Logits for a call none of whose requests will read them (each is failed): zeros ``[B, L, V]``."""
+    def _zeros(self, reqs: list[Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Zero logits ``[B, L, V]`` in the layout of a packed call of ``reqs`` (``L`` 1 when every request wants
+        its last token's only), for a call made otherwise or one whose requests all failed."""
         width = 1 if all(r.pending.logits == "last" for r in reqs) else max(r.pending.tokens.shape[1] for r in reqs)
-        return torch.zeros((len(reqs), width, self.config.vocab_size), device=self.device)
+        return torch.zeros((len(reqs), width, self.config.vocab_size), dtype=dtype, device=self.device)
 
     def _forward_one_by_one(self, reqs: list[Any], packed_error: Exception) -> torch.Tensor:
         """The packed call's logits, made by one call per request; a request whose call raises is failed
@@ -103,15 +104,13 @@ class IsolatingSession(Session):
             raise packed_error
         if not good:
             return self._zeros(reqs)
-        lengths = [r.pending.tokens.shape[1] for r in reqs]
-        all_last = all(r.pending.logits == "last" for r in reqs)
-        width = 1 if all_last else max(lengths)
-        logits = good[0].new_zeros((len(reqs), width, good[0].shape[-1]))  # [B, L, V]
-        for i, (req, out, n) in enumerate(zip(reqs, outs, lengths)):
+        logits = self._zeros(reqs, good[0].dtype)  # [B, L, V]; L is 1 when every request wants its last only
+        for i, (req, out) in enumerate(zip(reqs, outs)):
             if out is None:
                 continue
+            n = req.pending.tokens.shape[1]
             if req.pending.logits == "last":
-                logits[i, 0 if all_last else n - 1] = out[0, -1]
+                logits[i, min(n, logits.shape[1]) - 1] = out[0, -1]
             else:
                 logits[i, :n] = out[0, :n]
         return logits
