@@ -148,6 +148,46 @@ def test_batch_packing_invariance_with_padding() -> None:
     torch.testing.assert_close(packed.cache.k[q0, :, :, :7], solo.cache.k[r0, :, :, :7], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("rows,layout", [([0, 2, 3, 5], "spread"), ([1, 4], "spread"), ([0, 5], "gather"),
+                                         ([2, 3, 4], "views")])
+def test_rows_with_holes_attend_in_place_and_match_solo_calls(rows: list[int], layout: str) -> None:
+    """A call of rows that are not one contiguous range: spread over the range's views when it is at most
+    twice the rows (the holes' queries idle), else gathered; either way every row's logits and K/V equal
+    its solo call's, and the rows outside the call are left as they were."""
+    model = make_model(seed=8)
+    g = torch.Generator().manual_seed(9)
+    prompts = [torch.randint(0, 96, (1, n), generator=g) for n in (5, 3, 7, 4, 6, 2)]
+    new = torch.randint(0, 96, (6, 2), generator=g)
+
+    def filled() -> TransformerBackbone:
+        bb = TransformerBackbone(model, max_rows=6, row_capacity=16)
+        for r, p in zip(bb.alloc_rows(6), prompts):
+            bb.forward(batch([r], p, torch.arange(p.shape[1])[None], causal_mask(1, p.shape[1]).clone(),
+                             kind="causal"))
+        return bb
+
+    def step(bb: TransformerBackbone, rs: list[int]) -> torch.Tensor:
+        positions = torch.tensor([[prompts[r].shape[1], prompts[r].shape[1] + 1] for r in rs])
+        return bb.forward(batch(rs, new[rs], positions, causal_mask(len(rs), 2).clone()))
+
+    packed = filled()
+    plan = packed.cache.plan(rows, torch.zeros(len(rows), 1, dtype=torch.long),
+                             torch.zeros(len(rows), 1, dtype=torch.bool), spread=True)
+    assert layout == ("spread" if plan.spread is not None else "gather" if plan.gather is not None else "views")
+    before = packed.cache.k.clone()
+    out = step(packed, rows)
+    solo = filled()
+    for i, r in enumerate(rows):
+        torch.testing.assert_close(out[i], step(solo, [r])[0], rtol=0, atol=1e-12)
+    after = packed.cache.k
+    for r in range(6):
+        n = prompts[r].shape[1] + (2 if r in rows else 0)
+        assert packed.cache_length(r) == n
+        torch.testing.assert_close(after[r, :, :, :n], solo.cache.k[r, :, :, :n], rtol=0, atol=1e-12)
+        if r not in rows:
+            assert torch.equal(after[r], before[r])
+
+
 def test_forward_batch_single_and_pack() -> None:
     """A request's forward is a one-row batch; pack pads rows to the longest and keeps their kind only
     when every row has the same length; one batch packs into itself."""

@@ -60,28 +60,32 @@ def test_forward_bytes_do_not_grow_with_the_cached_prefix(L: int, kind: str, wri
         f"{attention_rows + mask} (attention rows + mask), a prefix copy costs >= {one_layer_k}")
 
 
-def _scattered_call_bytes(capacity: int) -> tuple[int, torch.Tensor]:
-    """Bytes allocated by a 1-token call of rows 0 and 2 (not a contiguous range, so gathered) after
-    16-token prefills, in a backbone whose rows hold ``capacity`` slots; and that call's logits."""
+def _scattered_call_bytes(capacity: int, n_rows: int) -> tuple[int, torch.Tensor]:
+    """Bytes allocated by a 1-token call of the first and the last of ``n_rows`` rows (not a contiguous
+    range: spread over the range for 3 rows, gathered for 5) after 16-token prefills, in a backbone whose
+    rows hold ``capacity`` slots; and that call's logits."""
     cfg = default_test_config(**CFG)
-    bb = TransformerBackbone(init_random_(Transformer(cfg), 0).to(F64).eval(), max_rows=3, row_capacity=capacity)
-    rows = bb.alloc_rows(3)
+    bb = TransformerBackbone(init_random_(Transformer(cfg), 0).to(F64).eval(), max_rows=n_rows,
+                             row_capacity=capacity)
+    rows = bb.alloc_rows(n_rows)
     g = torch.Generator().manual_seed(0)
     full = torch.ones(1, 16, dtype=torch.bool)
     for r in rows:
         bb.forward(ForwardBatch([r], torch.randint(0, 96, (1, 16), generator=g), torch.arange(16)[None],
                                 full[0].expand(16, 16).tril()[None], "causal", full, ~full, full))
     one = torch.ones(2, 1, dtype=torch.bool)
-    batch = ForwardBatch([rows[0], rows[2]], torch.tensor([[5], [6]]), torch.full((2, 1), 16),
+    batch = ForwardBatch([rows[0], rows[-1]], torch.tensor([[5], [6]]), torch.full((2, 1), 16),
                          torch.ones(2, 1, 1, dtype=torch.bool), "causal", one, ~one, one)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         logits = bb.forward(batch)
     return sum(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0), logits
 
 
-def test_scattered_rows_gather_their_spans_not_their_capacity() -> None:
+@pytest.mark.parametrize("n_rows", [3, 5])
+def test_scattered_rows_copy_nothing_proportional_to_their_capacity(n_rows: int) -> None:
     small, big = 64, 448
-    (bytes_small, logits_small), (bytes_big, logits_big) = _scattered_call_bytes(small), _scattered_call_bytes(big)
+    (bytes_small, logits_small), (bytes_big, logits_big) = (_scattered_call_bytes(small, n_rows),
+                                                            _scattered_call_bytes(big, n_rows))
     torch.testing.assert_close(logits_big, logits_small, rtol=0, atol=1e-12)
     cfg = default_test_config(**CFG)
     per_slot = 2 * cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 8  # K and V, 2 rows

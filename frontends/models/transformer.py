@@ -218,7 +218,12 @@ class Attention(nn.Module):
             keys, vals = k, v.transpose(1, 2)  # [B, KV, L, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
         qg = q.reshape(B, KV, (H // KV) * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
+        spread = cached.spread if cached is not None else None
+        if spread is not None:  # the rows lie in a range with holes: attend over the range, the holes idle
+            qg = qg.new_zeros((keys.shape[0],) + qg.shape[1:]).index_copy_(0, spread, qg)
         o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mask)  # [B, KV, g*L, d]
+        if spread is not None:
+            o = o.index_select(0, spread)
         o = o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
         return self.o_proj(o, adapter)
 
@@ -227,7 +232,7 @@ class Attention(nn.Module):
 class CachedCall:
     """What the layers of one cached call share, as flat tensors (so a compiled stack guards on
     tensor shapes only): see :class:`graphrt.frontends.models.kvcache.SlotPlan` for ``k``, ``v``, ``index``,
-    ``gather`` and ``keys``; ``causal``: attention is plain causal self-attention over the new
+    ``gather``, ``keys`` and ``spread``; ``causal``: attention is plain causal self-attention over the new
     tokens (prefill of empty rows)."""
 
     k: list[torch.Tensor]
@@ -236,11 +241,12 @@ class CachedCall:
     gather: torch.Tensor | None
     keys: int
     causal: bool
+    spread: torch.Tensor | None = None
 
     @classmethod
     def of(cls, plan: SlotPlan, causal: bool) -> "CachedCall":
         """The call for ``plan``."""
-        return cls(plan.k, plan.v, plan.index, plan.gather, plan.keys, causal)
+        return cls(plan.k, plan.v, plan.index, plan.gather, plan.keys, causal, plan.spread)
 
 
 class MLP(nn.Module):
@@ -538,11 +544,13 @@ class TransformerBackbone:
         tokens = batch.tokens
         dev = self.device
         write = batch.kv_write & batch.valid  # [B, L] (host if the batch is on the host)
-        plan = self.cache.plan(batch.rows, batch.positions, write, batch.valid)
+        plan = self.cache.plan(batch.rows, batch.positions, write, batch.valid, spread=True)
         tok = tokens.to(dev).clamp(0, self.config.vocab_size - 1)  # [B, L]
         pos = batch.positions.to(dev).clamp_min(0)  # [B, L]
         causal = self._causal_prefill(batch, plan)
         mask = None if causal else self._mask(batch, plan, B, L)
+        if mask is not None and plan.spread is not None:  # the holes' (idle) queries see every key
+            mask = mask.new_ones((plan.k[0].shape[0],) + mask.shape[1:]).index_copy_(0, plan.spread, mask)
         # A call with no draft token (prefill, AR, verification) skips the adapter: it adds nothing there.
         adapter = batch.adapter.to(dev) if self._has_adapter and bool(batch.adapter.any()) else None
         logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal), _last(batch, dev))
