@@ -88,9 +88,14 @@ class ForwardBatch:
     valid:
         ``[B, L]`` bool, ``False`` for padding.
     logits:
-        ``"all"``, or ``"last"``: only each row's last valid token's logits are needed, so a
+        ``"all"``; ``"last"``: only each row's last valid token's logits are needed, so a
         backbone may return ``[B, 1, V]`` holding those (running its output head on one
-        token per row) instead of ``[B, L, V]``.
+        token per row) instead of ``[B, L, V]``; or ``"index"``: only the ``n < L`` tokens
+        ``logit_index`` names per row are needed, so a backbone may return ``[B, n, V]``
+        (rows that want all their tokens' logits packed with a longer row that wants its
+        last only: the output head runs on ``B * n`` tokens, not on every padded position).
+    logit_index:
+        ``[B, n]`` int64 token indices per row when ``logits == "index"``, else None.
     """
 
     rows: list[int]
@@ -102,6 +107,7 @@ class ForwardBatch:
     adapter: torch.Tensor
     valid: torch.Tensor
     logits: str = "all"
+    logit_index: torch.Tensor | None = None
 
     @classmethod
     def single(cls, row: int, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, kind: str,
@@ -116,10 +122,13 @@ class ForwardBatch:
     @classmethod
     def pack(cls, batches: Sequence["ForwardBatch"]) -> "ForwardBatch":
         """Pack batches (the requests' one-row forwards) into one call, right-padded to the longest;
-        ``kind`` is their common kind when all have the same length, else ``"mask"``; ``logits`` is
-        ``"last"`` when every batch needs only its last token's (a one-token batch's logits are its last
-        token's, whatever it asks: AR steps joined by a prompt must not make the output head run on every
-        padded position of their rows). One batch packs into itself (no copy).
+        ``kind`` is their common kind when all have the same length, else ``"mask"``. ``logits`` asks for
+        what the rows need (a one-token batch's logits are its last token's, whatever it asks): ``"last"``
+        when every batch needs only its last token's; ``"index"`` when some need all of theirs but none is
+        as wide as the call (verification rows joined by a prompt), each such batch's tokens first in its
+        rows of ``logit_index`` and every other batch's last token there (see :func:`row_logits`); else
+        ``"all"``. The output head then never runs on a padded position no row asked for. One batch packs
+        into itself (no copy).
 
         Raises
         ------
@@ -131,7 +140,9 @@ class ForwardBatch:
         if len(batches) == 1:
             return batches[0]
         B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
-        logits = "last" if all(b.logits == "last" or b.tokens.shape[1] == 1 for b in batches) else "all"
+        wants = [1 if b.logits == "last" else b.tokens.shape[1] for b in batches]
+        n = max(wants)
+        logits = "last" if n == 1 else "index" if n < L else "all"
         if all(b.tokens.shape[1] == L for b in batches):  # no padding: one cat (or a shared view) per field
             kinds = {b.kind for b in batches}
             return cls([r for b in batches for r in b.rows], *(_stack([getattr(b, f) for b in batches], B)
@@ -158,8 +169,26 @@ class ForwardBatch:
             i += k
         kinds = {b.kind for b in batches}
         kind = kinds.pop() if len(kinds) == 1 and all(b.tokens.shape[1] == L for b in batches) else "mask"
+        index = None
+        if logits == "index":  # each row's wanted tokens first (the last one repeated to width n)
+            firsts = torch.arange(n, device=dev)
+            index = torch.cat([(firsts.clamp(max=w - 1).expand(len(b.rows), n) if w > 1 else
+                                (b.valid.sum(dim=1, keepdim=True) - 1).clamp_min(0).expand(len(b.rows), n))
+                               for b, w in zip(batches, wants)])
         return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid,
-                   logits)
+                   logits, index)
+
+
+def row_logits(logits: torch.Tensor, width: int, i: int, n: int, last: bool) -> torch.Tensor:
+    """Row ``i``'s logits from a backbone call ``width`` tokens wide, for a batch of ``n`` tokens that asked
+    for its last token's only (``last``) or for all of its tokens': ``[1, V]`` or ``[n, V]``.
+
+    ``logits`` is ``[B, width, V]`` (every token's: row ``i``'s tokens first), or a narrower ``[B, m, V]``
+    (what ``"last"`` and ``"index"`` calls may return: a row that asked for all its tokens has them first, any
+    other row its last token first)."""
+    if logits.shape[1] == width:
+        return logits[i, n - 1:n] if last else logits[i, :n]
+    return logits[i, :1] if last else logits[i, :n]
 
 
 def _stack(parts: list[torch.Tensor], rows: int) -> torch.Tensor:
@@ -191,7 +220,8 @@ class Backbone(Protocol):
 
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Run one packed call and return logits ``[B, L, V]`` (or ``[B, 1, V]``, each row's last
-        valid token's, when ``batch.logits == "last"``; returning all is also correct).
+        valid token's, when ``batch.logits == "last"``, or ``[B, n, V]``, the tokens of
+        ``batch.logit_index``, when it is ``"index"``; returning all is also correct).
 
         Queries attend to their row's cached prefix ``[0, cache_length(row))``
         plus the new tokens allowed by ``batch.attention``. Tokens with

@@ -32,7 +32,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from graphrt.backbone import Backbone, ForwardBatch
+from graphrt.backbone import Backbone, ForwardBatch, row_logits
 from graphrt.compiled import CompiledPolicy
 from graphrt.cost_model import CostModel, call_shape
 from graphrt.events import CacheCrop, CacheHandle, Emission, Event
@@ -172,12 +172,12 @@ class Session:
             for req in self._active.values():
                 req.committed_before, req.committed = req.committed, 0
         for batch_reqs in self._calls(pending):
-            logits = self._forward(batch_reqs)  # [B, L, V], or [B, 1, V] when every request wants its last only
+            logits = self._forward(batch_reqs)  # [B, L, V], or narrower: the tokens the requests want
+            width = max(r.pending.tokens.shape[1] for r in batch_reqs)  # type: ignore[union-attr]
             for i, req in enumerate(batch_reqs):
                 req.forwards += 1
                 n = req.pending.tokens.shape[1]  # type: ignore[union-attr]
-                last = req.pending.logits == "last"  # type: ignore[union-attr]
-                x = logits[i] if last and logits.shape[1] == 1 else logits[i, n - 1:n] if last else logits[i, :n]
+                x = row_logits(logits, width, i, n, req.pending.logits == "last")  # type: ignore[union-attr]
                 req.pending = None
                 self._drive(req, lambda r=req, x=x: r.program.resume(x))  # type: ignore[union-attr]
         out: dict[int, list[int]] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from graphrt.backbone import Backbone, ForwardBatch
+from graphrt.backbone import Backbone, ForwardBatch, row_logits
 from graphrt.frontends.models.checkpoint import init_random_, load_checkpoint
 from graphrt.frontends.models.config import ModelConfig, default_test_config
 from graphrt.frontends.models.transformer import Transformer, TransformerBackbone, causal_mask
@@ -213,7 +213,7 @@ def test_one_token_rows_do_not_make_a_padded_call_return_every_logit() -> None:
     """AR steps (one token, any logits) joined by a prompt that wants its last token's: the call asks for each
     row's last logits only, so the output head runs on one token per row, not on every padded position (four
     decoding rows joined by a 232-token prompt made it 928 tokens: 180 MB of logits and 52 GFLOP on SmolLM2).
-    Rows wider than one token that want every logit still get them."""
+    Rows wider than one token that want every logit get them (see the next test)."""
     def one(tokens: list[int], logits: str) -> ForwardBatch:
         n = len(tokens)
         return ForwardBatch.single(0, torch.tensor(tokens), torch.arange(n), causal_mask(1, n)[0], "causal",
@@ -222,7 +222,8 @@ def test_one_token_rows_do_not_make_a_padded_call_return_every_logit() -> None:
     prompt, step, verify = one([5, 6, 7, 8], "last"), one([9], "all"), one([3, 4], "all")
     assert ForwardBatch.pack([step, prompt, step]).logits == "last"
     assert ForwardBatch.pack([step, step]).logits == "last"
-    assert ForwardBatch.pack([verify, prompt]).logits == "all"
+    assert ForwardBatch.pack([verify, prompt]).logits == "index"
+    assert ForwardBatch.pack([verify, one([1, 2], "last")]).logits == "all"
     model = make_model(seed=8)
     bb = TransformerBackbone(model, max_rows=2, row_capacity=16)
     r0, r1 = bb.alloc_rows(2)
@@ -241,6 +242,44 @@ def test_one_token_rows_do_not_make_a_padded_call_return_every_logit() -> None:
     out = bb.forward(ForwardBatch.pack([dec, joined]))
     assert out.shape[:2] == (2, 1)
     torch.testing.assert_close(out[0], want[0], rtol=0, atol=1e-12)
+
+
+def test_rows_wanting_every_logit_joined_by_a_wider_prompt_get_theirs_only() -> None:
+    """Verification rows (3 tokens, every logit) packed with a 9-token prompt (its last logit): the call asks
+    for 3 tokens per row (``"index"``: each verification row's tokens, the prompt's last token), so the output
+    head runs on 3 tokens per row, not 9; each row's logits equal its call alone. A backbone that returns
+    every token's logits instead is read the same way (:func:`row_logits`)."""
+    model = make_model(seed=10)
+    g = torch.Generator().manual_seed(11)
+    prefix, block, prompt = (torch.randint(0, 96, (n,), generator=g) for n in (4, 3, 9))
+
+    def verify(row: int, logits: str = "all") -> ForwardBatch:
+        return ForwardBatch.single(row, block, torch.arange(4, 7), causal_mask(1, 3)[0], "causal",
+                                   torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool), logits)
+
+    def new_prompt(row: int) -> ForwardBatch:
+        return ForwardBatch.single(row, prompt, torch.arange(9), causal_mask(1, 9)[0], "causal",
+                                   torch.ones(9, dtype=torch.bool), torch.zeros(9, dtype=torch.bool), "last")
+
+    def backbone() -> tuple[TransformerBackbone, list[int]]:
+        bb = TransformerBackbone(model, max_rows=3, row_capacity=16)
+        rows = bb.alloc_rows(3)
+        for r in rows[:2]:
+            bb.forward(batch([r], prefix[None], torch.arange(4)[None], causal_mask(1, 4).clone(), kind="causal"))
+        return bb, rows
+
+    bb, (r0, r1, r2) = backbone()
+    packed = ForwardBatch.pack([verify(r0), new_prompt(r2), verify(r1, "last")])
+    assert packed.logits == "index" and packed.logit_index.tolist() == [[0, 1, 2], [8, 8, 8], [2, 2, 2]]
+    out = bb.forward(packed)
+    assert out.shape[:2] == (3, 3)
+    alone, (a0, _, a2) = backbone()
+    want = [alone.forward(verify(a0))[0], alone.forward(new_prompt(a2))[0, -1:], alone.forward(verify(a0))[0, -1:]]
+    full = torch.zeros(3, 9, out.shape[-1], dtype=out.dtype)  # the same logits laid out as "all" returns them
+    full[0, :3], full[1, 8], full[2, 2] = want[0], want[1][0], want[2][0]
+    for got in (out, full):
+        for i, (n, last) in enumerate(((3, False), (9, True), (3, True))):
+            torch.testing.assert_close(row_logits(got, 9, i, n, last), want[i], rtol=0, atol=1e-12)
 
 
 def test_pack_of_equal_lengths_shares_constant_fields() -> None:

@@ -415,7 +415,10 @@ def causal_mask(B: int, L: int, device: torch.device | str = "cpu") -> torch.Ten
 
 # ----------------------------------------------------------------------------- backbone
 def _last(batch: ForwardBatch, device: torch.device) -> torch.Tensor | None:
-    """``[B]`` index of each row's last valid token when the batch wants only those logits, else None."""
+    """The tokens whose logits the batch wants, for :meth:`Transformer.run_layers`: ``[B]``, each row's last
+    valid token (``"last"``), ``[B, n]`` (``"index"``), or None (all)."""
+    if batch.logits == "index":
+        return batch.logit_index.to(device)  # type: ignore[union-attr]
     if batch.logits != "last":
         return None
     return (batch.valid.sum(dim=1) - 1).clamp_min(0).to(device)
@@ -570,7 +573,7 @@ class TransformerBackbone:
         causal = self._causal_prefill(batch, plan)  # no mask, no key span
         plan.keys = 0 if causal else self.buckets.keys(plan.keys)
         dev = self.device
-        last = _last(batch, dev)
+        last = _last(batch, dev) if batch.logits == "last" else None  # one graph per bucket: [B] or all
         key = (Bb, Lb, plan.keys, plan.gather is None, causal, last is not None)
         if self.compiler is None:
             self.shapes_seen.add(key)
