@@ -141,8 +141,8 @@ class ForwardBatch:
             return batches[0]
         B, L = sum(len(b.rows) for b in batches), max(b.tokens.shape[1] for b in batches)
         wants = [1 if b.logits == "last" else b.tokens.shape[1] for b in batches]
-        n = max(wants)
-        logits = "last" if n == 1 else "index" if n < L else "all"
+        heads = max(wants)  # tokens per row the output head must see
+        logits = "last" if heads == 1 else "index" if heads < L else "all"
         if all(b.tokens.shape[1] == L for b in batches):  # no padding: one cat (or a shared view) per field
             kinds = {b.kind for b in batches}
             return cls([r for b in batches for r in b.rows], *(_stack([getattr(b, f) for b in batches], B)
@@ -171,9 +171,9 @@ class ForwardBatch:
         kind = kinds.pop() if len(kinds) == 1 and all(b.tokens.shape[1] == L for b in batches) else "mask"
         index = None
         if logits == "index":  # each row's wanted tokens first (the last one repeated to width n)
-            firsts = torch.arange(n, device=dev)
-            index = torch.cat([(firsts.clamp(max=w - 1).expand(len(b.rows), n) if w > 1 else
-                                (b.valid.sum(dim=1, keepdim=True) - 1).clamp_min(0).expand(len(b.rows), n))
+            firsts = torch.arange(heads, device=dev)
+            index = torch.cat([(firsts.clamp(max=w - 1).expand(len(b.rows), heads) if w > 1 else
+                                (b.valid.sum(dim=1, keepdim=True) - 1).clamp_min(0).expand(len(b.rows), heads))
                                for b, w in zip(batches, wants)])
         return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid,
                    logits, index)

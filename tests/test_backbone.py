@@ -280,6 +280,8 @@ def test_rows_wanting_every_logit_joined_by_a_wider_prompt_get_theirs_only() -> 
     for got in (out, full):
         for i, (n, last) in enumerate(((3, False), (9, True), (3, True))):
             torch.testing.assert_close(row_logits(got, 9, i, n, last), want[i], rtol=0, atol=1e-12)
+    prompt_last = ForwardBatch.pack([verify(r0), new_prompt(r2)])  # the widest row packed last
+    assert prompt_last.logits == "index" and prompt_last.logit_index.tolist() == [[0, 1, 2], [8, 8, 8]]
 
 
 def test_pack_of_equal_lengths_shares_constant_fields() -> None:
