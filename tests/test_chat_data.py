@@ -39,7 +39,7 @@ def test_the_stream_is_each_prompt_and_its_greedy_answer(tmp_path: Path, monkeyp
     root = write_transformers_checkpoint("llama", tmp_path / "base")
     convs = [[{"role": "user", "content": "hello there"}], [{"role": "user", "content": "write a loop"}],
              [{"role": "user", "content": "x"}]]
-    monkeypatch.setattr(chat_data, "training_conversations", lambda files, n, seed: convs)
+    monkeypatch.setattr(chat_data, "training_conversations", lambda files, n, seed, n_explains=0: convs)
     stream, starts, record = chat_data.chat_answer_stream(str(root), tmp_path / "run", 0, 6, 2, 0, progress=False)
     model = graphrt.load(root)
     ends = np.append(starts[1:], stream.size)
@@ -70,3 +70,15 @@ def test_conversation_windows_start_inside_one_conversation() -> None:
     assert set(rows[:, 0].tolist()) == set(range(len(lengths)))
     with pytest.raises(ValueError, match="expected a stream longer than 64 tokens, found 54"):
         chat_data.conversation_windows(stream, starts, 1, 64, torch.Generator())
+
+
+def test_explain_requests_take_other_training_functions_and_leave_the_edits_as_they_were() -> None:
+    files = corpus.load_corpus()
+    edits = chat_data.training_conversations(files, 12, seed=1)
+    both = chat_data.training_conversations(files, 12, seed=1, n_explains=8)
+    assert both[:len(edits)] == edits  # the cached stream of a run without explains stays valid
+    asked = [c[0]["content"] for c in both[len(edits):]]
+    assert len(asked) == 8 and all(a.split("\n\n")[0] in chat_data.EXPLAIN_REQUESTS for a in asked)
+    edited = {c[0]["content"].split("```python\n")[1] for c in edits[-12:]}
+    explained = {a.split("```python\n")[1] for a in asked}
+    assert not edited & explained

@@ -125,6 +125,15 @@ EDIT_REQUESTS = (
 )
 
 
+EXPLAIN_REQUESTS = (
+    "Explain what this function does.",
+    "What does this function return, and when can it raise an exception?",
+    "Describe step by step how this function works.",
+    "Summarise this function in two sentences, then list its parameters.",
+    "Is there anything in this function that could be improved? Explain briefly.",
+)
+
+
 def written_questions() -> list[str]:
     """The questions written for training: general, "write a function", "how do I" and "explain".
 
@@ -175,8 +184,10 @@ def training_functions(files: list[corpus_mod.SourceFile], n: int, seed: int, ma
     return found[:n]
 
 
-def training_conversations(files: list[corpus_mod.SourceFile], n_edits: int, seed: int) -> list[list[dict]]:
-    """The written questions, then ``n_edits`` code-edit requests on training functions.
+def training_conversations(files: list[corpus_mod.SourceFile], n_edits: int, seed: int,
+                           n_explains: int = 0) -> list[list[dict]]:
+    """The written questions, then ``n_edits`` code-edit requests and ``n_explains`` requests to explain code
+    (answered in prose), each on its own training function.
 
     Returns
     -------
@@ -184,13 +195,16 @@ def training_conversations(files: list[corpus_mod.SourceFile], n_edits: int, see
         One single-message conversation each.
     """
     convs = [[{"role": "user", "content": q}] for q in written_questions()]
-    for i, (_, src) in enumerate(training_functions(files, n_edits, seed)):
-        convs.append([{"role": "user", "content": f"{EDIT_REQUESTS[i % len(EDIT_REQUESTS)]}\n\n```python\n{src}\n```"}])
+    functions = training_functions(files, n_edits + n_explains, seed)
+    for i, (_, src) in enumerate(functions):
+        asks = EDIT_REQUESTS if i < n_edits else EXPLAIN_REQUESTS
+        convs.append([{"role": "user", "content": f"{asks[i % len(asks)]}\n\n```python\n{src}\n```"}])
     return convs
 
 
 def chat_answer_stream(model_dir: str, out_dir: str | Path, n_edits: int, max_new_tokens: int, batch: int,
-                       seed: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+                       seed: int, progress: bool = True, n_explains: int = 0,
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The conversations answered greedily by the base model, as one token stream (cached).
 
     Parameters
@@ -200,8 +214,8 @@ def chat_answer_stream(model_dir: str, out_dir: str | Path, n_edits: int, max_ne
     out_dir : str or Path
         Run directory: the stream goes to ``out_dir/data/chat.npy`` with its offsets and a
         key (conversations, model, ``max_new_tokens``) that decides whether the cache holds.
-    n_edits, seed : int
-        Code-edit requests (see :func:`training_conversations`).
+    n_edits, seed, n_explains : int
+        Code-edit and explain requests (see :func:`training_conversations`).
     max_new_tokens : int
         Longest answer.
     batch : int
@@ -219,7 +233,7 @@ def chat_answer_stream(model_dir: str, out_dir: str | Path, n_edits: int, max_ne
     from graphrt.api import prepare
 
     files = corpus_mod.load_corpus()
-    convs = training_conversations(files, n_edits, seed)
+    convs = training_conversations(files, n_edits, seed, n_explains)
     prompts_sha = hashlib.sha256(json.dumps(convs).encode()).hexdigest()
     key = f"{prompts_sha}-{Path(model_dir).resolve()}-{max_new_tokens}"
     data = Path(out_dir) / "data"
@@ -249,8 +263,9 @@ def chat_answer_stream(model_dir: str, out_dir: str | Path, n_edits: int, max_ne
     starts = np.cumsum([0] + [p.size for p in pieces[:-1]]).astype(np.int64)
     stream = np.concatenate(pieces)
     record = {"conversations": len(convs), "written_questions": len(written_questions()), "code_edits":
-              len(convs) - len(written_questions()), "tokens": int(stream.size), "max_new_tokens": max_new_tokens,
-              "prompts_sha256": prompts_sha, "split": "code edits use training-split functions only"}
+              len(convs) - len(written_questions()) - n_explains, "code_explains": n_explains,
+              "tokens": int(stream.size), "max_new_tokens": max_new_tokens,
+              "prompts_sha256": prompts_sha, "split": "code edits and explains use training-split functions only"}
     data.mkdir(parents=True, exist_ok=True)
     np.save(data / "chat.npy", stream)
     np.save(data / "chat_starts.npy", starts)

@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         from .chat_data import chat_answer_stream
 
         stream, starts, record = chat_answer_stream(args.init_from, out, args.chat_edits, args.chat_max_new_tokens,
-                                                    args.chat_batch, args.seed, not args.no_progress)
+                                                    args.chat_batch, args.seed, not args.no_progress,
+                                                    args.chat_explains)
         chat = (stream, starts)
         info = dict(info, chat_answers=record)
     result = train(args, tok, train_stream, heldout_stream, info, chat)
@@ -175,6 +176,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a("--chat-rows", type=int, default=0,
       help="drafter only: rows per batch from the base model's own chat answers (frontends/training/chat_data.py)")
     a("--chat-edits", type=int, default=96, help="code-edit requests (training-split functions) among the chats")
+    a("--chat-explains", type=int, default=0,
+      help="requests to explain a training-split function (prose answers about code) among the chats")
     a("--chat-max-new-tokens", type=int, default=192, help="longest chat answer generated")
     a("--chat-batch", type=int, default=16, help="chat answers generated together")
     a("--init-from", default=None,
