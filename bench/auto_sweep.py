@@ -148,20 +148,41 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str
     raise RuntimeError("graphrt serve was not healthy within 10 minutes")
 
 
+def median_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point's repetitions of one mode as one row: median tok/s and latencies, the choices summed."""
+    mix: dict[str, int] = {}
+    for r in rows:
+        for k, v in r.get("auto_mix", {}).items():
+            mix[k] = mix.get(k, 0) + v
+    return {**rows[0], **{f: statistics.median(r[f] for r in rows) for f in ("tok_s", "p50_s", "p99_s")},
+            "auto_mix": mix, "runs": [r["tok_s"] for r in rows]}
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    """The markdown tables: per kind, tok/s by concurrency and mode, latency, and auto / best fixed."""
+    """The markdown tables: per kind, tok/s by concurrency and mode (the median of the repetitions), latency,
+    and auto / best fixed (with every repetition's auto / best fixed where there are several)."""
     out = [f"# auto against fixed modes ({args.model or 'the shipped model'}, max_tokens {args.max_tokens}, "
-           f"{args.requests} requests per point, T = 0)", ""]
+           f"{args.requests} requests per point, T = 0"
+           + (f", median of {args.repeats} repetitions in alternating order" if args.repeats > 1 else "") + ")", ""]
     modes = ["auto", *args.fixed]
     for kind in args.kinds:
         out += [f"## {kind}", "", "| streams | " + " | ".join(f"{m} tok/s" for m in modes)
                 + " | auto / best fixed | auto p50 / p99 s | auto mix (cycles) |",
                 "|---|" + "---|" * (len(modes) + 3)]
         for c in args.concurrency:
-            at = {r["mode"]: r for r in rows if r["kind"] == kind and r["concurrency"] == c}
+            point = [r for r in rows if r["kind"] == kind and r["concurrency"] == c]
+            at = {m: median_rows([r for r in point if r["mode"] == m]) for m in modes
+                  if any(r["mode"] == m for r in point)}
             best = max((at[m]["tok_s"] for m in args.fixed if m in at), default=0.0)
             a = at.get("auto")
             ratio = f"{a['tok_s'] / best:.2f}x" if a and best else "-"
+            if a and best and args.repeats > 1:  # each repetition's own ratio, against that repetition's best
+                reps = sorted({r.get("repeat", 0) for r in point})
+                each = [max((r["tok_s"] for r in point if r.get("repeat", 0) == k and r["mode"] != "auto"),
+                            default=0.0) for k in reps]
+                mine = [next((r["tok_s"] for r in point if r.get("repeat", 0) == k and r["mode"] == "auto"), 0.0)
+                        for k in reps]
+                ratio += " (" + ", ".join(f"{x / b:.2f}" for x, b in zip(mine, each) if b) + ")"
             lat = f"{a['p50_s']:.2f} / {a['p99_s']:.2f}" if a else "-"
             mix = ", ".join(f"{k} {v}" for k, v in sorted((a or {}).get("auto_mix", {}).items())) or "-"
             out.append(f"| {c} | " + " | ".join(f"{at[m]['tok_s']:.1f}" if m in at else "-" for m in modes)
@@ -180,7 +201,9 @@ def chart(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> N
     fig, axes = plt.subplots(1, len(args.kinds), figsize=(4.2 * len(args.kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], args.kinds):
         for mode in ["auto", *args.fixed]:
-            pts = sorted((r["concurrency"], r["tok_s"]) for r in rows if r["kind"] == kind and r["mode"] == mode)
+            mine = [r for r in rows if r["kind"] == kind and r["mode"] == mode]
+            pts = sorted((c, statistics.median(r["tok_s"] for r in mine if r["concurrency"] == c))
+                         for c in {r["concurrency"] for r in mine})
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=mode, linewidth=2.8 if mode == "auto" else 1.2,
                         color="black" if mode == "auto" else None)
@@ -208,6 +231,8 @@ def main() -> None:
     p.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     p.add_argument("--requests", type=int, default=None, help="requests per point (default: 2 x streams, >= 8)")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs of every mode per point, every other one in reverse order (the report gives medians)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long check that everything runs")
     p.add_argument("--out", default=str(HERE / "results" / "auto_sweep"), help="writes OUT.json, OUT.md, OUT.png")
     args = p.parse_args()
@@ -232,11 +257,13 @@ def main() -> None:
                 # Unreported: a level's first run meets new call shapes and cache rows no run touched yet
                 # (at 16 streams on SmolLM2 that cost auto a third of its rate), so warm the server up first.
                 asyncio.run(level(url, args.served_name, reqs, "auto", c, c, args.max_tokens))
-                for mode in ["auto", *args.fixed]:
-                    r = asyncio.run(level(url, args.served_name, reqs, mode, c, n, args.max_tokens))
-                    rows.append({"kind": kind, **r})
-                    print(f"{kind:12s} streams {c:2d} {mode:20s} {r['tok_s']:8.1f} tok/s  p50 {r['p50_s']:.2f} s  "
-                          f"p99 {r['p99_s']:.2f} s", flush=True)
+                modes = ["auto", *args.fixed]
+                for rep in range(args.repeats):  # every other repetition in reverse: no mode always runs first
+                    for mode in modes if rep % 2 == 0 else modes[::-1]:
+                        r = asyncio.run(level(url, args.served_name, reqs, mode, c, n, args.max_tokens))
+                        rows.append({"kind": kind, "repeat": rep, **r})
+                        print(f"{kind:12s} streams {c:2d} {mode:20s} {r['tok_s']:8.1f} tok/s  p50 {r['p50_s']:.2f} s  "
+                              f"p99 {r['p99_s']:.2f} s", flush=True)
     except KeyboardInterrupt:  # Ctrl-C: stop, and report the points measured so far
         print(f"interrupted after {len(rows)} points; writing them", file=sys.stderr)
     finally:
