@@ -109,6 +109,10 @@ class ForwardBatch:
     logits: str = "all"
     logit_index: torch.Tensor | None = None
 
+    def last_valid(self) -> torch.Tensor:
+        """``[B]`` int64: each row's last valid token (0 for a row with none)."""
+        return (self.valid.sum(dim=1) - 1).clamp_min(0)
+
     @classmethod
     def single(cls, row: int, tokens: torch.Tensor, positions: torch.Tensor, attention: torch.Tensor, kind: str,
                kv_write: torch.Tensor, adapter: torch.Tensor, logits: str = "all") -> "ForwardBatch":
@@ -173,7 +177,7 @@ class ForwardBatch:
         if logits == "index":  # each row's wanted tokens first (the last one repeated to width n)
             firsts = torch.arange(heads, device=dev)
             index = torch.cat([(firsts.clamp(max=w - 1).expand(len(b.rows), heads) if w > 1 else
-                                (b.valid.sum(dim=1, keepdim=True) - 1).clamp_min(0).expand(len(b.rows), heads))
+                                b.last_valid()[:, None].expand(len(b.rows), heads))
                                for b, w in zip(batches, wants)])
         return cls([r for b in batches for r in b.rows], tokens, positions, attention, kind, kv_write, adapter, valid,
                    logits, index)

@@ -421,7 +421,7 @@ def _last(batch: ForwardBatch, device: torch.device) -> torch.Tensor | None:
         return batch.logit_index.to(device)  # type: ignore[union-attr]
     if batch.logits != "last":
         return None
-    return (batch.valid.sum(dim=1) - 1).clamp_min(0).to(device)
+    return batch.last_valid().to(device)
 
 
 class TransformerBackbone:
