@@ -1,8 +1,9 @@
 """Forward cost by width on a real checkpoint, path by path, side by side in one run.
 
 Loads the checkpoint once per linear-layer path (``eager``: ``F.linear`` on the stored weights;
-``packed``: oneDNN-prepacked weights, :mod:`graphrt.frontends.models.packed_linear`, without and
-with q/k/v and gate/up fused), writes a cached prefix into one row of each, then times forwards of
+``packed``: the blocked weights of :mod:`graphrt.frontends.models.packed_linear`, without and with q/k/v and
+gate/up fused; ``packed+fused-onednn``: the same fused layout run by oneDNN's prepacked inner product, the
+layout inductor's weight freezing uses, the path before the blocked product, padded to 4 rows as it was), writes a cached prefix into one row of each, then times forwards of
 each width over that prefix (causal, nothing written, so the prefix stays the same). Paths and
 widths are interleaved within each repetition; figures are medians (and the 10th percentile, the
 least disturbed by other processes on the machine). The streaming-read floor (weight bytes / the
@@ -29,7 +30,24 @@ from graphrt.backbone import ForwardBatch
 
 WIDTHS = (1, 2, 4, 8, 16, 32)
 PATHS = {"eager": {"linear": "eager"}, "packed": {"linear": "packed", "fuse": False},
-         "packed+fused": {"linear": "packed"}}
+         "packed+fused": {"linear": "packed"}, "packed+fused-onednn": {"linear": "packed", "onednn": True}}
+
+
+class OneDNNWeight:
+    """A :class:`~graphrt.frontends.models.blocked_gemm.BlockedWeight`'s matrix run by oneDNN's prepacked inner
+    product (``torch.ops.mkldnn``), products of 1..3 rows padded to 4 (oneDNN's kernel for 1-2 rows streams
+    the weights more slowly)."""
+
+    def __init__(self, blocked) -> None:
+        w = blocked.tensor.transpose(1, 2).reshape(-1, blocked.in_features)[:blocked.out_features]  # [out, in]
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
+        self.out_features = blocked.out_features
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.numel() // x.shape[-1]
+        x2 = torch.nn.functional.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, max(0, 4 - rows)))
+        out = torch.ops.mkldnn._linear_pointwise(x2, self.packed, bias, "none", [], "")
+        return out[:rows].view(*x.shape[:-1], self.out_features)
 
 
 def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:
@@ -39,6 +57,11 @@ def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:
     m = graphrt.load(model, dtype="float32", max_batch=1, max_seq_len=max_seq_len, linear="eager")
     if options["linear"] == "packed":
         prepack(m.backbone.model, fuse=options.get("fuse", True))
+    if options.get("onednn"):
+        for mod in m.backbone.model.modules():
+            for owner in (mod, getattr(mod, "product", None)):
+                if owner is not None and hasattr(owner, "packed") and not isinstance(owner.packed, OneDNNWeight):
+                    owner.packed = OneDNNWeight(owner.packed)
     return m
 
 

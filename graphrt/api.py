@@ -90,8 +90,8 @@ def load(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | str | 
     tp_check:
         Debug: compare every forward's inputs across the tensor-parallel ranks.
     linear:
-        The backbone's linear layers: ``"auto"`` (default) prepacks the weights once for oneDNN
-        (q/k/v and gate/up fused) for float32 on the CPU when not compiled, and runs ``F.linear``
+        The backbone's linear layers: ``"auto"`` (default) prepacks the weights once in blocks for the
+        blocked product (q/k/v and gate/up fused; :mod:`graphrt.frontends.models.blocked_gemm`) for float32 on the CPU when not compiled, and runs ``F.linear``
         otherwise; ``"eager"`` always runs ``F.linear`` on the stored weights; ``"packed"``
         insists on prepacking (an error where it does not apply). Packed logits equal eager
         ones up to float32 rounding.

@@ -35,7 +35,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--compile", action="store_true", help="run the backbone under torch.compile")
     p.add_argument("--linear", default="auto", choices=("auto", "eager", "packed"),
-                   help="linear layers: weights prepacked for oneDNN (float32 CPU; auto: where that applies) "
+                   help="linear layers: weights prepacked for the blocked product (float32 CPU; auto: where that applies) "
                         "or F.linear on the stored weights (eager)")
 
 

@@ -57,7 +57,7 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype | 
     ``tp > 1`` loads this rank's shard of a tensor-parallel model (one process per
     rank, launched by ``torchrun``; see :mod:`graphrt.frontends.models.tensor_parallel`),
     ``tp_check`` compares every forward's inputs across the ranks.
-    ``linear``: the backbone's linear-layer path, ``"auto"`` (oneDNN-prepacked weights for float32
+    ``linear``: the backbone's linear-layer path, ``"auto"`` (weights prepacked for the blocked product, float32
     on the CPU when not compiled, else ``F.linear``), ``"packed"`` or ``"eager"``; see
     :class:`~graphrt.frontends.models.transformer.TransformerBackbone`.
     """

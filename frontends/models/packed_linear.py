@@ -1,12 +1,12 @@
-"""Prepacked linear layers for CPU inference: the weights laid out once, at load time, for oneDNN.
+"""Prepacked linear layers for CPU inference: the weights laid out once, at load time, for a product that reads
+them at memory speed at any width.
 
 A float32 decode step on CPU is bound by reading the weights (SmolLM2-135M reads 538 MB per
 forward). ``F.linear`` on a plain ``[out, in]`` weight reaches about half the machine's streaming
 bandwidth at one row and slows further at 2..16 rows (MKL's small-``M`` GEMM takes another path),
-so a forward's cost grows with its width. oneDNN's inner-product primitive on a weight reordered
-once into its blocked layout (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's
-weight freezing uses) streams the weight at close to the read bandwidth for any ``M`` up to about
-16, so a forward of 1..16 tokens costs about the same (``bench/linear_paths.py`` has the figures).
+so a forward's cost grows with its width. :mod:`~graphrt.frontends.models.blocked_gemm` lays each weight out
+once in blocks of 16 output columns and streams it once per call for any number of rows, each row's result
+the same bit for bit at every row count (what lossless speculative decoding needs of a token's logits).
 
 :func:`prepack` swaps every projection of a :class:`~graphrt.frontends.models.transformer.Transformer`
 (and its output head) for a :class:`PackedLinear` holding only the packed weight: inference only,
@@ -22,50 +22,32 @@ import mmap
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .blocked_gemm import BlockedWeight
 
 #: Linear-layer implementations :func:`graphrt.load` accepts.
 LINEAR_PATHS = ("auto", "eager", "packed")
 
 
 def packing_available(dtype: torch.dtype, device: torch.device | str) -> bool:
-    """Whether :func:`prepack` can pack weights of ``dtype`` on ``device`` (float32 on a CPU with oneDNN)."""
-    return torch.device(device).type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+    """Whether :func:`prepack` can pack weights of ``dtype`` on ``device`` (float32 on the CPU)."""
+    return torch.device(device).type == "cpu" and dtype == torch.float32
 
 
-def _pack(weight: torch.Tensor, where: str) -> torch.Tensor:
-    """``weight [out, in]`` reordered once into oneDNN's blocked layout (an opaque tensor)."""
-    if not packing_available(weight.dtype, weight.device):
-        raise ValueError(f"{where}: expected a float32 CPU weight (oneDNN available: "
-                         f"{torch.backends.mkldnn.is_available()}), found {weight.dtype} on {weight.device}")
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-
-
-#: ``linear="auto"`` packs a model whose projection weights are at least this large. Packing pays where a
-#: forward streams its weights from memory (SmolLM2-135M: 538 MB, AR 1.33x faster packed); a model whose
-#: weights sit in the last-level cache is dispatch-bound, and there oneDNN's calls cost more than
-#: ``F.linear``'s (the 3.2M-parameter shipped model: 12.8 MB, AR 6% slower packed).
-PACK_MIN_BYTES = 64 * 2**20
-
-
-def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, compile: bool | str = False,
-                   weight_bytes: int | None = None) -> str:
+def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, compile: bool | str = False) -> str:
     """The linear-layer path a backbone runs: ``"eager"`` or ``"packed"``.
 
     Parameters
     ----------
     linear:
-        ``"auto"`` (packed where it applies and pays: float32 on a CPU with oneDNN, not compiled -- a
-        compiled stack gets its weights laid out by inductor's freezing instead -- and weights of at
-        least :data:`PACK_MIN_BYTES`), ``"eager"`` (``F.linear`` on the stored weights, what training
+        ``"auto"`` (packed where it applies: float32 on the CPU, not compiled -- a compiled stack gets
+        its weights laid out by inductor's freezing instead), ``"eager"`` (``F.linear`` on the stored weights, what training
         uses) or ``"packed"`` (an error where it cannot apply).
     dtype, device:
         The model's.
     compile:
         The backbone's ``compile`` setting.
-    weight_bytes:
-        The bytes of the projection and head weights (``None``: large enough to pack).
 
     Returns
     -------
@@ -78,37 +60,13 @@ def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, 
         return "eager"
     ok = packing_available(dtype, device) and not compile
     if linear == "packed" and not ok:
-        raise ValueError(f"linear='packed': expected a float32 model on the CPU (oneDNN available: "
-                         f"{torch.backends.mkldnn.is_available()}) and compile=False, found {dtype} on {device}, "
-                         f"compile={compile!r}; use linear='eager' or 'auto'")
-    if linear == "auto" and weight_bytes is not None and weight_bytes < PACK_MIN_BYTES:
-        return "eager"
+        raise ValueError(f"linear='packed': expected a float32 model on the CPU and compile=False, found {dtype} "
+                         f"on {device}, compile={compile!r}; use linear='eager' or 'auto'")
     return "packed" if ok else "eager"
 
 
-#: Fewest rows a packed product is run with. oneDNN takes another kernel for one or two rows, which streams
-#: the weights more slowly than the one for a few rows: on the 2-core machine the fused gate+up product
-#: costs 317 us at one row and 265 at four, the output head 4.31 ms and 3.93 (``bench/linear_paths.py``,
-#: ``bench/results/linear_paths.md``). Narrower products are padded with zero rows. A whole SmolLM2
-#: forward gains less than its products: 41.1 -> 38.1 ms at two tokens, within noise at one. A row's
-#: result does not depend on the row count (``tests/test_packed_linear.py``), so padding changes no value,
-#: and a token's logits stay the same in a 1-token AR step and in a wide verification call.
-MIN_ROWS = 4
-
-
-def packed_product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x [..., in]`` times a :func:`_pack`-ed weight (plus ``bias``) -> ``[..., out]``, contiguous, run with at
-    least :data:`MIN_ROWS` rows."""
-    rows = x.numel() // x.shape[-1]
-    if rows >= MIN_ROWS:
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-    padded = F.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, MIN_ROWS - rows))  # [MIN_ROWS, in]
-    out = torch.ops.mkldnn._linear_pointwise(padded, packed, bias, "none", [], "")  # [MIN_ROWS, out]
-    return out[:rows].view(*x.shape[:-1], out.shape[-1])
-
-
 class PackedLinear(nn.Module):
-    """An inference-only stand-in for ``nn.Linear`` / ``LoRALinear`` with a oneDNN-packed weight.
+    """An inference-only stand-in for ``nn.Linear`` / ``LoRALinear`` with a packed weight.
 
     Parameters
     ----------
@@ -119,27 +77,27 @@ class PackedLinear(nn.Module):
 
     Notes
     -----
-    The packed weight is an opaque oneDNN tensor: not a parameter, not in the state dict, not
-    movable between devices. Call with ``x [..., in]`` float32 on the CPU.
+    The packed weight (a :class:`~graphrt.frontends.models.blocked_gemm.BlockedWeight`) is not a parameter,
+    not in the state dict, not movable between devices. Call with ``x [..., in]`` float32 on the CPU.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = _pack(linear.weight, "PackedLinear")
+        self.packed = BlockedWeight(linear.weight, "PackedLinear")
         self.bias = None if linear.bias is None else linear.bias.detach().clone()  # [out]
         self.lora = PackedLoRA.of([linear])
 
     def forward(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in]``, ``select [...]`` bool or None -> ``[..., out]``."""
-        out = packed_product(x, self.packed, self.bias)
+        out = self.packed(x, self.bias)
         if self.lora is not None and select is not None:
             self.lora.add_(x, out, select)
         return out
 
     def extra_repr(self) -> str:
         lora = "" if self.lora is None else f", LoRA rank {self.lora.rank}"
-        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN{lora}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=blocked{lora}"
 
 
 class PackedLoRA:
@@ -203,7 +161,7 @@ class FusedProduct:
     def __init__(self, linears: list[nn.Linear]) -> None:
         weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum(out), in]
         biases = [lin.bias for lin in linears]
-        self.packed = _pack(weight, "FusedProduct")
+        self.packed = BlockedWeight(weight, "FusedProduct")
         self.bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
         self.lora = PackedLoRA.of(linears)
@@ -219,7 +177,7 @@ class FusedProduct:
         if self._kept(x, select):
             out = self._out
         else:
-            out = packed_product(x, self.packed, self.bias)
+            out = self.packed(x, self.bias)
             if select is not None:
                 self.lora.add_(x, out, select)
             self._out, self._served = out, 0
@@ -257,7 +215,7 @@ class PackedSlice(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"fused columns [{self.start}, {self.stop}), packed=oneDNN")
+                f"fused columns [{self.start}, {self.stop}), packed=blocked")
 
 
 #: Projections of one block that read the same input, packed as one matrix when ``fuse``.
@@ -323,8 +281,8 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     """
     head = model.diffusion_head
     if not packing_available(head.weight.dtype, head.weight.device):
-        raise ValueError(f"prepack: expected a float32 model on the CPU with oneDNN, found {head.weight.dtype} "
-                         f"on {head.weight.device} (oneDNN available: {torch.backends.mkldnn.is_available()})")
+        raise ValueError(f"prepack: expected a float32 model on the CPU, found {head.weight.dtype} on "
+                         f"{head.weight.device}")
     for layer in model.encoder.layers:
         for block_name, groups in _FUSED.items():
             block = getattr(layer, block_name)
@@ -352,5 +310,5 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     return model
 
 
-__all__ = ["LINEAR_PATHS", "MIN_ROWS", "PACK_MIN_BYTES", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice",
-           "packed_product", "packing_available", "prepack", "resolve_linear"]
+__all__ = ["LINEAR_PATHS", "FusedProduct", "PackedLinear", "PackedLoRA", "PackedSlice",
+           "packing_available", "prepack", "resolve_linear"]

@@ -450,7 +450,7 @@ class TransformerBackbone:
         code is cached on disk and reused across runs, so only the first run on a machine
         pays the full compile.
     linear:
-        ``"eager"`` runs ``F.linear`` on the model's weights; ``"packed"`` prepacks them for oneDNN
+        ``"eager"`` runs ``F.linear`` on the model's weights; ``"packed"`` prepacks them in blocks
         once, here, with q/k/v and gate/up fused (:func:`~graphrt.frontends.models.packed_linear.prepack`:
         float32 CPU inference only; the model cannot be trained afterwards); ``"auto"`` packs where
         that applies (float32, CPU, not compiled).
@@ -485,8 +485,7 @@ class TransformerBackbone:
                              f"found {compile!r}")
         self.compiled = bool(compile)
         # -- linear-layer path (frontends/models/packed_linear.py): weights prepacked once, for CPU inference
-        weights = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if isinstance(m, nn.Linear))
-        self.linear = resolve_linear(linear, self.dtype, self.device, compile, weights)
+        self.linear = resolve_linear(linear, self.dtype, self.device, compile)
         if self.linear == "packed":
             prepack(model)
         # --
