@@ -148,7 +148,7 @@ def main() -> None:
     bw = statistics.median(gbs[2:])
     floor_ms = wb / bw / 1e6
     lines = [f"command: python bench/forward_widths.py --model {args.model} --repeats {args.repeats} "
-             f"--prefix {args.prefix}",
+             f"--prefix {args.prefix} --paths {' '.join(args.paths)} --widths {' '.join(map(str, args.widths))}",
              f"torch {torch.__version__}, {args.threads} threads, cpu capability "
              f"{torch.backends.cpu.get_cpu_capability()}",
              f"load before: {load_before}", f"load after:  {load_after}",
