@@ -34,7 +34,7 @@ import torch
 
 from graphrt.backbone import Backbone, ForwardBatch, row_logits
 from graphrt.compiled import CompiledPolicy
-from graphrt.cost_model import CostModel, call_shape
+from graphrt.cost_model import CostModel, call_shape, for_model
 from graphrt.events import CacheCrop, CacheHandle, Emission, Event
 from graphrt.executor import Program
 from graphrt.params import GenerationParams, GenerationResult
@@ -84,7 +84,10 @@ class Session:
         largest policy overshoot admitted; the backbone must provide them).
     cost_model:
         The backbone's measured call times (:mod:`graphrt.cost_model`), read by adaptive
-        policies; default: an unmeasured model that learns from the calls it observes.
+        policies. Default: the first time a request whose policy reads them is admitted into an
+        idle session, :func:`~graphrt.cost_model.for_model` gives the cached calibration of this
+        backbone, or calibrates one (about 2 s, once per machine, model and thread count, saved);
+        where that fails, an unmeasured model that learns from the calls it observes.
     split_calls:
         Whether a round may run as two calls where the cost model prices that below one
         padded call (what a server wants). Off by default: the split follows measured
@@ -103,6 +106,7 @@ class Session:
         self.device = _backbone_device(backbone)
         self.backbone_calls = 0
         self.cost_model = cost_model if cost_model is not None else CostModel()
+        self._cost_sought = cost_model is not None  # whether to look for a calibration before an adaptive request
         self.split_calls = split_calls
         self._adaptive = 0  # active requests whose policy reads cost/load
         self._next_id = 0
@@ -234,7 +238,15 @@ class Session:
         return result
 
     # ------------------------------------------------------------------ internals
+    def _reads_cost(self, req: "_Request") -> bool:
+        """Whether ``req``'s policy reads the cost model (an adaptive policy)."""
+        return any(v.name == "cost" for v in req.policy.lowered(self.device).graph.inputs)
+
     def _admit(self) -> None:
+        if not self._cost_sought and not self._active and any(self._reads_cost(r) for r in self._waiting):
+            self._cost_sought = True  # once: the rows are all free now, and a failed calibration is not retried
+            if not self.cost_model.points:  # no calibration (its own timings of a few shapes do not count)
+                self.cost_model = for_model(self.backbone)
         while self._waiting and self.backbone.free_row_count() > 0:
             req = self._waiting.pop(0)
             req.row = self.backbone.alloc_rows(1)[0]

@@ -115,7 +115,12 @@ def test_auto_in_a_session_mixed_with_other_modes(model, accepting) -> None:
 
 
 def test_the_default_rule_drafts_on_repetitive_text_and_reports_each_cycle(accepting) -> None:
-    got = graphrt.generate(accepting, [3, 14, 15] * 4, mode="auto", max_new_tokens=48, ignore_eos=True)
+    """Priced by the prior (every call the same: the synthetic backbone's timings mean nothing), drafts pay."""
+    session = Session(accepting.backbone, cost_model=CostModel())
+    rid = session.add(graphrt.compile("auto", accepting), [3, 14, 15] * 4,
+                      GenerationParams(max_new_tokens=48, ignore_eos=True))
+    got = session.run()[rid]
+    assert not session.cost_model.points, "never calibrated"
     summary = summarize_cycles(got.cycle_info)
     assert summary["cycles"] == len(got.cycle_info) > 0
     drafted = {s: d for s, d in summary["sources"].items() if s != "none"}
@@ -134,6 +139,26 @@ def test_a_policy_file_replaces_the_rule(model) -> None:
     assert got.tokens == run(model, prompt, "ar", max_new_tokens=30, ignore_eos=True).tokens
     assert got.cycle_info and {c[0] for c in got.cycle_info} <= {NONE, LOOKUP}, "the file's rule never diffuses"
     assert policy.params["rule"].endswith("lookup_or_step")
+
+
+def test_an_idle_session_calibrates_once_for_its_first_adaptive_request(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))
+    session = Session(model.backbone, model.tokenizer)
+    ar = session.add(graphrt.compile("ar", model), [5, 6, 7], GenerationParams(max_new_tokens=4))
+    session.run()
+    assert not session.cost_model.points, "an AR request reads no cost model"
+    session.add(graphrt.compile("auto", model), [5, 6, 7], GenerationParams(max_new_tokens=4))
+    session.run()
+    calibrated = session.cost_model
+    assert calibrated.points and list(tmp_path.glob("**/*.json")), "calibrated and saved"
+    session.add(graphrt.compile("auto", model), [5, 6, 7], GenerationParams(max_new_tokens=4))
+    session.run()
+    assert session.cost_model is calibrated, "once per session"
+    again = Session(model.backbone, model.tokenizer)
+    again.add(graphrt.compile("auto", model), [5, 6, 7], GenerationParams(max_new_tokens=4))
+    again.run()
+    assert again.cost_model.points == calibrated.points, "the next session reads the saved calibration"
+    assert session.result(ar).tokens
 
 
 # ---------------------------------------------------------------------- the ops and the rule
