@@ -9,9 +9,9 @@ computes a product must give each row the same result at every row count.
 
 The weight ``[out, in]`` is laid out once as ``[out / 16, in, 16]``: blocks of 16 output columns, each stored
 ``in``-major, so a block is one contiguous stream (36 KB for ``in = 576``). A thread takes a block and, for
-each tile of 4 input rows, keeps the tile's ``4 x 16`` sums while it walks the block once; at each
-``k`` every row's input value is broadcast against the block's 16 weights (two AVX2 vectors, or one AVX-512 vector). The block
-stays in the core's cache between tiles, so the weights are read from memory once per call whatever its
+each tile of 4 input rows, keeps the tile's ``4 x 16`` sums while it walks the block once; at each ``k`` every
+row's input value is broadcast against the block's 16 weights (two AVX2 vectors, or one AVX-512 vector). The
+block stays in the core's cache between tiles, so the weights are read from memory once per call whatever its
 width, and the arithmetic per weight byte grows with the tile, so up to 4 rows cost what one costs.
 
 Every output element is one chain of fused multiply-adds over ``k = 0 .. in-1`` in order, vectorised across

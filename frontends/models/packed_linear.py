@@ -42,8 +42,8 @@ def resolve_linear(linear: str, dtype: torch.dtype, device: torch.device | str, 
     ----------
     linear:
         ``"auto"`` (packed where it applies: float32 on the CPU, not compiled -- a compiled stack gets
-        its weights laid out by inductor's freezing instead), ``"eager"`` (``F.linear`` on the stored weights, what training
-        uses) or ``"packed"`` (an error where it cannot apply).
+        its weights laid out by inductor's freezing instead), ``"eager"`` (``F.linear`` on the stored
+        weights, what training uses) or ``"packed"`` (an error where it cannot apply).
     dtype, device:
         The model's.
     compile:
