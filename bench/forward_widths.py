@@ -2,13 +2,14 @@
 
 Loads the checkpoint once per linear-layer path (``eager``: ``F.linear`` on the stored weights; ``packed``:
 the blocked weights of :mod:`graphrt.frontends.models.packed_linear`, without and with q/k/v and gate/up
-fused; ``packed+fused-onednn``: the same fused layout run by oneDNN's prepacked inner product, the layout
-inductor's weight freezing uses, the path before the blocked product, padded to 4 rows as it was), writes a
-cached prefix into one row of each, then times forwards of each width over that prefix (causal, nothing
-written, so the prefix stays the same). Paths and widths are interleaved within each repetition; figures are
-medians (and the 10th percentile, the least disturbed by other processes on the machine). The streaming-read
-floor (weight bytes / the GB/s of a sum over a 512 MB float32 tensor) is timed in the same run, between
-repetitions.
+fused; ``packed+fused-no-products``: the same with every product returning an uninitialised output, what a
+forward costs outside its products; ``packed+fused-onednn``: the same fused layout run by oneDNN's prepacked
+inner product, the layout inductor's weight freezing uses, the path before the blocked product, padded to 4
+rows as it was), writes a cached prefix into one row of each, then times forwards of each width over that
+prefix (causal, nothing written, so the prefix stays the same). Paths and widths are interleaved within each
+repetition; figures are medians (and the 10th percentile, the least disturbed by other processes on the
+machine). The streaming-read floor (weight bytes / the GB/s of a sum over a 512 MB float32 tensor) is timed in
+the same run, between repetitions.
 
 Run: ``python bench/forward_widths.py --model smollm2 [--repeats 20] [--out FILE.md]``.
 """
@@ -31,7 +32,19 @@ from graphrt.backbone import ForwardBatch
 
 WIDTHS = (1, 2, 4, 8, 16, 32)
 PATHS = {"eager": {"linear": "eager"}, "packed": {"linear": "packed", "fuse": False},
-         "packed+fused": {"linear": "packed"}, "packed+fused-onednn": {"linear": "packed", "onednn": True}}
+         "packed+fused": {"linear": "packed"}, "packed+fused-onednn": {"linear": "packed", "onednn": True},
+         "packed+fused-no-products": {"linear": "packed", "no_products": True}}
+
+
+class NoProduct:
+    """A packed weight whose product returns an uninitialised output of the right shape: what a forward
+    costs outside its products (its logits are meaningless)."""
+
+    def __init__(self, blocked) -> None:
+        self.out_features = blocked.out_features
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.empty(*x.shape[:-1], self.out_features)
 
 
 class OneDNNWeight:
@@ -58,11 +71,12 @@ def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:
     m = graphrt.load(model, dtype="float32", max_batch=1, max_seq_len=max_seq_len, linear="eager")
     if options["linear"] == "packed":
         prepack(m.backbone.model, fuse=options.get("fuse", True))
-    if options.get("onednn"):
+    swap = OneDNNWeight if options.get("onednn") else NoProduct if options.get("no_products") else None
+    if swap is not None:
         for mod in m.backbone.model.modules():
             for owner in (mod, getattr(mod, "product", None)):
-                if owner is not None and hasattr(owner, "packed") and not isinstance(owner.packed, OneDNNWeight):
-                    owner.packed = OneDNNWeight(owner.packed)
+                if owner is not None and hasattr(owner, "packed") and not isinstance(owner.packed, swap):
+                    owner.packed = swap(owner.packed)
     return m
 
 
@@ -129,6 +143,8 @@ def main() -> None:
     for w in args.widths:  # every path gives the base path's logits up to float32 rounding
         ref = calls[base](w)
         for p in args.paths[1:]:
+            if PATHS[p].get("no_products"):
+                continue
             got = calls[p](w)
             if not bool((got.argmax(-1) == ref.argmax(-1)).all()):
                 print(f"warning: {p} width {w}: argmax differs from {base}", file=sys.stderr)
