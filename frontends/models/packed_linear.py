@@ -1,5 +1,5 @@
 """Prepacked linear layers for CPU inference: the weights laid out once, at load time, for a product that reads
-them at memory speed at any width.
+them from memory once per call at any width.
 
 A float32 decode step on CPU is bound by reading the weights (SmolLM2-135M reads 538 MB per
 forward). ``F.linear`` on a plain ``[out, in]`` weight reaches about half the machine's streaming
