@@ -9,21 +9,23 @@ computes a product must give each row the same result at every row count.
 
 The weight ``[out, in]`` is laid out once as ``[out / 16, in, 16]``: blocks of 16 output columns, each stored
 ``in``-major, so a block is one contiguous stream (36 KB for ``in = 576``). A thread takes a block and, for
-each tile of 4 input rows, keeps the tile's ``4 x 16`` sums while it walks the block once; at each ``k`` every
-row's input value is broadcast against the block's 16 weights (two AVX2 vectors, or one AVX-512 vector). The
-block stays in the core's cache between tiles, so the weights are read from memory once per call whatever its
-width, and the arithmetic per weight byte grows with the tile, so up to 4 rows cost what one costs.
+each tile of 8 input rows (4 for a last 1-4), keeps the tile's ``8 x 16`` sums in registers while it walks the
+block once; at each ``k`` every row's input value is broadcast against the block's 16 weights (two AVX2
+vectors, or one AVX-512 vector), and the line 16 vectors ahead is prefetched. The block stays in the core's
+cache between tiles, so the weights are read from memory once per call whatever its width; up to 8 rows the
+multiply-adds hide under that read.
 
 Every output element is one chain of fused multiply-adds over ``k = 0 .. in-1`` in order, vectorised across
 the 16 output columns only (no reassociation is allowed; ``contract`` lets LLVM fuse each multiply-add), so
 its bits depend on its row's input and the weights only: not on the tile that computed it, nor on the
 call's width. A tile past the last row repeats the last row (its results are not written).
 
-SmolLM2's 121 products on the 2-core machine, ms at 1 / 4 / 8 / 16 / 232 rows: 18.3 / 19.7 / 24.3 / 34.2 /
-327.2, against 21.2 / 21.0 / 24.7 / 31.8 / 311.3 for oneDNN's prepacked inner product (the layout inductor's
-weight freezing uses) and 44.4 / 62.7 / 57.2 / 68.1 / 400.5 for ``F.linear`` (``bench/blocked_gemm.py``,
-``bench/results/blocked_gemm.md``). At 1-4 rows it streams the weights at 27-29 GB/s; from 5 rows on it is
-bound by the cores' multiply-adds (a tile of 4 rows over all 538 MB takes 5-6 ms with the weights in cache).
+SmolLM2's 121 products on the 2-core machine, ms at 1 / 4 / 8 / 16 / 232 rows: 17.7 / 18.5 / 20.1 / 30.7 /
+309.1, against 20.0 / 20.6 / 24.5 / 31.8 / 306.3 for oneDNN's prepacked inner product (the layout inductor's
+weight freezing uses) and 45.6 / 62.8 / 56.9 / 69.1 / 402.9 for ``F.linear``; reading the weights alone takes
+15.3 ms (``bench/blocked_gemm.py``, ``bench/results/blocked_gemm.md``). From 9 rows on it is bound by the
+cores' multiply-adds: with the weights in cache, 16 rows take 21.3 ms. Tiles of 6 or 16 rows, a k-major input
+and prefetching 4 KB or 16 KB ahead measured the same or slower.
 """
 
 from __future__ import annotations
@@ -31,13 +33,37 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 import torch
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 #: Output columns per block: two AVX2 vectors of float32.
 LANES = 16
-#: Input rows per tile. Tiles of 6 and 8 rows measured the same at 1 to 232 rows; 4 is the simplest.
-TILE = 4
+#: Input rows per tile; a last tile of 1-4 rows is 4 wide. An 8-row tile does eight multiply-adds per weight
+#: vector, still under the memory stream when it is prefetched; two passes of 4 rows cost a pass more.
+TILE = 8
+#: How far ahead of the multiply-adds a tile prefetches its block, in 64-byte weight vectors. Without it, a tile
+#: of 8 rows waits on memory: SmolLM2's products at 8 rows took 22.0 ms, with 16 vectors (1 KB) ahead 18.9.
+PREFETCH = 16
 
 _MATH = {"contract"}  # fused multiply-add, nothing reordered: each element's sum runs k = 0 .. in-1
+_PREFETCH_NAME = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
+    """Prefetch the cache line of ``array``'s flat element ``index`` for reading (LLVM's ``llvm.prefetch``: a hint,
+    which never faults)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32]),
+                                            _PREFETCH_NAME)
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
+        return context.get_dummy_value()
+    return types.void(array, types.intp), codegen
 
 
 @nb.njit(parallel=True, fastmath=_MATH, cache=True, nogil=True)
@@ -46,24 +72,48 @@ def _product(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:  # pragma: no
     blocks*16]`` (all C-contiguous float32)."""
     blocks, k_dim, _ = w.shape
     rows = x.shape[0]
+    end = blocks * k_dim * LANES - 1
     for b in nb.prange(blocks):
         acc = np.empty((TILE, LANES), np.float32)
-        c0 = b * LANES
-        for m0 in range(0, rows, TILE):
+        c0, start = b * LANES, b * k_dim * LANES
+        m0 = 0
+        while m0 < rows:
             last = rows - 1 - m0  # a tile past the last row repeats it
-            i1, i2, i3 = m0 + min(1, last), m0 + min(2, last), m0 + min(3, last)
             acc[:] = 0.0
-            for k in range(k_dim):
-                x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
-                for j in range(LANES):
-                    v = w[b, k, j]
-                    acc[0, j] += x0 * v
-                    acc[1, j] += x1 * v
-                    acc[2, j] += x2 * v
-                    acc[3, j] += x3 * v
-            for r in range(min(TILE, last + 1)):
+            if last >= 4:  # 5 or more rows left: a tile of 8
+                i1, i2, i3, i4 = m0 + 1, m0 + 2, m0 + 3, m0 + 4
+                i5, i6, i7 = m0 + min(5, last), m0 + min(6, last), m0 + min(7, last)
+                for k in range(k_dim):
+                    _prefetch(w, min(start + (k + PREFETCH) * LANES, end))
+                    x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
+                    x4, x5, x6, x7 = x[i4, k], x[i5, k], x[i6, k], x[i7, k]
+                    for j in range(LANES):
+                        v = w[b, k, j]
+                        acc[0, j] += x0 * v
+                        acc[1, j] += x1 * v
+                        acc[2, j] += x2 * v
+                        acc[3, j] += x3 * v
+                        acc[4, j] += x4 * v
+                        acc[5, j] += x5 * v
+                        acc[6, j] += x6 * v
+                        acc[7, j] += x7 * v
+                tile = 8
+            else:  # 1-4 rows left: a tile of 4
+                i1, i2, i3 = m0 + min(1, last), m0 + min(2, last), m0 + min(3, last)
+                for k in range(k_dim):
+                    _prefetch(w, min(start + (k + PREFETCH) * LANES, end))
+                    x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
+                    for j in range(LANES):
+                        v = w[b, k, j]
+                        acc[0, j] += x0 * v
+                        acc[1, j] += x1 * v
+                        acc[2, j] += x2 * v
+                        acc[3, j] += x3 * v
+                tile = 4
+            for r in range(min(tile, last + 1)):
                 for j in range(LANES):
                     y[m0 + r, c0 + j] = acc[r, j]
+            m0 += tile
 
 
 class BlockedWeight:
@@ -116,4 +166,4 @@ class BlockedWeight:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-__all__ = ["LANES", "TILE", "BlockedWeight"]
+__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight"]
