@@ -59,8 +59,8 @@ def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
-        signature_ = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, signature_, _PREFETCH_NAME)
+        fn_type = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fn_type, _PREFETCH_NAME)
         builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])  # read, keep, data
         return context.get_dummy_value()
     return types.void(array, types.intp), codegen
