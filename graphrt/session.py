@@ -87,7 +87,8 @@ class Session:
         policies. Default: the first time a request whose policy reads them is admitted into an
         idle session, :func:`~graphrt.cost_model.for_model` gives the cached calibration of this
         backbone, or calibrates one (about 2 s, once per machine, model and thread count, saved);
-        where that fails, an unmeasured model that learns from the calls it observes.
+        where that fails, an unmeasured model that learns from the calls it observes. A model given
+        here or assigned later (``session.cost_model = ...``) is used as it is.
     split_calls:
         Whether a round may run as two calls where the cost model prices that below one
         padded call (what a server wants). Off by default: the split follows measured
@@ -105,8 +106,8 @@ class Session:
         self.row_capacity = row_capacity
         self.device = _backbone_device(backbone)
         self.backbone_calls = 0
-        self.cost_model = cost_model if cost_model is not None else CostModel()
-        self._cost_sought = cost_model is not None  # whether to look for a calibration before an adaptive request
+        self._cost_model = cost_model if cost_model is not None else CostModel()
+        self._cost_sought = cost_model is not None  # a model given (here or later) is used as it is
         self.split_calls = split_calls
         self._adaptive = 0  # active requests whose policy reads cost/load
         self._next_id = 0
@@ -115,6 +116,17 @@ class Session:
         self._done: dict[int, _Request] = {}
 
     # ------------------------------------------------------------------ public API
+    @property
+    def cost_model(self) -> CostModel:
+        """The backbone's call times the session prices adaptive choices and round splits with (see the class
+        docstring); assigning one makes the session use it as it is, never calibrating on its own."""
+        return self._cost_model
+
+    @cost_model.setter
+    def cost_model(self, model: CostModel) -> None:
+        self._cost_model = model
+        self._cost_sought = True
+
     def add(self, policy: CompiledPolicy, prompt: Sequence[int] | torch.Tensor,
             params: GenerationParams | None = None) -> int:
         """Queue a request; returns its id. Validates everything before anything runs.
@@ -245,7 +257,7 @@ class Session:
     def _admit(self) -> None:
         if not self._cost_sought and not self._active and any(self._reads_cost(r) for r in self._waiting):
             self._cost_sought = True  # once: the rows are all free now, and a failed calibration is not retried
-            if not self.cost_model.points:  # no calibration (its own timings of a few shapes do not count)
+            if not self._cost_model.points:  # no calibration (its own timings of a few shapes do not count)
                 self.cost_model = for_model(self.backbone)
         while self._waiting and self.backbone.free_row_count() > 0:
             req = self._waiting.pop(0)

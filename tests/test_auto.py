@@ -159,6 +159,11 @@ def test_an_idle_session_calibrates_once_for_its_first_adaptive_request(model, t
     again.run()
     assert again.cost_model.points == calibrated.points, "the next session reads the saved calibration"
     assert session.result(ar).tokens
+    given = Session(model.backbone, model.tokenizer)
+    given.cost_model = CostModel()  # assigned: used as it is (a tensor-parallel engine's ranks must not measure)
+    given.add(graphrt.compile("auto", model), [5, 6, 7], GenerationParams(max_new_tokens=4))
+    given.run()
+    assert not given.cost_model.points
 
 
 # ---------------------------------------------------------------------- the ops and the rule
