@@ -66,6 +66,25 @@ def test_a_better_run_ships_with_its_history_and_no_machine_path(tmp_path: Path)
         assert not [s for s in _strings(doc) if s.startswith("/") and "run2_training_record" not in s]
 
 
+def test_a_run_started_from_an_unshipped_run_continues_that_run(tmp_path: Path) -> None:
+    """Run 3 shipped, run 4 kept in the results (not shipped), run 5 started from run 4: run 5 is run 5."""
+    shipped, results, run = _layout(tmp_path, accepted=2.1)
+    kept = results / "run4"
+    kept.mkdir(parents=True)
+    (kept / "training_record.json").write_text(json.dumps(_record(
+        547, 420_096, 1.80, tokens_seen_all_runs=1_944_320, not_shipped="mean accepted 1.80 against 1.84")))
+    record = json.loads((run / "drafter" / "training_record.json").read_text())
+    record["args"]["init_adapter"] = str(kept)
+    (run / "drafter" / "training_record.json").write_text(json.dumps(record))
+    assert ship_drafter.main([str(run), "--into", str(shipped), "--results", str(results)]) == 0
+    shipped_record = json.loads((shipped / "training_record.json").read_text())
+    assert (results / "run2_training_record.json").is_file(), "the shipped record is archived under its number"
+    assert (results / "run5_train_log.csv").is_file() and not (results / "run3_train_log.csv").exists()
+    assert shipped_record["continued_from"]["record"].endswith("run4/training_record.json")
+    assert shipped_record["continued_from"]["steps"] == 547
+    assert shipped_record["tokens_seen_all_runs"] == 1_944_320 + 614_400
+
+
 def test_worse_drafts_are_refused_unless_forced(tmp_path: Path) -> None:
     shipped, results, run = _layout(tmp_path, accepted=1.5)
     with pytest.raises(SystemExit, match=r"mean accepted drafts 1.5 is below the shipped 1.84"):

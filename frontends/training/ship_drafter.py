@@ -94,6 +94,22 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def _unshipped_parent(record: dict[str, Any], results: Path) -> tuple[Path, int] | None:
+    """``(its record, its number)`` when ``record``'s run started from a run kept in ``results`` as ``runN/`` (one
+    that was not shipped, its adapter and record archived there to continue from); else None."""
+    init = record.get("args", {}).get("init_adapter")
+    if init is None:
+        return None
+    init_dir = Path(init) if Path(init).is_absolute() else ROOT / init  # a relative path: from the repository
+    name = init_dir.name.removeprefix("run")
+    if init_dir.resolve().parent != results.resolve() or not name.isdigit():
+        return None
+    if not (init_dir / "training_record.json").is_file():
+        raise SystemExit(f"ship_drafter: expected {init_dir / 'training_record.json'} (the run this one started "
+                         f"from), found none")
+    return init_dir / "training_record.json", int(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Check and ship ``RUN_DIR/drafter`` as the named model's adapter; returns the exit status."""
     p = argparse.ArgumentParser(prog="ship_drafter", description=__doc__.split("\n\n")[0])
@@ -128,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if after < before and not args.force:
             raise SystemExit(f"ship_drafter: {src}: held-out mean accepted drafts {after} is below the shipped "
                              f"{before} (--force ships it anyway)")
-    names = path_names(args.run, new, args.model)
+    unshipped = _unshipped_parent(new, results)  # started from a run kept in the results, never shipped
+    names = {**path_names(args.run, new, args.model), str(results.resolve()): _shown(results)}
     new, config = portable(new, names, "training_record"), portable(config, names, "adapter_config")
     number = 1
     if old is not None:
@@ -137,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         results.mkdir(parents=True, exist_ok=True)
         archived.write_text(json.dumps(portable(old, path_names(args.run, old, args.model), "shipped record"),
                                        indent=2) + "\n")
+        parent, parent_record, parent_number = old, archived, number - 1
+        if unshipped is not None:
+            parent_record, parent_number = unshipped
+            parent, number = json.loads(parent_record.read_text()), parent_number + 1
         if new.get("args", {}).get("init_adapter") is not None:
             new["continued_from"] = {
-                "record": _shown(archived), "steps": old["steps"], "tokens_seen": old["tokens_seen"],
-                "note": f"this run started from run {number - 1}'s adapter (--init-adapter) with a fresh optimizer"}
-            new["tokens_seen_all_runs"] = old.get("tokens_seen_all_runs", old["tokens_seen"]) + new["tokens_seen"]
+                "record": _shown(parent_record), "steps": parent["steps"], "tokens_seen": parent["tokens_seen"],
+                "note": f"this run started from run {parent_number}'s adapter (--init-adapter) with a fresh optimizer"}
+            new["tokens_seen_all_runs"] = (parent.get("tokens_seen_all_runs", parent["tokens_seen"])
+                                           + new["tokens_seen"])
     results.mkdir(parents=True, exist_ok=True)
     for name, target in (("train_log.csv", "train_log.csv"), ("loss_curves.png", "loss_curves.png")):
         if (args.run / name).is_file():
