@@ -88,7 +88,9 @@ class Session:
         idle session, :func:`~graphrt.cost_model.for_model` gives the cached calibration of this
         backbone, or calibrates one (about 2 s, once per machine, model and thread count, saved);
         where that fails, an unmeasured model that learns from the calls it observes. A model given
-        here or assigned later (``session.cost_model = ...``) is used as it is.
+        here or assigned later (``session.cost_model = ...``) is used as it is, and a tensor-parallel
+        backbone (``backbone.tp > 1``) is never calibrated here: its ranks, each timing its own calls,
+        would run different calls and fall out of step.
     split_calls:
         Whether a round may run as two calls where the cost model prices that below one
         padded call (what a server wants). Off by default: the split follows measured
@@ -255,7 +257,8 @@ class Session:
         return any(v.name == "cost" for v in req.policy.lowered(self.device).graph.inputs)
 
     def _admit(self) -> None:
-        if not self._cost_sought and not self._active and any(self._reads_cost(r) for r in self._waiting):
+        if (not self._cost_sought and not self._active and getattr(self.backbone, "tp", 1) == 1
+                and any(self._reads_cost(r) for r in self._waiting)):  # (tensor-parallel ranks: see cost_model)
             self._cost_sought = True  # once: the rows are all free now, and a failed calibration is not retried
             if not self._cost_model.points:  # no calibration (its own timings of a few shapes do not count)
                 self.cost_model = for_model(self.backbone)

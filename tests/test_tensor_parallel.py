@@ -24,6 +24,8 @@ import pytest
 import torch
 
 import graphrt
+from graphrt.api import prepare
+from graphrt.cost_model import CostModel
 from graphrt.frontends.models.checkpoint import random_checkpoint
 from graphrt.frontends.models.config import default_test_config
 from graphrt.frontends.fixtures import write_release_checkpoint
@@ -48,8 +50,12 @@ def decode_all(model: graphrt.Model, name: str) -> dict[str, object]:
     """Tokens and forward counts of checkpoint ``name``'s cases, plus a two-request mixed-mode session."""
     out: dict[str, object] = {}
     for mode, temperature in CASES[name]:
-        res = graphrt.generate(model, PROMPTS[0], mode=mode, max_new_tokens=8, temperature=temperature, seed=3,
-                               ignore_eos=True)
+        # priced by the prior on both sides (a tensor-parallel session never calibrates on its own), so mode auto
+        # makes the same choices, and the same number of forwards, at TP=1 and TP=2
+        session = Session(model.backbone, model.tokenizer, cost_model=CostModel())
+        rid = session.add(*prepare(model, PROMPTS[0], mode=mode, max_new_tokens=8, temperature=temperature, seed=3,
+                                   ignore_eos=True))
+        res = session.run()[rid]
         out[f"{mode}@{temperature}"] = [res.tokens, res.forwards]
     if name != "release":
         return out
