@@ -344,7 +344,9 @@ def test_calibration_measures_one_point_per_coefficient_past_a_spent_budget(mode
 def test_the_fit_against_measured_step_times(model) -> None:
     """Calibrated on the running toy model, the linear model predicts the times of calls of other shapes,
     each timed as the fastest of a few, as calibration does. Timing on a machine busy with other work is
-    noise, not a fit: the test is skipped when repeated calls of one shape differ by more than 3x."""
+    noise, not a fit: the test is skipped when the typical (median) call of a shape takes more than 3x its
+    fastest; one call delayed by the scheduler among the repeats does not count as a busy machine."""
+    import statistics
     import time
 
     bb = model.backbone
@@ -355,16 +357,16 @@ def test_the_fit_against_measured_step_times(model) -> None:
         for r, w in [(1, 1), (3, 1), (2, 4), (5, 2), (6, 4), (4, 3)]:
             batch = probe_batch(rows[:r], w, 0, bb.config.vocab_size)
             times = []
-            for _ in range(5):
+            for _ in range(7):
                 t0 = time.perf_counter()
                 bb.forward(batch)
                 times.append(time.perf_counter() - t0)
-            spread = max(spread, max(times[1:]) / min(times[1:]))
+            spread = max(spread, statistics.median(times[1:]) / min(times[1:]))
             measured.append((CallShape(r, w, r * w), min(times[1:])))
     finally:
         bb.free_rows(rows)
     if spread > 3.0 or len(cm.points) < 6:
-        pytest.skip(f"the machine is too busy to time calls (repeats differ {spread:.1f}x, "
+        pytest.skip(f"the machine is too busy to time calls (median repeat {spread:.1f}x the fastest, "
                     f"{len(cm.points)} calibration points in 3 s)")
     err = cm.fit_error(measured)
     assert err["median"] < 0.5, (err, cm.describe(), measured)
