@@ -34,8 +34,9 @@ three) are *spread*: the views span the range, attention runs over all of it wit
 the holes' queries idle, and only the call's own queries and outputs move (a few
 kilobytes per layer), where gathering the rows would copy their K/V spans every
 layer (SmolLM2, 13 of 16 rows at 1,000 cached tokens: 159.7 ms gathered, 101.6 ms
-spread, 91.1 ms for rows 0-12; ``bench/packed_calls.py``). Other scatters gather. Because the views' offsets are not part of their
-shape, a compiled forward serves every row range of a given size with one graph.
+spread, 91.1 ms for rows 0-12; ``bench/packed_calls.py``). Other scatters gather.
+Because the views' offsets are not part of their shape, a compiled forward serves
+every row range of a given size with one graph.
 """
 
 from __future__ import annotations

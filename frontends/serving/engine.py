@@ -153,11 +153,9 @@ class Engine:
         if not isinstance(policy_cache, int) or policy_cache < 1:
             raise ValueError(f"policy_cache: expected an int >= 1, found {policy_cache!r}")
         # a prompt gets its own call where padding the decoding rows to it costs more (not across tensor-parallel
-        # ranks: each times its own calls, and all must make the same ones; for the same reason a tensor-parallel
-        # session never calibrates on its own, which would run a different grid of calls on each rank)
-        parallel = lockstep_for(model.backbone) is not None
-        self.session = IsolatingSession(model.backbone, model.tokenizer, split_calls=not parallel,
-                                        cost_model=CostModel() if parallel else None)
+        # ranks: each times its own calls, and all must make the same ones)
+        self.session = IsolatingSession(model.backbone, model.tokenizer,
+                                        split_calls=lockstep_for(model.backbone) is None)
         if cost_model is not None:  # mode auto's measured backbone (else it measures as requests run)
             self.session.cost_model = cost_model
         self._jobs: dict[int, Job] = {}  # request id -> job holding a row (engine thread only)
