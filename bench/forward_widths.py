@@ -33,7 +33,8 @@ from graphrt.backbone import ForwardBatch
 WIDTHS = (1, 2, 4, 8, 16, 32)
 PATHS = {"eager": {"linear": "eager"}, "packed": {"linear": "packed", "fuse": False},
          "packed+fused": {"linear": "packed"}, "packed+fused-onednn": {"linear": "packed", "onednn": True},
-         "packed+fused-no-products": {"linear": "packed", "no_products": True}}
+         "packed+fused-no-products": {"linear": "packed", "no_products": True},
+         "packed+fused-torch-glue": {"linear": "packed", "torch_glue": True}}
 
 
 class NoProduct:
@@ -71,6 +72,9 @@ def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:
     m = graphrt.load(model, dtype="float32", max_batch=1, max_seq_len=max_seq_len, linear="eager")
     if options["linear"] == "packed":
         prepack(m.backbone.model, fuse=options.get("fuse", True))
+    if options.get("torch_glue"):
+        for layer in m.backbone.model.encoder.layers:
+            layer.fused_glue = False
     swap = OneDNNWeight if options.get("onednn") else NoProduct if options.get("no_products") else None
     if swap is not None:
         for mod in m.backbone.model.modules():

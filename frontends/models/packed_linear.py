@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from .blocked_gemm import BlockedWeight
+from .config import ModelConfig
+from .fused_glue import LANES as GLUE_LANES
 
 #: Linear-layer implementations :func:`graphrt.load` accepts.
 LINEAR_PATHS = ("auto", "eager", "packed")
@@ -177,14 +179,20 @@ class FusedProduct:
         if self._kept(x, select):
             out = self._out
         else:
-            out = self.packed(x, self.bias)
-            if select is not None:
-                self.lora.add_(x, out, select)
+            out = self.full(x, select)
             self._out, self._served = out, 0
             self._key = (x, x._version, select, -1 if select is None else select._version)
         self._served += 1
         if self._served >= self.parts:  # every projection has its columns: hold nothing between calls
             self.release()
+        return out
+
+    def full(self, x: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., in]``, ``select [...]`` bool or None -> ``[..., sum(out)]``: every projection's columns at
+        once, kept for none (what a caller that takes them together uses)."""
+        out = self.packed(x, self.bias)
+        if self.lora is not None and select is not None:
+            self.lora.add_(x, out, select)
         return out
 
     def _kept(self, x: torch.Tensor, select: torch.Tensor | None) -> bool:
@@ -246,12 +254,24 @@ def _page_out(weight: torch.Tensor) -> None:
         _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(stop - start), ctypes.c_int(_MADV_PAGEOUT))
 
 
+def _glue_fusable(layer: nn.Module, config: ModelConfig) -> bool:
+    """Whether :func:`~graphrt.frontends.models.fused_glue.layer_forward` can run a packed ``layer`` of a model
+    with ``config``: q/k/v and gate/up one product each, no q/k norm, no query scale, sizes its kernels take."""
+    attn, mlp = layer.self_attn, layer.mlp
+    return (isinstance(attn.q_proj, PackedSlice) and attn.k_proj.product is attn.q_proj.product
+            and attn.v_proj.product is attn.q_proj.product and isinstance(mlp.gate_proj, PackedSlice)
+            and mlp.up_proj.product is mlp.gate_proj.product and attn.q_norm is None
+            and config.query_scale_beta is None and config.hidden_size % GLUE_LANES == 0 and attn.head_dim % 2 == 0)
+
+
 def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     """Swap ``model``'s projections and output head for packed ones (:class:`PackedLinear`), in place.
 
     Every decoder layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` and the model's
     ``diffusion_head`` are replaced; with ``fuse``, q/k/v and gate/up each become one packed
-    matrix (:class:`FusedProduct`) read once per call. The embedding (shared with a tied head)
+    matrix (:class:`FusedProduct`) read once per call, and a layer whose products are fused (and that has no
+    q/k norm or query scale) is marked ``fused_glue``: its calls over the cache run the work between the products
+    as fused kernels (:mod:`~graphrt.frontends.models.fused_glue`). The embedding (shared with a tied head)
     stays as is. The replaced weights are released unless something else holds them, so the model
     is for inference only afterwards. Each projection's pages are paged out of the file's map once
     packed (:func:`_page_out`), so the file and the packed copies are never resident together. The
@@ -300,6 +320,7 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
                         setattr(block, name, PackedLinear(lin))
                 for lin in linears:  # read once, packed: out of resident memory before the next layer is read
                     _page_out(lin.weight)
+        layer.fused_glue = _glue_fusable(layer, model.config)
     model.diffusion_head = PackedLinear(head)
     embedding = model.encoder.embed_tokens.weight
     _page_out(head.weight)  # tied, the embedding: a lookup reads back only the pages of the rows it takes

@@ -34,6 +34,7 @@ from graphrt.frontends.models.kvcache import RowKVCache, SlotPlan
 
 from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
+from .fused_glue import layer_forward
 from .packed_linear import prepack, resolve_linear
 
 
@@ -206,16 +207,35 @@ class Attention(nn.Module):
             kl, vl = cached.k[layer], cached.v[layer]
             kl.index_put_(cached.index, k.transpose(1, 2).to(kl.dtype))
             vl.index_put_(cached.index, v.to(vl.dtype))
+        return self.o_proj(self.attend(q, k, v.transpose(1, 2), mask, cached, layer), adapter)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+               cached: "CachedCall | None", layer: int) -> torch.Tensor:
+        """Attention of the new tokens' queries, their K/V already in the cache when there is one.
+
+        Parameters
+        ----------
+        q: ``[B, H, L, d]`` (RoPE applied).
+        k, v: ``[B, KV, L, d]``: the new tokens' keys (RoPE applied) and values, read without a cache or
+            for a causal prefill.
+        mask, cached, layer: as in :meth:`forward`.
+
+        Returns
+        -------
+        ``[B, L, H*d]``: the heads' outputs side by side (``o_proj``'s input).
+        """
+        B, H, L, d = q.shape
+        KV = self.num_kv_heads
         if cached is not None and cached.causal:  # prefill from empty rows: causal over the new tokens only
-            o = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, enable_gqa=True)
-            o = o.transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
-            return self.o_proj(o, adapter)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return o.transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
         if cached is not None:
+            kl, vl = cached.k[layer], cached.v[layer]
             keys, vals = kl[:, :, :cached.keys], vl[:, :, :cached.keys]  # [B', KV, S, d] views
             if cached.gather is not None:  # scattered rows: gather their spans only (never the row capacity)
                 keys, vals = keys.index_select(0, cached.gather), vals.index_select(0, cached.gather)
         else:
-            keys, vals = k, v.transpose(1, 2)  # [B, KV, L, d]
+            keys, vals = k, v  # [B, KV, L, d]
         # GQA without copying K/V: fold each KV group's query heads into the query axis.
         qg = q.reshape(B, KV, (H // KV) * L, d)  # [B, KV, g*L, d]  (head h = kv*g + j)
         spread = cached.spread if cached is not None else None
@@ -224,8 +244,7 @@ class Attention(nn.Module):
         o = F.scaled_dot_product_attention(qg, keys, vals, attn_mask=mask)  # [B, KV, g*L, d]
         if spread is not None:
             o = o.index_select(0, spread)
-        o = o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
-        return self.o_proj(o, adapter)
+        return o.reshape(B, H, L, d).transpose(1, 2).reshape(B, L, H * d)  # [B, L, H*d]
 
 
 @dataclass
@@ -273,11 +292,17 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Set by prepack where it applies: calls over the cache run the work between the packed products
+        # as fused kernels (frontends/models/fused_glue.py).
+        self.fused_glue = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
                 mask: torch.Tensor | None, adapter: torch.Tensor | None, cached: CachedCall | None = None,
                 layer: int = 0) -> torch.Tensor:
-        """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`."""
+        """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`. With ``fused_glue``, a
+        call over the cache updates ``x`` in place (:func:`~graphrt.frontends.models.fused_glue.layer_forward`)."""
+        if self.fused_glue and cached is not None:
+            return layer_forward(self, x, cos, sin, mask, adapter, cached, layer)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, cached, layer)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
 

@@ -1,0 +1,124 @@
+"""The fused work between a packed layer's products: the torch layer's results up to float32 rounding, and each
+token's bits independent of the call around it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from graphrt.backbone import ForwardBatch
+from graphrt.frontends.models.checkpoint import init_random_
+from graphrt.frontends.models.config import default_test_config
+from graphrt.frontends.models.fused_glue import _add_norm, _rope_write, _silu_gate
+from graphrt.frontends.models.transformer import RMSNorm, Transformer, TransformerBackbone, apply_rope
+
+F32 = torch.float32
+
+
+def norm_rows(x: torch.Tensor, delta: torch.Tensor | None, w: torch.Tensor, eps: float) -> torch.Tensor:
+    out = torch.empty_like(x)
+    d = x if delta is None else delta
+    _add_norm(x.numpy(), d.numpy(), delta is not None, w.numpy(), np.float32(eps), out.numpy())
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), width=st.sampled_from([16, 32, 48, 576]), seed=st.integers(0, 2**16))
+def test_norm_equals_rmsnorm_and_each_row_is_the_same_alone(rows: int, width: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x, delta, w = torch.randn(rows, width, generator=g), torch.randn(rows, width, generator=g), torch.randn(width, generator=g)
+    norm = RMSNorm(width, 1e-5)
+    norm.weight.data.copy_(w)
+    want = norm(x + delta).detach()
+    x_inplace = x.clone()
+    got = norm_rows(x_inplace, delta, w, 1e-5)
+    torch.testing.assert_close(x_inplace, x + delta)  # the residual, added in place
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for i in range(rows):
+        assert torch.equal(norm_rows((x[i:i + 1] + delta[i:i + 1]).clone(), None, w, 1e-5), got[i:i + 1]), i
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_silu_gate_equals_torch_and_each_row_is_the_same_alone(rows: int, seed: int) -> None:
+    gu = torch.randn(rows, 2 * 24, generator=torch.Generator().manual_seed(seed)) * 4
+    out = torch.empty(rows, 24)
+    _silu_gate(gu.numpy(), out.numpy())
+    torch.testing.assert_close(out, F.silu(gu[:, :24]) * gu[:, 24:], rtol=1e-5, atol=1e-6)
+    for i in range(rows):
+        alone = torch.empty(1, 24)
+        _silu_gate(gu[i:i + 1].numpy(), alone.numpy())
+        assert torch.equal(alone, out[i:i + 1])
+
+
+def test_rope_write_equals_apply_rope_and_the_cache_writes() -> None:
+    """Queries in attention's grouped layout, keys and values at their rows' slots, as the torch layer puts them."""
+    g = torch.Generator().manual_seed(3)
+    B, L, H, KV, d, R, S = 2, 3, 4, 2, 8, 4, 10
+    qkv = torch.randn(B, L, (H + 2 * KV) * d, generator=g)
+    angles = torch.rand(B, L, d // 2, generator=g) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)  # [B, L, d]
+    rows, slots = torch.tensor([3, 1]), torch.tensor([[5, 6, 9], [0, 1, 2]])
+    kc, vc = torch.zeros(R, KV, S, d), torch.zeros(R, KV, S, d)
+    q, k, v = torch.empty(B, H, L, d), torch.empty(B, KV, L, d), torch.empty(B, KV, L, d)
+    _rope_write(qkv.view(B * L, -1).numpy(), cos.view(B * L, d).numpy(), sin.view(B * L, d).numpy(), H, KV,
+                rows.numpy(), slots.numpy(), kc.numpy(), vc.numpy(), q.view(B, KV, H // KV * L, d).numpy(),
+                k.numpy(), v.numpy())
+    q_ref, k_ref, v_ref = qkv.split([H * d, KV * d, KV * d], -1)
+    q_ref = apply_rope(q_ref.view(B, L, H, d).transpose(1, 2), cos, sin)
+    k_ref = apply_rope(k_ref.view(B, L, KV, d).transpose(1, 2), cos, sin)
+    v_ref = v_ref.view(B, L, KV, d).transpose(1, 2)
+    torch.testing.assert_close(q, q_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(k, k_ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(v, v_ref)
+    for b in range(B):
+        for t in range(L):
+            assert torch.equal(kc[rows[b], :, slots[b, t]], k[b, :, t])
+            assert torch.equal(vc[rows[b], :, slots[b, t]], v[b, :, t])
+    untouched = torch.ones(R, S, dtype=torch.bool)
+    untouched[rows[:, None], slots] = False
+    assert not kc.permute(0, 2, 1, 3)[untouched].any()
+
+
+def _call(rows: list[int], ids: torch.Tensor, start: list[int], L: int, adapter_from: int | None = None,
+          write: bool = True) -> ForwardBatch:
+    B = len(rows)
+    adapter = torch.zeros(B, L, dtype=torch.bool)
+    if adapter_from is not None:
+        adapter[:, adapter_from:] = True
+    return ForwardBatch(rows=rows, tokens=torch.stack([ids[s:s + L] for s in start]),
+                        positions=torch.stack([torch.arange(s, s + L) for s in start]),
+                        attention=torch.ones(B, L, L, dtype=torch.bool).tril(), kind="causal",
+                        kv_write=torch.full((B, L), write), adapter=adapter, valid=torch.ones(B, L, dtype=torch.bool))
+
+
+def test_a_fused_backbone_equals_the_torch_glue_over_prefill_steps_drafts_and_scattered_rows() -> None:
+    """The same packed model with and without the fused glue: prefills, 1-token steps, a drafted block through
+    the adapter, rows packed together, scattered and in a range with holes -- the same logits and cache to
+    float32 rounding; a token alone and in a wider call, the same logits to float32 rounding."""
+    cfg = dict(hidden_size=32, head_dim=16, draft_adapter={"rank": 4, "alpha": 8})
+    models = [init_random_(Transformer(default_test_config(**cfg)), 9).to(F32).eval() for _ in range(2)]
+    for m in models:
+        for layer in m.encoder.layers:
+            torch.nn.init.normal_(layer.self_attn.o_proj.lora_B.weight, generator=torch.Generator().manual_seed(1))
+    bbs = [TransformerBackbone(m, max_rows=4, row_capacity=64, linear="packed") for m in models]
+    assert all(layer.fused_glue for layer in models[0].encoder.layers)
+    for layer in models[1].encoder.layers:
+        layer.fused_glue = False
+    ids = torch.randint(3, 90, (48,), generator=torch.Generator().manual_seed(2))
+    script = [([0], [0], 12, None), ([2], [0], 9, None), ([3], [0], 5, None),  # causal prefills
+              ([0], [12], 1, None), ([0, 2], [13, 9], 1, None),  # steps; rows 0 and 2: a range with a hole
+              ([2, 0], [10, 14], 4, 1),  # scattered order, a block drafted through the adapter
+              ([0, 2, 3], [18, 14, 5], 3, None)]
+    for rows, start, L, adapter_from in script:
+        fused, torch_glue = (bb.forward(_call(rows, ids, start, L, adapter_from)) for bb in bbs)
+        torch.testing.assert_close(fused, torch_glue, rtol=1e-5, atol=1e-5)
+    for layer in range(len(models[0].encoder.layers)):
+        torch.testing.assert_close(bbs[0].cache._k[layer], bbs[1].cache._k[layer], rtol=1e-5, atol=1e-5)
+    wide = bbs[0].forward(_call([0], ids, [21], 4, write=False))
+    alone = bbs[0].forward(_call([0], ids, [21], 1, write=False))
+    torch.testing.assert_close(alone, wide[:, :1], rtol=1e-5, atol=1e-5)
