@@ -74,7 +74,7 @@ def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:
         prepack(m.backbone.model, fuse=options.get("fuse", True))
     if options.get("torch_glue"):
         for layer in m.backbone.model.encoder.layers:
-            layer.fused_glue = False
+            layer.glue = None
     swap = OneDNNWeight if options.get("onednn") else NoProduct if options.get("no_products") else None
     if swap is not None:
         for mod in m.backbone.model.modules():

@@ -106,9 +106,9 @@ def test_a_fused_backbone_equals_the_torch_glue_over_prefill_steps_drafts_and_sc
         for layer in m.encoder.layers:
             torch.nn.init.normal_(layer.self_attn.o_proj.lora_B.weight, generator=torch.Generator().manual_seed(1))
     bbs = [TransformerBackbone(m, max_rows=4, row_capacity=64, linear="packed") for m in models]
-    assert all(layer.fused_glue for layer in models[0].encoder.layers)
+    assert all(layer.glue is not None for layer in models[0].encoder.layers)
     for layer in models[1].encoder.layers:
-        layer.fused_glue = False
+        layer.glue = None
     ids = torch.randint(3, 90, (48,), generator=torch.Generator().manual_seed(2))
     script = [([0], [0], 12, None), ([2], [0], 9, None), ([3], [0], 5, None),  # causal prefills
               ([0], [12], 1, None), ([0, 2], [13, 9], 1, None),  # steps; rows 0 and 2: a range with a hole

@@ -104,31 +104,77 @@ def _silu_gate(gu: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - c
             out[n, c] = a / (np.float32(1.0) + np.exp(-a)) * gu[n, m + c]
 
 
-def layer_forward(layer: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  mask: torch.Tensor | None, adapter: torch.Tensor | None, cached, index: int) -> torch.Tensor:
-    """:meth:`~graphrt.frontends.models.transformer.DecoderLayer.forward` of a layer over the
-    cache, with the work between its products in the kernels above. The layer is one
-    :func:`~graphrt.frontends.models.packed_linear.prepack` marked ``fused_glue`` (q/k/v and gate/up each one
-    packed product, no q/k norm, no query scale). ``x [B, L, hidden]`` (contiguous float32) is updated in place
-    and returned."""
-    attn, mlp = layer.self_attn, layer.mlp
-    B, L, D = x.shape
-    H, KV, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
-    flat = x.view(B * L, D).numpy()
-    h = torch.empty(B, L, D)
-    _add_norm(flat, flat, False, layer.input_layernorm.weight.detach().numpy(),
-              np.float32(layer.input_layernorm.eps), h.view(B * L, D).numpy())
-    qkv = attn.q_proj.product.full(h, adapter)  # [B, L, (H + 2 KV) d]
-    q, k, v = torch.empty(B, H, L, d), torch.empty(B, KV, L, d), torch.empty(B, KV, L, d)
-    rows, _, slots = cached.index
-    _rope_write(qkv.view(B * L, -1).numpy(), cos.reshape(B * L, d).numpy(), sin.reshape(B * L, d).numpy(), H, KV,
-                rows[:B, 0, 0].contiguous().numpy(), slots[:B, :, 0].contiguous().numpy(),
-                cached.k[index].numpy(), cached.v[index].numpy(), q.view(B, KV, H // KV * L, d).numpy(),
-                k.numpy(), v.numpy())
-    o = attn.o_proj(attn.attend(q, k, v, mask, cached, index), adapter)  # [B, L, D]
-    _add_norm(flat, o.view(B * L, D).numpy(), True, layer.post_attention_layernorm.weight.detach().numpy(),
-              np.float32(layer.post_attention_layernorm.eps), h.view(B * L, D).numpy())
-    gu = mlp.gate_proj.product.full(h, adapter)  # [B, L, 2m]
-    act = torch.empty(B, L, gu.shape[-1] // 2)
-    _silu_gate(gu.view(B * L, -1).numpy(), act.view(B * L, -1).numpy())
-    return x.add_(mlp.down_proj(act, adapter))
+class GlueCall:
+    """What every layer of one call over the cache shares: the RoPE tables and the tokens' cache rows and slots as
+    arrays, and the buffers the layers' kernels write (each layer's are consumed before the next one runs).
+
+    Parameters
+    ----------
+    x:
+        ``[B, L, hidden]`` the call's hidden states (contiguous float32).
+    cos, sin:
+        ``[B, L, d]`` RoPE tables.
+    cached:
+        The call's :class:`~graphrt.frontends.models.transformer.CachedCall`.
+    heads, kv_heads:
+        Query and KV heads per layer.
+    intermediate:
+        The MLP's width.
+    """
+
+    def __init__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached, heads: int, kv_heads: int,
+                 intermediate: int) -> None:
+        B, L, D = x.shape
+        d = cos.shape[-1]
+        rows, _, slots = cached.index
+        self.cos, self.sin = cos.reshape(B * L, d).numpy(), sin.reshape(B * L, d).numpy()
+        self.rows, self.slots = rows[:B, 0, 0].contiguous().numpy(), slots[:B, :, 0].contiguous().numpy()
+        self.h = torch.empty(B, L, D)  # a norm's output, a product's input
+        self.q = torch.empty(B, heads, L, d)
+        self.k, self.v = torch.empty(B, kv_heads, L, d), torch.empty(B, kv_heads, L, d)
+        self.act = torch.empty(B, L, intermediate)
+        self.h_np, self.act_np = self.h.view(B * L, D).numpy(), self.act.view(B * L, intermediate).numpy()
+        self.q_np = self.q.view(B, kv_heads, heads // kv_heads * L, d).numpy()  # attention's grouped layout
+        self.k_np, self.v_np = self.k.numpy(), self.v.numpy()
+
+
+class LayerGlue:
+    """A packed decoder layer run with its work between products fused (built once, by
+    :func:`~graphrt.frontends.models.packed_linear.prepack`, for a layer whose q/k/v and gate/up are one packed
+    product each, with no q/k norm and no query scale).
+
+    Parameters
+    ----------
+    layer:
+        The :class:`~graphrt.frontends.models.transformer.DecoderLayer`, already packed.
+    """
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn = attn
+        self.qkv, self.gate_up = attn.q_proj.product, mlp.gate_proj.product
+        self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
+        self.heads, self.kv_heads = attn.num_heads, attn.num_kv_heads
+        self.intermediate = mlp.down_proj.in_features
+        self.w_in, self.eps_in = layer.input_layernorm.weight.detach().numpy(), np.float32(layer.input_layernorm.eps)
+        self.w_post = layer.post_attention_layernorm.weight.detach().numpy()
+        self.eps_post = np.float32(layer.post_attention_layernorm.eps)
+
+    def call(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached) -> GlueCall:
+        """The :class:`GlueCall` of a call (every layer of the model has this one's sizes)."""
+        return GlueCall(x, cos, sin, cached, self.heads, self.kv_heads, self.intermediate)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, adapter: torch.Tensor | None, cached,
+                index: int, call: GlueCall) -> torch.Tensor:
+        """:meth:`~graphrt.frontends.models.transformer.DecoderLayer.forward` over the cache: ``x [B, L, hidden]``
+        (contiguous float32) is updated in place and returned; ``index`` is the layer's."""
+        B, L, D = x.shape
+        flat = x.view(B * L, D).numpy()
+        _add_norm(flat, flat, False, self.w_in, self.eps_in, call.h_np)
+        qkv = self.qkv.full(call.h, adapter)  # [B, L, (H + 2 KV) d]
+        _rope_write(qkv.view(B * L, -1).numpy(), call.cos, call.sin, self.heads, self.kv_heads, call.rows,
+                    call.slots, cached.k[index].numpy(), cached.v[index].numpy(), call.q_np, call.k_np, call.v_np)
+        o = self.o_proj(self.attn.attend(call.q, call.k, call.v, mask, cached, index), adapter)  # [B, L, D]
+        _add_norm(flat, o.view(B * L, D).numpy(), True, self.w_post, self.eps_post, call.h_np)
+        _silu_gate(self.gate_up.full(call.h, adapter).view(B * L, -1).numpy(), call.act_np)
+        return x.add_(self.down_proj(call.act, adapter))

@@ -27,6 +27,7 @@ from torch import nn
 from .blocked_gemm import BlockedWeight
 from .config import ModelConfig
 from .fused_glue import LANES as GLUE_LANES
+from .fused_glue import LayerGlue
 
 #: Linear-layer implementations :func:`graphrt.load` accepts.
 LINEAR_PATHS = ("auto", "eager", "packed")
@@ -255,7 +256,7 @@ def _page_out(weight: torch.Tensor) -> None:
 
 
 def _glue_fusable(layer: nn.Module, config: ModelConfig) -> bool:
-    """Whether :func:`~graphrt.frontends.models.fused_glue.layer_forward` can run a packed ``layer`` of a model
+    """Whether :class:`~graphrt.frontends.models.fused_glue.LayerGlue` can run a packed ``layer`` of a model
     with ``config``: q/k/v and gate/up one product each, no q/k norm, no query scale, sizes its kernels take."""
     attn, mlp = layer.self_attn, layer.mlp
     return (isinstance(attn.q_proj, PackedSlice) and attn.k_proj.product is attn.q_proj.product
@@ -270,7 +271,7 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     Every decoder layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` and the model's
     ``diffusion_head`` are replaced; with ``fuse``, q/k/v and gate/up each become one packed
     matrix (:class:`FusedProduct`) read once per call, and a layer whose products are fused (and that has no
-    q/k norm or query scale) is marked ``fused_glue``: its calls over the cache run the work between the products
+    q/k norm or query scale) gets a :class:`~graphrt.frontends.models.fused_glue.LayerGlue`: its calls over the cache run the work between the products
     as fused kernels (:mod:`~graphrt.frontends.models.fused_glue`). The embedding (shared with a tied head)
     stays as is. The replaced weights are released unless something else holds them, so the model
     is for inference only afterwards. Each projection's pages are paged out of the file's map once
@@ -320,7 +321,7 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
                         setattr(block, name, PackedLinear(lin))
                 for lin in linears:  # read once, packed: out of resident memory before the next layer is read
                     _page_out(lin.weight)
-        layer.fused_glue = _glue_fusable(layer, model.config)
+        layer.glue = LayerGlue(layer) if _glue_fusable(layer, model.config) else None
     model.diffusion_head = PackedLinear(head)
     embedding = model.encoder.embed_tokens.weight
     _page_out(head.weight)  # tied, the embedding: a lookup reads back only the pages of the rows it takes

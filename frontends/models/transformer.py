@@ -34,7 +34,7 @@ from graphrt.frontends.models.kvcache import RowKVCache, SlotPlan
 
 from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
-from .fused_glue import layer_forward
+from .fused_glue import LayerGlue
 from .packed_linear import prepack, resolve_linear
 
 
@@ -294,15 +294,12 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         # Set by prepack where it applies: calls over the cache run the work between the packed products
         # as fused kernels (frontends/models/fused_glue.py).
-        self.fused_glue = False
+        self.glue: LayerGlue | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qscale: torch.Tensor | None,
                 mask: torch.Tensor | None, adapter: torch.Tensor | None, cached: CachedCall | None = None,
                 layer: int = 0) -> torch.Tensor:
-        """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`. With ``fused_glue``, a
-        call over the cache updates ``x`` in place (:func:`~graphrt.frontends.models.fused_glue.layer_forward`)."""
-        if self.fused_glue and cached is not None:
-            return layer_forward(self, x, cos, sin, mask, adapter, cached, layer)
+        """``x [B, L, hidden]`` -> ``[B, L, hidden]``; see :meth:`Attention.forward`."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, adapter, cached, layer)
         return x + self.mlp(self.post_attention_layernorm(x), adapter)
 
@@ -395,8 +392,14 @@ class Transformer(nn.Module):
         qscale = self.query_scale(positions, h.dtype)  # [B, L] or None
         if not self.config.adapter_targets:
             adapter = None
-        for i, layer in enumerate(self.encoder.layers):
-            h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
+        layers = self.encoder.layers
+        if cached is not None and layers[0].glue is not None:  # packed: the work between products fused
+            call = layers[0].glue.call(h, cos, sin, cached)
+            for i, layer in enumerate(layers):
+                h = layer.glue.forward(h, mask, adapter, cached, i, call)
+        else:
+            for i, layer in enumerate(layers):
+                h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
         if last is not None:
             idx = last[:, None] if last.dim() == 1 else last  # [B, n]
             h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))  # [B, n, hidden]
