@@ -95,9 +95,12 @@ class ChoiceState:
     # The rates as host floats: a rule asks for a dozen candidates per cycle of every request, and each
     # tensor op would cost more than the arithmetic.
     _rates: list[list[float]] = field(init=False, repr=False, compare=False)
+    # Round times by (width, join): the candidates of a cycle share a few widths.
+    _seconds: dict[tuple[int, bool], float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rates = self.rates.double().tolist()
+        self._seconds = {}
 
     def expected_tokens(self, source: int, width: int) -> float:
         """Expected tokens a cycle commits: ``1 + sum_j prod_{i <= j} rates[source, i]`` over its drafts."""
@@ -115,9 +118,12 @@ class ChoiceState:
         A call is as wide as its widest row. By default the request is charged as if it set the call's
         width (``T(R + 1, width)``); ``join=True`` prices joining the others' widest forward
         (``T(R + 1, max(W, width))``), where width up to ``W`` looks free."""
-        rows, wide, spans = self.load[0], self.load[1], self.load[2]
-        shape = CallShape(int(rows) + 1, int(max(wide, width) if join else width), int(spans) + self.start + width)
-        return max(shape.seconds(self.cost), 1e-9)
+        seconds = self._seconds.get((width, join))
+        if seconds is None:
+            rows, wide, spans = self.load[0], self.load[1], self.load[2]
+            shape = CallShape(int(rows) + 1, int(max(wide, width) if join else width), int(spans) + self.start + width)
+            seconds = self._seconds[width, join] = max(shape.seconds(self.cost), 1e-9)
+        return seconds
 
     def candidates(self) -> list[tuple[int, int]]:
         """Every ``(source, width)`` the policy allows this cycle (a lookup only where there is a match)."""

@@ -141,7 +141,8 @@ def _branch(b: GraphBuilder, io: DecodeInputs, config: BackboneConfig, w: int, d
         n = k + 1
         info = b.concat(source.unsqueeze(), b.const(w).unsqueeze(), k.unsqueeze())  # [3] what this cycle did
         done = b.emit(ar, n, token_logprobs(b, logits, ar), info)
-        cache = b.commit(cache, start + n)
+        if w > 1:  # a plain step's forward wrote exactly its one slot: nothing to crop
+            cache = b.commit(cache, start + n)
         ctx = b.dynamic_update_slice(ctx, start + 1, ar)          # AR tokens join the context
         return False, cache, ctx, b.gather(ar, k), start + n, ~done, k
 
