@@ -30,6 +30,8 @@ and prefetching 4 KB or 16 KB ahead measured the same or slower.
 
 from __future__ import annotations
 
+import threading
+
 import numba as nb
 import numpy as np
 import torch
@@ -119,6 +121,19 @@ def _product(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:  # pragma: no
             m0 += tile
 
 
+_threads = threading.local()  # Numba's thread count is per calling thread
+
+
+def match_threads() -> None:
+    """Run Numba's parallel kernels on as many threads as torch uses (``torch.get_num_threads()``) from this thread.
+    Checked on every call, set only when torch's count changed: ``numba.get_num_threads`` costs about 6 us, which
+    the 121 products of a SmolLM2 forward would pay 121 times."""
+    threads = torch.get_num_threads()
+    if getattr(_threads, "count", None) != threads:
+        nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
+        _threads.count = threads
+
+
 class BlockedWeight:
     """A weight ``[out, in]`` laid out once as ``[ceil(out / 16), in, 16]`` float32 (zero columns pad ``out`` to a
     multiple of 16); calling it runs the product.
@@ -158,9 +173,7 @@ class BlockedWeight:
         x2 = x.reshape(rows, self.in_features).contiguous()  # [rows, in]
         blocks = self.tensor.shape[0]
         y = torch.empty(rows, blocks * LANES, dtype=torch.float32)  # [rows, blocks*16]
-        threads = torch.get_num_threads()
-        if nb.get_num_threads() != threads:
-            nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
+        match_threads()
         _product(self.array, x2.detach().numpy(), y.numpy())
         if blocks * LANES != self.out_features:
             y = y[:, :self.out_features].contiguous()
@@ -169,4 +182,4 @@ class BlockedWeight:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight"]
+__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight", "match_threads"]

@@ -29,6 +29,8 @@ import numba as nb
 import numpy as np
 import torch
 
+from .blocked_gemm import match_threads
+
 #: Lanes of the RMSNorm's partial sums of squares.
 LANES = 16
 
@@ -162,6 +164,7 @@ class LayerGlue:
 
     def call(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached) -> GlueCall:
         """The :class:`GlueCall` of a call (every layer of the model has this one's sizes)."""
+        match_threads()
         return GlueCall(x, cos, sin, cached, self.heads, self.kv_heads, self.intermediate)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, adapter: torch.Tensor | None, cached,
