@@ -346,8 +346,8 @@ def cache_path(key: str) -> Path:
 
 
 def model_key(backbone: Any, identity: str | None = None) -> str:
-    """What a measurement is valid for: the model, its dtype, device, linear-layer path and compilation, and
-    torch's thread count.
+    """What a measurement is valid for: the model, its dtype, device, linear-layer path, fused kernels and
+    compilation, and torch's thread count.
 
     Parameters
     ----------
@@ -363,7 +363,8 @@ def model_key(backbone: Any, identity: str | None = None) -> str:
     """
     parts = [identity or "", repr(getattr(backbone, "config", None)), str(getattr(backbone, "dtype", "")),
              str(getattr(backbone, "device", "")), f"threads={torch.get_num_threads()}",
-             f"linear={getattr(backbone, 'linear', '')}", f"compiled={getattr(backbone, 'compiled', '')}",
+             f"linear={getattr(backbone, 'linear', '')}", f"glue={getattr(backbone, 'fused_glue', '')}",
+             f"compiled={getattr(backbone, 'compiled', '')}",
              f"rows={getattr(backbone, 'max_rows', '') or _rows(backbone)}"]
     model = getattr(backbone, "model", None)
     if isinstance(model, torch.nn.Module):

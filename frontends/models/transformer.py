@@ -516,6 +516,7 @@ class TransformerBackbone:
         self.linear = resolve_linear(linear, self.dtype, self.device, compile)
         if self.linear == "packed":
             prepack(model)
+        self.fused_glue = any(layer.glue is not None for layer in model.encoder.layers)  # frontends/models/fused_glue.py
         # --
         self.shapes_seen: set[tuple[int, ...]] = set()  # (batch, width, keys, views, causal, last only)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
