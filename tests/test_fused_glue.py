@@ -30,7 +30,8 @@ def norm_rows(x: torch.Tensor, delta: torch.Tensor | None, w: torch.Tensor, eps:
 @given(rows=st.integers(1, 9), width=st.sampled_from([16, 32, 48, 576]), seed=st.integers(0, 2**16))
 def test_norm_equals_rmsnorm_and_each_row_is_the_same_alone(rows: int, width: int, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
-    x, delta, w = torch.randn(rows, width, generator=g), torch.randn(rows, width, generator=g), torch.randn(width, generator=g)
+    x, delta = torch.randn(rows, width, generator=g), torch.randn(rows, width, generator=g)
+    w = torch.randn(width, generator=g)
     norm = RMSNorm(width, 1e-5)
     norm.weight.data.copy_(w)
     want = norm(x + delta).detach()

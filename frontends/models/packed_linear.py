@@ -271,9 +271,9 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     Every decoder layer's ``q/k/v/o_proj`` and ``gate/up/down_proj`` and the model's
     ``diffusion_head`` are replaced; with ``fuse``, q/k/v and gate/up each become one packed
     matrix (:class:`FusedProduct`) read once per call, and a layer whose products are fused (and that has no
-    q/k norm or query scale) gets a :class:`~graphrt.frontends.models.fused_glue.LayerGlue`: its calls over the cache run the work between the products
-    as fused kernels (:mod:`~graphrt.frontends.models.fused_glue`). The embedding (shared with a tied head)
-    stays as is. The replaced weights are released unless something else holds them, so the model
+    q/k norm or query scale) gets a :class:`~graphrt.frontends.models.fused_glue.LayerGlue`: its calls over the
+    cache run the work between the products as fused kernels. The embedding (shared with a tied head) stays as
+    is. The replaced weights are released unless something else holds them, so the model
     is for inference only afterwards. Each projection's pages are paged out of the file's map once
     packed (:func:`_page_out`), so the file and the packed copies are never resident together. The
     embedding stays where it is, paged out once the head is packed: in a memory-mapped checkpoint a

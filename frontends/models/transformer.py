@@ -393,12 +393,12 @@ class Transformer(nn.Module):
         if not self.config.adapter_targets:
             adapter = None
         layers = self.encoder.layers
-        if cached is not None and layers[0].glue is not None:  # packed: the work between products fused
-            call = layers[0].glue.call(h, cos, sin, cached)
-            for i, layer in enumerate(layers):
+        # A packed layer over the cache runs the work between its products fused (frontends/models/fused_glue.py).
+        call = layers[0].glue.call(h, cos, sin, cached) if cached is not None and layers[0].glue else None
+        for i, layer in enumerate(layers):
+            if call is not None and layer.glue is not None:
                 h = layer.glue.forward(h, mask, adapter, cached, i, call)
-        else:
-            for i, layer in enumerate(layers):
+            else:
                 h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
         if last is not None:
             idx = last[:, None] if last.dim() == 1 else last  # [B, n]
@@ -516,7 +516,7 @@ class TransformerBackbone:
         self.linear = resolve_linear(linear, self.dtype, self.device, compile)
         if self.linear == "packed":
             prepack(model)
-        self.fused_glue = any(layer.glue is not None for layer in model.encoder.layers)  # frontends/models/fused_glue.py
+        self.fused_glue = any(layer.glue is not None for layer in model.encoder.layers)  # see fused_glue.py
         # --
         self.shapes_seen: set[tuple[int, ...]] = set()  # (batch, width, keys, views, causal, last only)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
