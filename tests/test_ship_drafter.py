@@ -83,6 +83,14 @@ def test_a_run_started_from_an_unshipped_run_continues_that_run(tmp_path: Path) 
     assert shipped_record["continued_from"]["record"].endswith("run4/training_record.json")
     assert shipped_record["continued_from"]["steps"] == 547
     assert shipped_record["tokens_seen_all_runs"] == 1_944_320 + 614_400
+    # the next run, from the shipped adapter, is run 6: the shipped run 5 is archived under its own number
+    record["args"]["init_adapter"] = str(ship_drafter.ROOT / "frontends/models/smollm2/drafter")
+    (run / "drafter" / "training_record.json").write_text(json.dumps(record))
+    assert ship_drafter.main([str(run), "--into", str(shipped), "--results", str(results)]) == 0
+    assert json.loads((results / "run5_training_record.json").read_text())["continued_from"]["steps"] == 547
+    assert (results / "run6_train_log.csv").is_file()
+    assert json.loads((shipped / "training_record.json").read_text())["continued_from"]["record"].endswith(
+        "run5_training_record.json")
 
 
 def test_worse_drafts_are_refused_unless_forced(tmp_path: Path) -> None:

@@ -43,8 +43,9 @@ def run_number(record: dict[str, Any]) -> int:
     prev = record.get("continued_from")
     if not prev:
         return 1
-    name = Path(prev["record"]).name  # runN_training_record.json
-    return int(name.split("_", 1)[0].removeprefix("run")) + 1
+    path = Path(prev["record"])  # runN_training_record.json, or runN/training_record.json (an unshipped run)
+    name = path.parent.name if path.name == "training_record.json" else path.name.split("_", 1)[0]
+    return int(name.removeprefix("run")) + 1
 
 
 def portable(value: Any, names: dict[str, str], where: str) -> Any:
@@ -152,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         number = run_number(old) + 1
         archived = results / f"run{number - 1}_training_record.json"
         results.mkdir(parents=True, exist_ok=True)
-        archived.write_text(json.dumps(portable(old, path_names(args.run, old, args.model), "shipped record"),
-                                       indent=2) + "\n")
+        old_names = {**path_names(args.run, old, args.model), str(results.resolve()): _shown(results)}
+        archived.write_text(json.dumps(portable(old, old_names, "shipped record"), indent=2) + "\n")
         parent, parent_record, parent_number = old, archived, number - 1
         if unshipped is not None:
             parent_record, parent_number = unshipped
