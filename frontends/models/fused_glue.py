@@ -19,8 +19,9 @@ fixed pairwise tree; no reassociation is allowed), so what they give a token doe
 width, on the other rows or on the thread that ran it, as for the products. The results are the torch layer's
 up to float32 rounding (``tests/test_fused_glue.py``).
 
-SmolLM2, one token after a 100-token prefix: 29.1 ms per forward, 33.9 with the torch layer; 8 tokens 34.9 and
-43.0 (``python bench/forward_widths.py --paths packed+fused packed+fused-torch-glue``).
+SmolLM2, one token after a 100-token prefix: 23.7 ms per forward, 31.0 with the torch layer; 8 tokens 33.8 and
+44.2; everything but the products 5.7 ms, where it was 8.7 (``python bench/forward_widths.py --paths
+packed+fused packed+fused-torch-glue packed+fused-no-products``, ``bench/results/forward_widths_fused_glue.md``).
 """
 
 from __future__ import annotations
