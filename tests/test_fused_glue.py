@@ -123,3 +123,14 @@ def test_a_fused_backbone_equals_the_torch_glue_over_prefill_steps_drafts_and_sc
     wide = bbs[0].forward(_call([0], ids, [21], 4, write=False))
     alone = bbs[0].forward(_call([0], ids, [21], 1, write=False))
     torch.testing.assert_close(alone, wide[:, :1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_glue_reads_the_layers_own_norm_weights() -> None:
+    """The glue's norm weights are the parameters' memory (prepack copies the parameters out of the checkpoint's
+    map first), so a weight changed in place after packing is the one the fused layer uses."""
+    model = init_random_(Transformer(default_test_config(hidden_size=32, head_dim=16)), 4).to(F32).eval()
+    TransformerBackbone(model, max_rows=1, row_capacity=16, linear="packed")
+    for layer in model.encoder.layers:
+        for norm, array in ((layer.input_layernorm, layer.glue.w_in), (layer.post_attention_layernorm,
+                                                                      layer.glue.w_post)):
+            assert array.ctypes.data == norm.weight.data_ptr()

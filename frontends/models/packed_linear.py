@@ -321,7 +321,6 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
                         setattr(block, name, PackedLinear(lin))
                 for lin in linears:  # read once, packed: out of resident memory before the next layer is read
                     _page_out(lin.weight)
-        layer.glue = LayerGlue(layer) if _glue_fusable(layer, model.config) else None
     model.diffusion_head = PackedLinear(head)
     embedding = model.encoder.embed_tokens.weight
     _page_out(head.weight)  # tied, the embedding: a lookup reads back only the pages of the rows it takes
@@ -329,6 +328,8 @@ def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:
     for param in model.parameters():  # the rest out of the checkpoint's memory map (the embedding stays there)
         if param is not embedding:
             param.data = param.data.clone()
+    for layer in model.encoder.layers:  # after the copies: the glue reads the norms' weights as arrays, in place
+        layer.glue = LayerGlue(layer) if _glue_fusable(layer, model.config) else None
     return model
 
 
