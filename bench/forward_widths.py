@@ -48,6 +48,9 @@ class NoProduct:
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return torch.empty(*x.shape[:-1], self.out_features)
 
+    def into(self, x, y) -> None:
+        """The fused glue's call: the caller's buffer left as it is."""
+
 
 class OneDNNWeight:
     """A :class:`~graphrt.frontends.models.blocked_gemm.BlockedWeight`'s matrix run by oneDNN's prepacked inner
@@ -64,6 +67,10 @@ class OneDNNWeight:
         x2 = torch.nn.functional.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, max(0, 4 - rows)))
         out = torch.ops.mkldnn._linear_pointwise(x2, self.packed, bias, "none", [], "")
         return out[:rows].view(*x.shape[:-1], self.out_features)
+
+    def into(self, x, y) -> None:
+        """The fused glue's call: the product written into the caller's buffer."""
+        torch.from_numpy(y).copy_(self(torch.from_numpy(x)))
 
 
 def load_path(model: str, options: dict, max_seq_len: int) -> graphrt.Model:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from graphrt.backbone import ForwardBatch
 from graphrt.frontends.models.checkpoint import init_random_
 from graphrt.frontends.models.config import default_test_config
-from graphrt.frontends.models.fused_glue import _add_norm, _rope_write, _silu_gate
-from graphrt.frontends.models.transformer import RMSNorm, Transformer, TransformerBackbone, apply_rope
+import numba as nb
+
+from graphrt.frontends.models.fused_glue import _add_norm, _decode_attention, _exp, _rope_write, _silu_gate
+from graphrt.frontends.models.transformer import RMSNorm, Transformer, TransformerBackbone, apply_rope, group_mask
 
 F32 = torch.float32
 
@@ -56,6 +58,25 @@ def test_silu_gate_equals_torch_and_each_row_is_the_same_alone(rows: int, seed: 
         assert torch.equal(alone, out[i:i + 1])
 
 
+@nb.njit
+def _exp_all(x: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = _exp(x[i])
+    return out
+
+
+def test_exp_is_within_1e7_of_the_exact_exponential_and_clamps_outside_float32() -> None:
+    x = np.concatenate([np.linspace(-87, 88, 400_001, dtype=np.float32),
+                        np.array([0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0], np.float32)])
+    exact = np.exp(x.astype(np.float64))
+    rel = np.abs(_exp_all(x) - exact) / exact
+    assert rel.max() < 1e-7, (x[rel.argmax()], rel.max())
+    edges = _exp_all(np.array([-1e4, -100.0, 100.0, 1e4, np.inf, -np.inf], np.float32))
+    assert np.all(np.isfinite(edges)) and edges[0] == edges[1] > 0 and edges[2] == edges[3] == edges[4]
+    assert edges[5] == edges[0]
+
+
 def test_rope_write_equals_apply_rope_and_the_cache_writes() -> None:
     """Queries in attention's grouped layout, keys and values at their rows' slots, as the torch layer puts them."""
     g = torch.Generator().manual_seed(3)
@@ -83,6 +104,43 @@ def test_rope_write_equals_apply_rope_and_the_cache_writes() -> None:
     untouched = torch.ones(R, S, dtype=torch.bool)
     untouched[rows[:, None], slots] = False
     assert not kc.permute(0, 2, 1, 3)[untouched].any()
+
+
+def decode_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: torch.Tensor, keys: int,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """:func:`_decode_attention` of grouped queries ``q [B, KV, g*L, d]`` under ``mask [B, L, keys]``."""
+    B, KV, G, d = q.shape
+    L = mask.shape[1]
+    out = torch.empty(B, L, G // L * KV * d)
+    bias = torch.zeros(B, L, keys).masked_fill_(~mask, -np.inf)
+    _decode_attention(q.numpy(), kc.numpy(), vc.numpy(), rows.numpy(), keys, bias.numpy(),
+                      torch.arange(B).numpy(), np.float32(d ** -0.5), out.numpy())
+    return out
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 3), L=st.integers(1, 3), keys=st.integers(1, 40), extra=st.integers(1, 20),
+       seed=st.integers(0, 2**16))
+def test_decode_attention_equals_sdpa_and_a_query_depends_on_its_own_keys_only(B: int, L: int, keys: int,
+                                                                               extra: int, seed: int) -> None:
+    """Against SDPA on scattered rows under a random mask (each query sees at least one key); then the same
+    queries with more masked keys after theirs, and each row alone: the same bits."""
+    g = torch.Generator().manual_seed(seed)
+    KV, groups, d, R = 2, 3, 16, 4
+    kc, vc = torch.randn(R, KV, keys + extra, d, generator=g), torch.randn(R, KV, keys + extra, d, generator=g)
+    q = torch.randn(B, KV, groups * L, d, generator=g)
+    rows = torch.randperm(R, generator=g)[:B]
+    mask = torch.rand(B, L, keys, generator=g) < 0.6
+    mask[:, :, 0] |= ~mask.any(-1)
+    got = decode_attention(q, kc, vc, rows, keys, mask)
+    want = F.scaled_dot_product_attention(q, kc[rows, :, :keys], vc[rows, :, :keys],
+                                          attn_mask=group_mask(mask, groups))  # [B, KV, g*L, d]
+    want = want.reshape(B, KV * groups, L, d).transpose(1, 2).reshape(B, L, -1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    longer = torch.cat([mask, torch.zeros(B, L, extra, dtype=torch.bool)], -1)
+    assert torch.equal(decode_attention(q, kc, vc, rows, keys + extra, longer), got)
+    for b in range(B):
+        assert torch.equal(decode_attention(q[b:b + 1], kc, vc, rows[b:b + 1], keys, mask[b:b + 1]), got[b:b + 1])
 
 
 def _call(rows: list[int], ids: torch.Tensor, start: list[int], L: int, adapter_from: int | None = None,
@@ -113,8 +171,9 @@ def test_a_fused_backbone_equals_the_torch_glue_over_prefill_steps_drafts_and_sc
     ids = torch.randint(3, 90, (48,), generator=torch.Generator().manual_seed(2))
     script = [([0], [0], 12, None), ([2], [0], 9, None), ([3], [0], 5, None),  # causal prefills
               ([0], [12], 1, None), ([0, 2], [13, 9], 1, None),  # steps; rows 0 and 2: a range with a hole
-              ([2, 0], [10, 14], 4, 1),  # scattered order, a block drafted through the adapter
-              ([0, 2, 3], [18, 14, 5], 3, None)]
+              ([3, 0], [5, 14], 1, None),  # a step of rows in scattered order
+              ([2, 0], [10, 15], 4, 1),  # scattered order, a block drafted through the adapter
+              ([0, 2, 3], [19, 14, 6], 3, None)]
     for rows, start, L, adapter_from in script:
         fused, torch_glue = (bb.forward(_call(rows, ids, start, L, adapter_from)) for bb in bbs)
         torch.testing.assert_close(fused, torch_glue, rtol=1e-5, atol=1e-5)

@@ -163,6 +163,11 @@ class BlockedWeight:
         """Bytes held."""
         return self.tensor.numel() * self.tensor.element_size()
 
+    def into(self, x: np.ndarray, y: np.ndarray) -> None:
+        """``y = x @ weight.T`` for C-contiguous float32 ``x [rows, in]`` and ``y [rows, out]`` (``out`` a multiple
+        of :data:`LANES`), unchecked: the caller's buffers, on the threads :func:`match_threads` last set."""
+        _product(self.array, x, y)
+
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in] @ weight.T (+ bias) -> [..., out]``, contiguous; every row's bits are the same at any row
         count. Runs on as many threads as torch does (``torch.get_num_threads()``) and releases the GIL."""

@@ -24,6 +24,7 @@ import sys
 import torch
 from torch import nn
 
+from .blocked_gemm import LANES as BLOCK_LANES
 from .blocked_gemm import BlockedWeight
 from .config import ModelConfig
 from .fused_glue import LANES as GLUE_LANES
@@ -257,12 +258,18 @@ def _page_out(weight: torch.Tensor) -> None:
 
 def _glue_fusable(layer: nn.Module, config: ModelConfig) -> bool:
     """Whether :class:`~graphrt.frontends.models.fused_glue.LayerGlue` can run a packed ``layer`` of a model
-    with ``config``: q/k/v and gate/up one product each, no q/k norm, no query scale, sizes its kernels take."""
+    with ``config``: q/k/v and gate/up one product each, every product without bias and a whole number of the
+    product's column blocks wide, no q/k norm, no query scale, sizes its kernels take."""
     attn, mlp = layer.self_attn, layer.mlp
-    return (isinstance(attn.q_proj, PackedSlice) and attn.k_proj.product is attn.q_proj.product
-            and attn.v_proj.product is attn.q_proj.product and isinstance(mlp.gate_proj, PackedSlice)
-            and mlp.up_proj.product is mlp.gate_proj.product and attn.q_norm is None
-            and config.query_scale_beta is None and config.hidden_size % GLUE_LANES == 0 and attn.head_dim % 2 == 0)
+    if not (isinstance(attn.q_proj, PackedSlice) and isinstance(mlp.gate_proj, PackedSlice)
+            and isinstance(attn.o_proj, PackedLinear) and isinstance(mlp.down_proj, PackedLinear)):
+        return False
+    products = (attn.q_proj.product, attn.o_proj, mlp.gate_proj.product, mlp.down_proj)
+    return (attn.k_proj.product is attn.q_proj.product and attn.v_proj.product is attn.q_proj.product
+            and mlp.up_proj.product is mlp.gate_proj.product
+            and all(p.bias is None and p.packed.out_features % BLOCK_LANES == 0 for p in products)
+            and attn.q_norm is None and config.query_scale_beta is None
+            and config.hidden_size % GLUE_LANES == 0 and attn.head_dim % 2 == 0)
 
 
 def prepack(model: nn.Module, fuse: bool = True) -> nn.Module:

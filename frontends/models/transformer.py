@@ -394,12 +394,14 @@ class Transformer(nn.Module):
             adapter = None
         layers = self.encoder.layers
         # A packed layer over the cache runs the work between its products fused (frontends/models/fused_glue.py).
-        call = layers[0].glue.call(h, cos, sin, cached) if cached is not None and layers[0].glue else None
+        call = layers[0].glue.call(h, cos, sin, cached, mask) if cached is not None and layers[0].glue else None
         for i, layer in enumerate(layers):
             if call is not None and layer.glue is not None:
                 h = layer.glue.forward(h, mask, adapter, cached, i, call)
             else:
-                h = layer(h, cos, sin, qscale, mask, adapter, cached, i)
+                h = layer(h if call is None else call.finish(h), cos, sin, qscale, mask, adapter, cached, i)
+        if call is not None:
+            h = call.finish(h)
         if last is not None:
             idx = last[:, None] if last.dim() == 1 else last  # [B, n]
             h = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))  # [B, n, hidden]
