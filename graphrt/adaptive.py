@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from graphrt.cost_model import CallShape
+from graphrt.cost_model import shape_seconds
 from graphrt.registry import REQUIRED, OpDef, register_op
 from graphrt.types import TensorType, Type
 
@@ -121,8 +121,9 @@ class ChoiceState:
         seconds = self._seconds.get((width, join))
         if seconds is None:
             rows, wide, spans = self.load[0], self.load[1], self.load[2]
-            shape = CallShape(int(rows) + 1, int(max(wide, width) if join else width), int(spans) + self.start + width)
-            seconds = self._seconds[width, join] = max(shape.seconds(self.cost), 1e-9)
+            seconds = shape_seconds(self.cost, int(rows) + 1, int(max(wide, width) if join else width),
+                                    int(spans) + self.start + width)
+            seconds = self._seconds[width, join] = max(seconds, 1e-9)
         return seconds
 
     def candidates(self) -> list[tuple[int, int]]:
@@ -281,6 +282,8 @@ def _ask(state: ChoiceState, rule: str, widths: list[int], sources: list[int],
                          f"{width}")
     if width == 1:
         source = 0
+    if device.type == "cpu":  # a third of torch.tensor's cost: two of these run every cycle of every request
+        return torch.from_numpy(np.array(source, dtype=np.int64)), torch.from_numpy(np.array(width, dtype=np.int64))
     return (torch.tensor(source, dtype=torch.int64, device=device),
             torch.tensor(width, dtype=torch.int64, device=device))
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 __all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "for_model",
-           "load_cached", "model_key", "probe_batch", "PRIOR"]
+           "load_cached", "model_key", "probe_batch", "shape_seconds", "PRIOR"]
 
 FEATURES = ("call", "rows", "tokens", "kilokeys")
 """The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000."""
@@ -83,15 +83,23 @@ class CallShape:
         return np.array(self.feature_values)
 
     def seconds(self, coef: Sequence[float]) -> float:
-        """The linear model's time of this call with coefficients ``coef``, in host floats (a rule prices a dozen
-        candidate calls per cycle of every request; a NumPy product per candidate costs more than the sum)."""
-        return sum(c * f for c, f in zip(coef, self.feature_values))
+        """The linear model's time of this call with coefficients ``coef`` (:func:`shape_seconds`)."""
+        return shape_seconds(coef, self.rows, self.width, self.spans)
 
     @property
     def bucket(self) -> tuple[int, int, int]:
         """``(rows, width, mean span rounded up to a power of two)``: the key of its moving average."""
         mean = self.spans / max(self.rows, 1)
         return self.rows, self.width, 0 if mean <= 0 else 1 << max(0, math.ceil(math.log2(mean)))
+
+
+def shape_seconds(coef: Sequence[float], rows: int, width: int, spans: int) -> float:
+    """The linear model's time of a call of ``rows`` rows ``width`` wide with key spans summing to ``spans``, with
+    coefficients ``coef`` (:data:`FEATURES`), in host floats: a rule prices a dozen candidate calls per cycle of
+    every request, where building a :class:`CallShape` or a NumPy product per candidate would cost more than the
+    arithmetic."""
+    a, b, c, d = coef
+    return a + b * rows + c * rows * width + d * width * spans / 1000.0
 
 
 def call_shape(rows: int, width: int, last_positions: Iterable[int] = ()) -> CallShape:
