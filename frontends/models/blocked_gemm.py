@@ -121,6 +121,28 @@ def _product(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:  # pragma: no
             m0 += tile
 
 
+@nb.njit(fastmath=_MATH, cache=True, nogil=True)
+def _add_rows(out: np.ndarray, delta: np.ndarray, select: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[n, :] += delta[n, :out.shape[1]]`` for the rows ``n`` where ``select``."""
+    for n in range(out.shape[0]):
+        if select[n]:
+            for c in range(out.shape[1]):
+                out[n, c] += delta[n, c]
+
+
+def lora_add(x: np.ndarray, select: np.ndarray, a_weight: "BlockedWeight", b_weight: "BlockedWeight",
+             out: np.ndarray) -> None:
+    """``out[n] += (x[n] @ A.T) @ B.T`` for the rows ``n`` where ``select`` (bool ``[N]``) holds, ``x [N, in]`` and
+    ``out [N, out]`` C-contiguous float32; ``A [R, in]`` and ``B [out, R']`` (``R' = R`` rounded up to whole
+    blocks) as :class:`BlockedWeight`. Three calls (the two blocked products and the masked add) for a LoRA
+    group, on the threads :func:`match_threads` last set; rows not selected are left as they are."""
+    a = np.empty((x.shape[0], a_weight.tensor.shape[0] * LANES), np.float32)
+    _product(a_weight.array, x, a)
+    delta = np.empty((x.shape[0], b_weight.tensor.shape[0] * LANES), np.float32)
+    _product(b_weight.array, a, delta)
+    _add_rows(out, delta, select)
+
+
 _threads = threading.local()  # Numba's thread count is per calling thread
 
 
@@ -187,4 +209,4 @@ class BlockedWeight:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight", "match_threads"]
+__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight", "lora_add", "match_threads"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .blocked_gemm import LANES as BLOCK_LANES
-from .blocked_gemm import BlockedWeight
+from .blocked_gemm import BlockedWeight, lora_add, match_threads
 from .config import ModelConfig
 from .fused_glue import LANES as GLUE_LANES
 from .fused_glue import LayerGlue
@@ -108,30 +108,32 @@ class PackedLoRA:
     """The LoRAs of projections that read one input: ``out += scale * B (A x)`` where selected.
 
     Projection ``i``'s LoRA adds ``scale_i * B_i A_i x``. The ``A_i [r_i, in]`` are stacked into one
-    ``[sum r, in]`` matrix, so the group's LoRA inputs are one small product; each ``B_i`` (scale
-    folded in) is then accumulated in place into its projection's columns of the base product. On
-    a CPU an adapter's cost is these calls' dispatch more than their arithmetic: ``LoRALinear``
-    makes five calls per projection (two products, a scale, an add, a ``where``); a q/k/v group
-    here makes five in all. (One block-diagonal ``B`` for the group would make it three, but MKL's
-    product of a few rows by a ``[64, 3072]`` matrix takes a path 2-4x slower than two half-size ones.)
+    ``[sum r, in]`` matrix and the ``B_i`` (scale folded in) into one block-diagonal ``[sum out, sum r]``
+    one, both laid out as the blocked product lays out its weights: the group's LoRA is two blocked products
+    and a masked add (:func:`~graphrt.frontends.models.blocked_gemm.lora_add`). On a CPU an adapter's cost was its calls' dispatch more than its arithmetic:
+    in torch a q/k/v group made five calls (a product, a mask, one ``addmm_`` per projection), and SmolLM2's
+    rank-32 drafter added 11-12 ms to a 42-50 ms forward.
 
-    Rows not selected get a zero LoRA input, so their delta is exactly zero and their output the
-    base projection's.
+    Rows not selected are not touched, so their output is the base projection's, bit for bit.
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
-        adapted, self.blocks = [], []
+        adapted, deltas = [], []
         r0 = o0 = 0
         for lin in linears:
             if getattr(lin, "lora_A", None) is not None:
                 r = lin.lora_A.out_features
                 adapted.append(lin.lora_A.weight.detach())
-                bt = (lin.lora_B.weight.detach() * lin.lora_scale).t().contiguous()  # [r, out]
-                self.blocks.append((r0, r0 + r, o0, o0 + lin.out_features, bt))
+                deltas.append((r0, o0, lin.lora_B.weight.detach() * lin.lora_scale))  # [out, r]
                 r0 += r
             o0 += lin.out_features
         self.rank = r0
-        self.at = torch.cat(adapted).t().contiguous()  # [in, sum r]
+        b = torch.zeros(o0, -(-r0 // BLOCK_LANES) * BLOCK_LANES)  # block-diagonal: each projection's columns
+        # read its own LoRA inputs only; as wide as the blocked A's output (zero columns past the rank)
+        for r_start, o_start, w in deltas:
+            b[o_start:o_start + w.shape[0], r_start:r_start + w.shape[1]] = w
+        self.a = BlockedWeight(torch.cat(adapted), "PackedLoRA A")  # [sum r, in]
+        self.b = BlockedWeight(b, "PackedLoRA B")  # [sum out, sum r]
 
     @classmethod
     def of(cls, linears: list[nn.Linear]) -> "PackedLoRA | None":
@@ -141,12 +143,12 @@ class PackedLoRA:
         return cls(linears)
 
     def add_(self, x: torch.Tensor, out: torch.Tensor, select: torch.Tensor) -> None:
-        """``out [..., sum out]`` (contiguous) ``+=`` the LoRA delta of ``x [..., in]`` where ``select [...]``."""
-        a = torch.mm(x.reshape(-1, x.shape[-1]), self.at)  # [N, sum r]
-        a.mul_(select.reshape(-1, 1))
-        out2 = out.view(-1, out.shape[-1])  # [N, sum out]
-        for r0, r1, o0, o1, bt in self.blocks:
-            out2[:, o0:o1].addmm_(a[:, r0:r1], bt)
+        """``out [..., sum out]`` (contiguous float32) ``+=`` the LoRA delta of ``x [..., in]`` where
+        ``select [...]``."""
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [N, in]
+        match_threads()
+        lora_add(x2.numpy(), select.reshape(-1).contiguous().numpy(), self.a, self.b,
+                 out.view(-1, out.shape[-1]).numpy())
 
 
 class FusedProduct:
