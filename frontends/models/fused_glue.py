@@ -1,27 +1,36 @@
-"""A packed decoder layer's work between its products, fused into three Numba kernels (CPU, float32).
+"""A packed decoder layer's work between its products, fused into Numba kernels (CPU, float32).
 
 Once the products stream their weights near the machine's bandwidth
 (:mod:`~graphrt.frontends.models.blocked_gemm`), what is left of a decode step is the layer's element-wise work:
 two RMSNorms, the residual adds, RoPE on queries and keys, the K/V cache writes, SiLU and the gate product.
 In torch these are about 45 calls per layer of a few microseconds each, a third of a 1-token SmolLM2 forward
-(8.7 of 29.3 ms). Here they are three calls:
+(8.7 of 29.3 ms). Here they are:
 
-* :func:`_add_norm`: ``x += delta`` (the residual, in place), then ``out = w * x / rms(x)``;
+* :func:`_add_norm`: ``x += delta`` (the previous layer's MLP output or this layer's attention output, in
+  place), then ``out = w * x / rms(x)``;
 * :func:`_rope_write`: from the fused q/k/v product, RoPE on queries and keys, the queries laid out as
   attention takes them (each KV head's query heads stacked, ``[B, KV, g*L, d]``), keys and values written
   into their cache slots and laid out ``[B, KV, L, d]`` for a causal prefill;
-* :func:`_silu_gate`: ``silu(gate) * up`` from the fused gate/up product.
+* :func:`_decode_attention`: a call of one token per row attends over its rows' cache slots in place, its
+  output laid out as ``o_proj`` reads it; wider calls run ``F.scaled_dot_product_attention``, which is faster
+  from 3-4 query tokens per row on;
+* :func:`_silu_gate`: ``silu(gate) * up`` from the fused gate/up product, the exponential a polynomial
+  (:func:`_exp`) that vectorises.
 
-Attention (``F.scaled_dot_product_attention``) and the products are called as before.
+The products are called on the call's buffers (:class:`GlueCall`), without the module path's checks, reshapes
+and allocations, and each layer's MLP output is added to the hidden states by the next layer's first norm.
 
 Every kernel computes each token on its own in a fixed order (the norm's sum of squares in 16 lanes, then a
 fixed pairwise tree; no reassociation is allowed), so what they give a token does not depend on the call's
-width, on the other rows or on the thread that ran it, as for the products. The results are the torch layer's
-up to float32 rounding (``tests/test_fused_glue.py``).
+width, on the other rows or on the thread that ran it, as for the products; :func:`_decode_attention`'s result
+for a query depends on its own keys only (a masked key adds exactly zero). The results are the torch layer's up
+to float32 rounding (``tests/test_fused_glue.py``).
 
-SmolLM2, one token after a 100-token prefix: 23.7 ms per forward, 31.0 with the torch layer; 8 tokens 33.8 and
-44.2; everything but the products 5.7 ms, where it was 8.7 (``python bench/forward_widths.py --paths
-packed+fused packed+fused-torch-glue packed+fused-no-products``, ``bench/results/forward_widths_fused_glue.md``).
+SmolLM2, one token after a 100-token prefix, in one run (streaming reads at 23.6 GB/s): 35.2 ms per forward,
+47.2 with the torch layer; 16 tokens 57.4 and 75.4; everything but the products 3.5-5.1 ms at 2-16 tokens,
+where the three-kernel glue of the previous release took 6.0-10.7 (``python bench/forward_widths.py --paths
+packed+fused packed+fused-torch-glue packed+fused-no-products``, ``bench/results/forward_widths_decode_attention.md``;
+the previous figures: ``forward_widths_fused_glue.md``).
 """
 
 from __future__ import annotations
