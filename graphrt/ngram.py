@@ -23,7 +23,8 @@ about 200 us a call, more than the rest of ``auto``'s cycle together; the
 
 from __future__ import annotations
 
-import numba as nb
+import functools
+
 import numpy as np
 import torch
 
@@ -86,9 +87,8 @@ def ngram_lookup_ref(context: torch.Tensor, length: torch.Tensor, *, k: int, max
     return draft, torch.where(found, k, 0)
 
 
-@nb.njit(cache=True, nogil=True)
 def _lookup(ctx: np.ndarray, length: int, max_ngram: int, min_ngram: int,
-            draft: np.ndarray) -> int:  # pragma: no cover - compiled
+            draft: np.ndarray) -> int:  # pragma: no cover - compiled by _lookup_kernel
     """:func:`ngram_lookup_ref` on ``ctx`` (int64): fills ``draft [k]`` and returns the count. Scans back from the
     end and stops at the most recent match, so a context with a recent repeat costs a few comparisons."""
     n_ctx, k = ctx.shape[0], draft.shape[0]
@@ -109,13 +109,21 @@ def _lookup(ctx: np.ndarray, length: int, max_ngram: int, min_ngram: int,
     return 0
 
 
+@functools.cache
+def _lookup_kernel():
+    """:func:`_lookup` compiled by Numba, on first use (importing graphrt does not import Numba)."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_lookup)
+
+
 def ngram_lookup_host(context: torch.Tensor, length: torch.Tensor, *, k: int, max_ngram: int = 3,
                       min_ngram: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ngram_lookup_ref` for host tensors, as a Numba scan (the op's ``"cpu"`` kernel): the same draft and
     count, in about 2 us where the reference's tensor ops take 200 (auto runs it every cycle of every request)."""
     ctx = context.numpy()
     draft = np.empty(k, dtype=np.int64)
-    count = _lookup(ctx, min(int(length), ctx.shape[0]), max_ngram, min_ngram, draft)
+    count = _lookup_kernel()(ctx, min(int(length), ctx.shape[0]), max_ngram, min_ngram, draft)
     return torch.from_numpy(draft), torch.from_numpy(np.array(count, dtype=np.int64))
 
 
