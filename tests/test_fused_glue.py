@@ -111,11 +111,11 @@ def decode_attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: 
     """:func:`_decode_attention` of grouped queries ``q [B, KV, g*L, d]`` under ``mask [B, L, keys]``."""
     B, KV, G, d = q.shape
     L = mask.shape[1]
-    out = torch.empty(B, L, G // L * KV * d)
+    out = torch.empty(B * L, G // L * KV * d)
     bias = torch.zeros(B, L, keys).masked_fill_(~mask, -np.inf)
     _decode_attention(q.numpy(), kc.numpy(), vc.numpy(), rows.numpy(), keys, bias.numpy(),
                       torch.arange(B).numpy(), np.float32(d ** -0.5), out.numpy())
-    return out
+    return out.view(B, L, -1)
 
 
 @settings(max_examples=20, deadline=None)

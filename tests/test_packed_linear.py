@@ -84,6 +84,24 @@ def test_fused_lora_on_part_of_a_group_equals_each_projections_own() -> None:
             torch.testing.assert_close(s(x, none), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_lora_on_projections_that_share_column_blocks_equals_each_projections_own() -> None:
+    """Widths that are not whole 16-column blocks (20, 7, 13): a block of B spans two projections' columns, and
+    each column still gets its own projection's delta only."""
+    g = torch.Generator().manual_seed(11)
+    lins = [LoRALinear(24, 20, rank=3, alpha=6), LoRALinear(24, 7), LoRALinear(24, 13, rank=5, alpha=5)]
+    for lin in lins:
+        if lin.lora_B is not None:
+            nn.init.normal_(lin.lora_B.weight, generator=g)
+    product = FusedProduct(lins)
+    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 20, 27), lins)]
+    x = torch.randn(5, 24, generator=g)
+    sel = torch.tensor([True, False, True, True, False])
+    with torch.no_grad():
+        for s, lin in zip(slices, lins):
+            torch.testing.assert_close(s(x, sel), lin(x, sel), rtol=1e-5, atol=1e-5)
+            assert torch.equal(s(x, sel)[~sel], s(x, torch.zeros_like(sel))[~sel])  # unselected rows: the base
+
+
 def test_prepack_keeps_dense_logits() -> None:
     model = make_model(seed=3, draft_adapter={"rank": 4, "alpha": 8})
     tokens = torch.randint(0, 96, (2, 7), generator=torch.Generator().manual_seed(4))

@@ -158,14 +158,14 @@ def _decode_attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.nd
                       out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Attention of grouped queries ``q [B, KV, G, d]`` (``G = g*L``: query ``j*L + t`` is head ``kv*g + j`` of
     token ``t``) over the first ``keys`` slots of their rows in the cache, ``kc/vc [R, KV, slots, d]`` at
-    ``rows [B]``, with the additive mask ``bias[bias_rows[b], t, :keys]`` (0 or -inf), into ``out [B, L, H*d]``
+    ``rows [B]``, with the additive mask ``bias[bias_rows[b], t, :keys]`` (0 or -inf), into ``out [B*L, H*d]``
     (``o_proj``'s input). ``d`` is a multiple of :data:`LANES`.
 
     Per query: each score a sum over ``d`` in order (16 keys at a time, from a transposed block of keys); the
     softmax's maximum and sum in 16 lanes by key index, then a fixed tree; each output element a sum over keys in
     order. A masked key adds exactly zero, so a query's result depends on its own keys only."""
     B, KV, G, d = q.shape
-    L = out.shape[1]
+    L = out.shape[0] // B
     g = G // L
     blocks = (keys + LANES - 1) // LANES
     tasks = (G + QUERY_TASK - 1) // QUERY_TASK
@@ -238,7 +238,7 @@ def _decode_attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.nd
                 for u in range(min(QUERY_TILE, i1 - i)):
                     h, t = kv * g + (i + u) // L, (i + u) % L
                     for j in range(LANES):
-                        out[b, t, h * d + c0 + j] = acc[u, j] / total[i + u - i0]
+                        out[b * L + t, h * d + c0 + j] = acc[u, j] / total[i + u - i0]
 
 
 class GlueCall:
@@ -256,6 +256,8 @@ class GlueCall:
         The call's :class:`~graphrt.frontends.models.transformer.CachedCall`.
     mask:
         The call's grouped mask ``[B', 1, g*L, keys]`` (``B'`` rows laid out, see ``cached.spread``), or None.
+    adapter:
+        ``[B, L]`` bool, the tokens the drafter's LoRA applies to, or None.
     heads, kv_heads:
         Query and KV heads per layer.
     intermediate:
@@ -263,9 +265,11 @@ class GlueCall:
     """
 
     def __init__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached, mask: torch.Tensor | None,
-                 heads: int, kv_heads: int, intermediate: int) -> None:
+                 adapter: torch.Tensor | None, heads: int, kv_heads: int, intermediate: int) -> None:
         B, L, D = x.shape
         N, d = B * L, cos.shape[-1]
+        # The tokens the drafter's LoRA applies to, flat (None: a call without draft tokens).
+        self.select = None if adapter is None else adapter.reshape(N).contiguous().numpy()
         # One query token per row over the cache: attention is :func:`_decode_attention` (for a head size of
         # whole 16-lane blocks), else SDPA.
         self.decode = L == 1 and not cached.causal and d % LANES == 0
@@ -276,21 +280,19 @@ class GlueCall:
             else:
                 self.bias = torch.zeros(mask.shape[0], L, self.keys).masked_fill_(~mask[:, 0, :L], -np.inf).numpy()
                 self.bias_rows = (cached.spread if cached.spread is not None else torch.arange(B)).numpy()
-            self.heads = torch.empty(B, L, heads * d)  # attention's output, o_proj's input
-            self.heads_np = self.heads.numpy()
+            self.heads_np = np.empty((N, heads * d), np.float32)  # attention's output, o_proj's input
         rows, _, slots = cached.index
         self.cos, self.sin = cos.reshape(N, d).numpy(), sin.reshape(N, d).numpy()
         self.rows, self.slots = rows[:B, 0, 0].contiguous().numpy(), slots[:B, :, 0].contiguous().numpy()
-        self.h = torch.empty(B, L, D)  # a norm's output, a product's input
-        self.qkv = torch.empty(B, L, (heads + 2 * kv_heads) * d)
-        self.q = torch.empty(B, heads, L, d)
+        self.h_np = np.empty((N, D), np.float32)  # a norm's output, a product's input
+        self.qkv_np = np.empty((N, (heads + 2 * kv_heads) * d), np.float32)
+        self.o_np = np.empty((N, D), np.float32)  # o_proj's output
+        self.gate_up_np = np.empty((N, 2 * intermediate), np.float32)
+        self.act_np = np.empty((N, intermediate), np.float32)  # silu(gate) * up, down_proj's input
+        self.down = torch.empty(B, L, D)  # down_proj's output (added to the hidden states by the next norm)
+        self.down_np = self.down.view(N, D).numpy()
+        self.q = torch.empty(B, heads, L, d)  # SDPA's inputs (wider calls)
         self.k, self.v = torch.empty(B, kv_heads, L, d), torch.empty(B, kv_heads, L, d)
-        self.o, self.down = torch.empty(B, L, D), torch.empty(B, L, D)  # o_proj's and down_proj's outputs
-        self.gate_up = torch.empty(B, L, 2 * intermediate)
-        self.act = torch.empty(B, L, intermediate)
-        self.h_np, self.act_np = self.h.view(N, D).numpy(), self.act.view(N, intermediate).numpy()
-        self.qkv_np, self.gate_up_np = self.qkv.view(N, -1).numpy(), self.gate_up.view(N, -1).numpy()
-        self.o_np, self.down_np = self.o.view(N, D).numpy(), self.down.view(N, D).numpy()
         self.q_np = self.q.view(B, kv_heads, heads // kv_heads * L, d).numpy()  # attention's grouped layout
         self.k_np, self.v_np = self.k.numpy(), self.v.numpy()
         self.pending = False  # ``down`` holds the last layer's MLP output, not yet added to the hidden states
@@ -311,12 +313,12 @@ class _Product:
     def __init__(self, owner) -> None:
         self.owner = owner  # a PackedLinear or FusedProduct: its ``packed`` weight and ``lora``
 
-    def __call__(self, x: torch.Tensor, x_np: np.ndarray, y: torch.Tensor, y_np: np.ndarray,
-                 adapter: torch.Tensor | None) -> None:
+    def __call__(self, x: np.ndarray, y: np.ndarray, select: np.ndarray | None) -> None:
+        """``y = x @ W.T``, then ``y += `` the LoRA's delta on the rows where ``select`` (bool ``[N]``, or None)."""
         owner = self.owner
-        owner.packed.into(x_np, y_np)
-        if owner.lora is not None and adapter is not None:
-            owner.lora.add_(x, y, adapter)
+        owner.packed.into(x, y)
+        if owner.lora is not None and select is not None:
+            owner.lora.add_arrays(x, y, select)
 
 
 class LayerGlue:
@@ -343,11 +345,11 @@ class LayerGlue:
         self.eps_post = np.float32(layer.post_attention_layernorm.eps)
         self._cache: tuple = (None, None, None, None)  # this layer's K/V storage and its arrays
 
-    def call(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached,
-             mask: torch.Tensor | None) -> GlueCall:
+    def call(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cached, mask: torch.Tensor | None,
+             adapter: torch.Tensor | None) -> GlueCall:
         """The :class:`GlueCall` of a call (every layer of the model has this one's sizes)."""
         match_threads()
-        return GlueCall(x, cos, sin, cached, mask, self.heads, self.kv_heads, self.intermediate)
+        return GlueCall(x, cos, sin, cached, mask, adapter, self.heads, self.kv_heads, self.intermediate)
 
     def _cache_arrays(self, cached, index: int) -> tuple[np.ndarray, np.ndarray]:
         """This layer's K/V storage as arrays (converted again only when the storage changes)."""
@@ -364,21 +366,20 @@ class LayerGlue:
         B, L, D = x.shape
         flat = x.view(B * L, D).numpy()
         _add_norm(flat, call.down_np, call.pending, self.w_in, self.eps_in, call.h_np)
-        self.qkv(call.h, call.h_np, call.qkv, call.qkv_np, adapter)  # [B, L, (H + 2 KV) d]
+        self.qkv(call.h_np, call.qkv_np, call.select)  # [B*L, (H + 2 KV) d]
         kc, vc = self._cache_arrays(cached, index)
         _rope_write(call.qkv_np, call.cos, call.sin, self.heads, self.kv_heads, call.rows, call.slots, kc, vc,
                     call.q_np, call.k_np, call.v_np)
         if call.decode:
             _decode_attention(call.q_np, kc, vc, call.rows, call.keys, call.bias, call.bias_rows, call.scale,
                               call.heads_np)
-            heads, heads_np = call.heads, call.heads_np.reshape(B * L, -1)
+            heads = call.heads_np
         else:
-            heads = self.attn.attend(call.q, call.k, call.v, mask, cached, index).contiguous()  # [B, L, H*d]
-            heads_np = heads.view(B * L, -1).numpy()
-        self.o_proj(heads, heads_np, call.o, call.o_np, adapter)
+            heads = self.attn.attend(call.q, call.k, call.v, mask, cached, index).contiguous().view(B * L, -1).numpy()
+        self.o_proj(heads, call.o_np, call.select)
         _add_norm(flat, call.o_np, True, self.w_post, self.eps_post, call.h_np)
-        self.gate_up(call.h, call.h_np, call.gate_up, call.gate_up_np, adapter)
+        self.gate_up(call.h_np, call.gate_up_np, call.select)
         _silu_gate(call.gate_up_np, call.act_np)
-        self.down_proj(call.act, call.act_np, call.down, call.down_np, adapter)
+        self.down_proj(call.act_np, call.down_np, call.select)
         call.pending = True
         return x

@@ -21,6 +21,7 @@ import ctypes
 import mmap
 import sys
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -110,7 +111,8 @@ class PackedLoRA:
     Projection ``i``'s LoRA adds ``scale_i * B_i A_i x``. The ``A_i [r_i, in]`` are stacked into one
     ``[sum r, in]`` matrix and the ``B_i`` (scale folded in) into one block-diagonal ``[sum out, sum r]``
     one, both laid out as the blocked product lays out its weights: the group's LoRA is two blocked products
-    and a masked add (:func:`~graphrt.frontends.models.blocked_gemm.lora_add`). On a CPU an adapter's cost was its calls' dispatch more than its arithmetic:
+    and a masked add (:func:`~graphrt.frontends.models.blocked_gemm.lora_add`). (Reading only each column block's
+    own LoRA inputs, in a kernel of its own, was slower than the blocked product over the zeros.) On a CPU an adapter's cost was its calls' dispatch more than its arithmetic:
     in torch a q/k/v group made five calls (a product, a mask, one ``addmm_`` per projection), and SmolLM2's
     rank-32 drafter added 11-12 ms to a 42-50 ms forward.
 
@@ -147,8 +149,12 @@ class PackedLoRA:
         ``select [...]``."""
         x2 = x.reshape(-1, x.shape[-1]).contiguous()  # [N, in]
         match_threads()
-        lora_add(x2.numpy(), select.reshape(-1).contiguous().numpy(), self.a, self.b,
-                 out.view(-1, out.shape[-1]).numpy())
+        self.add_arrays(x2.numpy(), out.view(-1, out.shape[-1]).numpy(), select.reshape(-1).contiguous().numpy())
+
+    def add_arrays(self, x: np.ndarray, out: np.ndarray, select: np.ndarray) -> None:
+        """:meth:`add_` on C-contiguous arrays ``x [N, in]``, ``out [N, sum out]`` and bool ``select [N]``, on the
+        threads :func:`~graphrt.frontends.models.blocked_gemm.match_threads` last set."""
+        lora_add(x, select, self.a, self.b, out)
 
 
 class FusedProduct:
