@@ -210,18 +210,10 @@ register_rule("expected-rate", expected_rate)
 def acceptance_rates(stats: torch.Tensor, prior: list[float] | tuple[float, ...] = DEFAULT_PRIOR,
                      prior_weight: float = 2.0) -> torch.Tensor:
     """``[3, D]`` per-slot acceptance estimates from ``stats [6 D]`` (flattened ``[3, 2, D]``):
-    ``p_j = (accepted_j + w q_j) / (reached_j + w)``, where the prior ``q_j`` of slot ``j`` is the source's
-    prior ``p0``, or the slot before's estimate where that is higher (``q_j = max(p0, p_{j-1})``). A slot the
-    drafts have not reached yet is expected to do as well as the last one reached: acceptance comes in runs
-    (a passage copied from the context is copied to its end), and a request that keeps accepting all of a
-    4-token draft is worth drafting wider for. Computed in float64."""
-    stats = stats.reshape(3, 2, -1).double()  # float64 whatever the counts' dtype
-    p0 = torch.tensor(list(prior), dtype=stats.dtype, device=stats.device)  # [3]
-    rates, q = torch.empty_like(stats[:, 0]), p0
-    for j in range(stats.shape[-1]):
-        rates[:, j] = (stats[:, 1, j] + prior_weight * q) / (stats[:, 0, j] + prior_weight)
-        q = torch.maximum(p0, rates[:, j])
-    return rates
+    ``(accepted + w p0) / (reached + w)``."""
+    stats = stats.reshape(3, 2, -1)
+    p0 = torch.tensor(list(prior), dtype=stats.dtype, device=stats.device)[:, None]  # [3, 1]
+    return (stats[:, 1] + prior_weight * p0) / (stats[:, 0] + prior_weight)
 
 
 def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: torch.Tensor, cost: torch.Tensor,
@@ -268,18 +260,12 @@ def draft_choice_host(stats: torch.Tensor, lookup_count: torch.Tensor, start: to
                       load: torch.Tensor, *, widths: list[int], sources: list[int], rule: str = "expected-rate",
                       prior: list[float] = DEFAULT_PRIOR, prior_weight: float = 2.0,
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`draft_choice_ref` for host tensors (the op's ``"cpu"`` kernel): the acceptance estimates in host
-    floats, the same numbers bit for bit (the same float64 operations in the same order), so the rule sees the
-    same state and answers the same, at a third of the cost (a choice runs every cycle of every request)."""
+    """:func:`draft_choice_ref` for host tensors (the op's ``"cpu"`` kernel): the acceptance estimates in NumPy,
+    the same numbers bit for bit (the same operations in the same dtype), so the rule sees the same state and
+    answers the same, at a third of the cost (a choice runs every cycle of every request)."""
     counts = stats.numpy().reshape(3, 2, -1)
-    rows = []
-    for p0, reached, accepted in zip(prior, counts[:, 0].tolist(), counts[:, 1].tolist()):  # host floats: a
-        row, q = [], float(p0)  # dozen slot updates cost less than one NumPy call each
-        for n, a in zip(reached, accepted):
-            row.append((a + prior_weight * q) / (n + prior_weight))
-            q = max(float(p0), row[-1])
-        rows.append(row)
-    rates = np.array(rows, dtype=np.float64)
+    p0 = np.asarray(prior, dtype=counts.dtype)[:, None]  # [3, 1]
+    rates = (counts[:, 1] + prior_weight * p0) / (counts[:, 0] + prior_weight)
     state = ChoiceState(torch.from_numpy(rates), torch.from_numpy(counts[:, 0]), int(lookup_count) > 0,
                         tuple(widths), tuple(sources), int(start), tuple(cost.tolist()), tuple(load.tolist()))
     return _ask(state, rule, widths, sources, stats.device)

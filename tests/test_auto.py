@@ -188,24 +188,6 @@ def test_acceptance_update_counts_reached_and_accepted_slots() -> None:
     assert torch.equal(idle.reshape(3, 2, D)[LOOKUP], 0.75 * s[LOOKUP])  # an unused source fades slowly
 
 
-def test_a_slot_not_reached_yet_is_expected_to_do_as_well_as_the_last_one_reached() -> None:
-    """Acceptance comes in runs: after full 4-token lookup drafts, slots 3.. (never reached) take slot 2's
-    estimate, not the prior; a source with no evidence keeps its prior; below the prior, the prior is kept."""
-    D = 7
-    stats = torch.zeros(6 * D, dtype=torch.float64)
-    for _ in range(4):  # four lookup cycles of width 4, every draft accepted
-        stats = acceptance_update_ref(stats, torch.tensor(LOOKUP), torch.tensor(4), torch.tensor(3), decay=0.9)
-    rates = acceptance_rates(stats, [0.0, 0.6, 0.7], 2.0)
-    assert rates[LOOKUP, 2] > 0.8
-    assert torch.allclose(rates[LOOKUP, 3:], rates[LOOKUP, 2].expand(D - 3))  # inherited: no evidence there
-    assert torch.equal(rates[DIFFUSION], torch.full((D,), 0.7, dtype=torch.float64))
-    stats = torch.zeros(6 * D, dtype=torch.float64)
-    for _ in range(4):  # drafts rejected at slot 2: the slots after it take the prior, not slot 2's low rate
-        stats = acceptance_update_ref(stats, torch.tensor(LOOKUP), torch.tensor(4), torch.tensor(2), decay=0.9)
-    rates = acceptance_rates(stats, [0.0, 0.6, 0.7], 2.0)
-    assert rates[LOOKUP, 2] < 0.6 and torch.equal(rates[LOOKUP, 3:], torch.full((D - 3,), 0.6, dtype=torch.float64))
-
-
 def _state(rates: list[float], cost: tuple[float, ...], load: tuple[float, ...], lookup: bool = True) -> ChoiceState:
     D = 7
     r = torch.tensor([[0.0] * D, rates[:D], rates[:D]], dtype=torch.float64)

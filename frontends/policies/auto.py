@@ -29,8 +29,6 @@ Graph of one cycle::
     for w in widths:                                                    # exactly one branch runs
         loop(width == w): block = [seed, drafts[:w-1] or MASKs]; denoise (0 or 1 forward);
                           verify forward; accept k; emit(ar, k + 1, info=[source, w, k]); commit
-    if width == 1 and count > 0:                                        # a plain step scores the lookup
-        source, width, k = lookup, 2, (new seed == draft[0])
     stats          = acceptance_update(stats, source, width, k)
 """
 
@@ -114,15 +112,6 @@ def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
             branch = _branch(b, io, config, w, draft, source, mask_id, diffusion=2 in srcs)
             carried = b.loop(width == w, carried, branch, name=f"width{w}")
         cache, ctx, seed, start, going, accepted = carried
-        if draft is not None and 1 in srcs:
-            # A plain step where the context had a match is scored as a one-token lookup draft: its AR token
-            # (the new seed) says whether the draft's first token would have been accepted. So the lookup's
-            # evidence stays current while it is not used, and a run of copied text is noticed at its first
-            # token (with no evidence the estimate only drifts back to the prior, by idle_decay per cycle).
-            shadow = (width == 1) & (count > 0)
-            hit = b.where(seed == draft[0], b.const(1), b.const(0))
-            source = b.where(shadow, b.const(SOURCE_INDEX["lookup"]), source)
-            width, accepted = b.where(shadow, b.const(2), width), b.where(shadow, hit, accepted)
         stats = b.acceptance_update(stats, source, width, accepted, decay=decay, idle_decay=idle_decay)
         return going, cache, ctx, seed, start, stats
 
