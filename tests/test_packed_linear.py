@@ -62,44 +62,32 @@ def test_fused_slices_equal_separate_products_and_follow_in_place_updates() -> N
     torch.testing.assert_close(slices[1](x), F.linear(x, lins[1].weight), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_lora_on_part_of_a_group_equals_each_projections_own() -> None:
-    """q and v adapted, k not: one stacked A, each B into its own columns; unselected rows exactly the base."""
+@pytest.mark.parametrize("width, outs, ranks", [(16, (16, 8, 8), (4, None, 2)), (24, (20, 7, 13), (3, None, 5))],
+                         ids=["whole-blocks", "shared-blocks"])
+def test_fused_lora_on_part_of_a_group_equals_each_projections_own(width: int, outs: tuple[int, ...],
+                                                                    ranks: tuple[int | None, ...]) -> None:
+    """q and v adapted, k not: one stacked A, one block-diagonal B; each projection's columns get its own delta
+    (also where widths that are not whole 16-column blocks share a block of B), unselected rows exactly the base."""
     g = torch.Generator().manual_seed(7)
-    lins = [LoRALinear(16, 16, rank=4, alpha=8), LoRALinear(16, 8), LoRALinear(16, 8, rank=2, alpha=2)]
+    lins = [LoRALinear(width, n, rank=r, alpha=None if r is None else 2 * r) for n, r in zip(outs, ranks)]
     for lin in lins:
         if lin.lora_B is not None:
             nn.init.normal_(lin.lora_B.weight, generator=g)
     product = FusedProduct(lins)
-    assert product.lora is not None and product.lora.rank == 6
-    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 16, 24), lins)]
-    x = torch.randn(2, 3, 16, generator=g)
+    assert product.lora is not None and product.lora.rank == sum(r for r in ranks if r)
+    starts = [sum(outs[:i]) for i in range(len(outs))]
+    slices = [PackedSlice(product, start, lin) for start, lin in zip(starts, lins)]
+    x = torch.randn(2, 3, width, generator=g)
     sel = torch.tensor([[True, False, True], [False, False, True]])
     with torch.no_grad():
         for s, lin in zip(slices, lins):
             torch.testing.assert_close(s(x, sel), lin(x, sel), rtol=1e-5, atol=1e-5)
+            assert torch.equal(s(x, sel)[~sel], s(x, torch.zeros_like(sel))[~sel])  # unselected rows: the base
         # the same input with another selection is a new product, not the kept one
         none = torch.zeros_like(sel)
         for s, lin in zip(slices, lins):
             assert torch.equal(s(x, none), slices[0].product(x)[..., s.start:s.stop])
             torch.testing.assert_close(s(x, none), F.linear(x, lin.weight), rtol=1e-5, atol=1e-5)
-
-
-def test_fused_lora_on_projections_that_share_column_blocks_equals_each_projections_own() -> None:
-    """Widths that are not whole 16-column blocks (20, 7, 13): a block of B spans two projections' columns, and
-    each column still gets its own projection's delta only."""
-    g = torch.Generator().manual_seed(11)
-    lins = [LoRALinear(24, 20, rank=3, alpha=6), LoRALinear(24, 7), LoRALinear(24, 13, rank=5, alpha=5)]
-    for lin in lins:
-        if lin.lora_B is not None:
-            nn.init.normal_(lin.lora_B.weight, generator=g)
-    product = FusedProduct(lins)
-    slices = [PackedSlice(product, start, lin) for start, lin in zip((0, 20, 27), lins)]
-    x = torch.randn(5, 24, generator=g)
-    sel = torch.tensor([True, False, True, True, False])
-    with torch.no_grad():
-        for s, lin in zip(slices, lins):
-            torch.testing.assert_close(s(x, sel), lin(x, sel), rtol=1e-5, atol=1e-5)
-            assert torch.equal(s(x, sel)[~sel], s(x, torch.zeros_like(sel))[~sel])  # unselected rows: the base
 
 
 def test_prepack_keeps_dense_logits() -> None:
