@@ -111,10 +111,12 @@ class PackedLoRA:
     Projection ``i``'s LoRA adds ``scale_i * B_i A_i x``. The ``A_i [r_i, in]`` are stacked into one
     ``[sum r, in]`` matrix and the ``B_i`` (scale folded in) into one block-diagonal ``[sum out, sum r]``
     one, both laid out as the blocked product lays out its weights: the group's LoRA is two blocked products
-    and a masked add (:func:`~graphrt.frontends.models.blocked_gemm.lora_add`). (Reading only each column block's
-    own LoRA inputs, in a kernel of its own, was slower than the blocked product over the zeros.) On a CPU an adapter's cost was its calls' dispatch more than its arithmetic:
-    in torch a q/k/v group made five calls (a product, a mask, one ``addmm_`` per projection), and SmolLM2's
-    rank-32 drafter added 11-12 ms to a 42-50 ms forward.
+    and a masked add (:func:`~graphrt.frontends.models.blocked_gemm.lora_add`). On a CPU an adapter's cost is
+    its calls' dispatch more than its arithmetic: in torch a q/k/v group made five calls (a product, a mask, one
+    ``addmm_`` per projection), and SmolLM2's rank-32 drafter added 11-12 ms to a 42-50 ms forward; with these
+    calls on the fused glue's arrays it adds 5.5-6.3 ms to 39-45 (``python bench/adapter_cost.py``). (A kernel
+    where each column block of ``B`` reads only its own projection's LoRA inputs was slower than the blocked
+    product over the zeros.)
 
     Rows not selected are not touched, so their output is the base projection's, bit for bit.
     """
