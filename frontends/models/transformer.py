@@ -394,7 +394,8 @@ class Transformer(nn.Module):
             adapter = None
         layers = self.encoder.layers
         # A packed layer over the cache runs the work between its products fused (frontends/models/fused_glue.py).
-        call = layers[0].glue.call(h, cos, sin, cached, mask, adapter) if cached is not None and layers[0].glue else None
+        glued = cached is not None and layers[0].glue is not None
+        call = layers[0].glue.call(h, cos, sin, cached, mask, adapter) if glued else None
         for i, layer in enumerate(layers):
             if call is not None and layer.glue is not None:
                 h = layer.glue.forward(h, mask, adapter, cached, i, call)
