@@ -7,16 +7,20 @@ how many other tokens shared its forward (an AR step, a verification block, othe
 from __future__ import annotations
 
 import numba
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from graphrt.frontends.models.blocked_gemm import LANES, TILE, BlockedWeight
+from graphrt.frontends.models.blocked_gemm import GROUP, LANES, TILE, BlockedWeight, _product
+
+#: Up to three whole groups of blocks per thread on two threads, and a remainder.
+MAX_OUT = 6 * GROUP * LANES + 2 * LANES + 5
 
 
 @settings(max_examples=60, deadline=None)
-@given(out=st.integers(1, 3 * LANES + 5), fan_in=st.integers(1, 70), rows=st.integers(1, 4 * TILE + 3),
+@given(out=st.integers(1, MAX_OUT), fan_in=st.integers(1, 70), rows=st.integers(1, 4 * TILE + 3),
        seed=st.integers(0, 2**16), bias=st.booleans())
 def test_the_product_and_every_row_alone(out: int, fan_in: int, rows: int, seed: int, bias: bool) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -30,6 +34,22 @@ def test_the_product_and_every_row_alone(out: int, fan_in: int, rows: int, seed:
     for i in range(rows):  # every tile position, alone and as a call's first rows
         assert torch.equal(packed(x[i:i + 1], b), y[i:i + 1]), f"row {i} alone"
         assert torch.equal(packed(x[:i + 1], b), y[:i + 1]), f"the first {i + 1} rows"
+
+
+@settings(max_examples=30, deadline=None)
+@given(out=st.integers(1, MAX_OUT), fan_in=st.integers(1, 40), rows=st.integers(1, 2 * TILE + 1),
+       seed=st.integers(0, 2**16))
+def test_the_split_of_blocks_between_threads_changes_no_bit(out: int, fan_in: int, rows: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    packed = BlockedWeight(torch.randn(out, fan_in, generator=g), "test")
+    x = torch.randn(rows, fan_in, generator=g).numpy()
+    ys = []
+    for threads in (1, 2, 3, 5, 7):  # runs of blocks per thread: whole groups, remainders, empty runs
+        y = np.empty((rows, packed.array.shape[0] * LANES), np.float32)
+        _product(packed.array, x, y, threads)
+        ys.append(y)
+    for threads, y in zip((2, 3, 5, 7), ys[1:]):
+        assert np.array_equal(y, ys[0]), f"{threads} runs of blocks against one"
 
 
 def test_leading_dims_and_a_non_contiguous_input() -> None:

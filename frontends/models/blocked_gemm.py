@@ -8,24 +8,31 @@ step) or inside a wider call (a verification block, other streams, a prompt pack
 computes a product must give each row the same result at every row count.
 
 The weight ``[out, in]`` is laid out once as ``[out / 16, in, 16]``: blocks of 16 output columns, each stored
-``in``-major, so a block is one contiguous stream (36 KB for ``in = 576``). A thread takes a block and, for
-each tile of 8 input rows (4 for a last 1-4), keeps the tile's ``8 x 16`` sums in registers while it walks the
-block once; at each ``k`` every row's input value is broadcast against the block's 16 weights (two AVX2
-vectors, or one AVX-512 vector), and the line 16 vectors ahead is prefetched. The block stays in the core's
-cache between tiles, so the weights are read from memory once per call whatever its width; up to 8 rows the
-multiply-adds hide under that read.
+``in``-major, so a block is one contiguous stream (36 KB for ``in = 576``). Each thread takes a contiguous run of
+blocks, four at a time (a group). Every tile of input rows walks the group while it stays in the core's cache, so
+the weights are read from memory once per call whatever its width. At each ``k`` a row's input value is
+broadcast against a block's 16 weights (two AVX2 vectors, or one AVX-512 vector) and the line 16 vectors ahead
+is prefetched. A tile keeps eight chains of multiply-adds in registers, enough to hide the latency of each:
+
+* 8 rows of one block for each whole tile of 8 (and a last 5-8 rows);
+* 4 rows of two blocks for a last 2-4 rows;
+* 1 row of four blocks for a last single row, the decode step.
+
+One row of one block, one chain, waits on every multiply-add: on a 2-core Intel Xeon, SmolLM2's 121 products at
+one row took 32.6 ms that way, and 24.8 ms four blocks at a time (the same run, interleaved; 4 rows 31.1 against
+26.4 ms; 8 rows and more within 8%).
 
 Every output element is one chain of fused multiply-adds over ``k = 0 .. in-1`` in order, vectorised across
 the 16 output columns only (no reassociation is allowed; ``contract`` lets LLVM fuse each multiply-add), so
 its bits depend on its row's input and the weights only: not on the tile that computed it, nor on the
 call's width. A tile past the last row repeats the last row (its results are not written).
 
-SmolLM2's 121 products on the 2-core machine, ms at 1 / 4 / 8 / 16 / 232 rows: 17.7 / 18.5 / 20.1 / 30.7 /
-309.1, against 20.0 / 20.6 / 24.5 / 31.8 / 306.3 for oneDNN's prepacked inner product (the layout inductor's
-weight freezing uses) and 45.6 / 62.8 / 56.9 / 69.1 / 402.9 for ``F.linear``; reading the weights alone takes
-15.3 ms (``bench/blocked_gemm.py``, ``bench/results/blocked_gemm.md``). From 9 rows on it is bound by the
-cores' multiply-adds: with the weights in cache, 16 rows take 21.3 ms. Tiles of 6 or 16 rows, a k-major input
-and prefetching 4 KB or 16 KB ahead measured the same or slower.
+On a 2-core AMD EPYC, with tiles of 4 rows for a last 1-4 rows, SmolLM2's 121 products took, in ms at 1 / 4 /
+8 / 16 / 232 rows: 17.7 / 18.5 / 20.1 / 30.7 / 309.1, against 20.0 / 20.6 / 24.5 / 31.8 / 306.3 for oneDNN's
+prepacked inner product (the layout inductor's weight freezing uses) and 45.6 / 62.8 / 56.9 / 69.1 / 402.9 for
+``F.linear``; reading the weights alone took 15.3 ms (``bench/blocked_gemm.py``, ``bench/results/blocked_gemm.md``).
+From 9 rows on it is bound by the cores' multiply-adds. Tiles of 6 or 16 rows, a k-major input, prefetching 4
+KB or 16 KB ahead, and 8 rows of two blocks at a time (16 chains) measured the same or slower.
 """
 
 from __future__ import annotations
@@ -42,12 +49,15 @@ from numba.extending import intrinsic
 
 #: Output columns per block: two AVX2 vectors of float32.
 LANES = 16
-#: Input rows per tile; a last tile of 1-4 rows is 4 wide. An 8-row tile does eight multiply-adds per weight
-#: vector, still under the memory stream when it is prefetched; two passes of 4 rows cost a pass more.
+#: Input rows per tile of one block; a last tile of 2-4 rows is 4 wide over two blocks. An 8-row tile does eight
+#: multiply-adds per weight vector, still under the memory stream when it is prefetched.
 TILE = 8
 #: How far ahead of the multiply-adds a tile prefetches its block, in 64-byte weight vectors. Without it, a tile
 #: of 8 rows waits on memory: SmolLM2's products at 8 rows took 22.0 ms, with 16 vectors (1 KB) ahead 18.9.
 PREFETCH = 16
+#: Blocks a thread takes at a time: a single row walks four blocks together, so that four chains of
+#: multiply-adds hide each other's latency.
+GROUP = 4
 
 _MATH = {"contract"}  # fused multiply-add, nothing reordered: each element's sum runs k = 0 .. in-1
 _PREFETCH_NAME = "llvm.prefetch.p0" if llvm.llvm_version_info >= (15,) else "llvm.prefetch.p0i8"
@@ -68,57 +78,123 @@ def _prefetch(typingctx, array, index):  # pragma: no cover - compiled
     return types.void(array, types.intp), codegen
 
 
+@nb.njit(fastmath=_MATH, cache=True, nogil=True, inline="always")
+def _tile8(w: np.ndarray, x: np.ndarray, y: np.ndarray, b: int, m0: int, acc: np.ndarray) -> None:  # pragma: no cover
+    """Rows ``m0 .. m0+7`` of block ``b`` (rows past the last repeat it, unwritten): eight chains per weight vector.
+
+    A tile's rows are written out one by one: a loop over them (its length a compile-time constant) ran 1.5-2x
+    slower at 2 and 8 rows, its sums no longer kept in registers."""
+    k_dim, last = w.shape[1], x.shape[0] - 1
+    start, end = b * k_dim * LANES, w.shape[0] * k_dim * LANES - 1
+    i1, i2, i3, i4 = m0 + 1, m0 + 2, m0 + 3, m0 + 4
+    i5, i6, i7 = min(m0 + 5, last), min(m0 + 6, last), min(m0 + 7, last)
+    acc[:] = 0.0
+    for k in range(k_dim):
+        _prefetch(w, min(start + (k + PREFETCH) * LANES, end))
+        x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
+        x4, x5, x6, x7 = x[i4, k], x[i5, k], x[i6, k], x[i7, k]
+        for j in range(LANES):
+            v = w[b, k, j]
+            acc[0, j] += x0 * v
+            acc[1, j] += x1 * v
+            acc[2, j] += x2 * v
+            acc[3, j] += x3 * v
+            acc[4, j] += x4 * v
+            acc[5, j] += x5 * v
+            acc[6, j] += x6 * v
+            acc[7, j] += x7 * v
+    for r in range(min(8, last + 1 - m0)):
+        for j in range(LANES):
+            y[m0 + r, b * LANES + j] = acc[r, j]
+
+
+@nb.njit(fastmath=_MATH, cache=True, nogil=True, inline="always")
+def _tile4_pair(w: np.ndarray, x: np.ndarray, y: np.ndarray, b: int, c: int, m0: int,
+                acc: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Rows ``m0 .. m0+3`` (rows past the last repeat it, unwritten) of blocks ``b`` and ``c`` together: eight
+    chains per step of ``k``, where one block alone would leave the multiply-add latency exposed."""
+    k_dim, last = w.shape[1], x.shape[0] - 1
+    sb, sc, end = b * k_dim * LANES, c * k_dim * LANES, w.shape[0] * k_dim * LANES - 1
+    i1, i2, i3 = min(m0 + 1, last), min(m0 + 2, last), min(m0 + 3, last)
+    acc[:] = 0.0
+    for k in range(k_dim):
+        _prefetch(w, min(sb + (k + PREFETCH) * LANES, end))
+        _prefetch(w, min(sc + (k + PREFETCH) * LANES, end))
+        x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
+        for j in range(LANES):
+            v, u = w[b, k, j], w[c, k, j]
+            acc[0, j] += x0 * v
+            acc[1, j] += x1 * v
+            acc[2, j] += x2 * v
+            acc[3, j] += x3 * v
+            acc[4, j] += x0 * u
+            acc[5, j] += x1 * u
+            acc[6, j] += x2 * u
+            acc[7, j] += x3 * u
+    for r in range(min(4, last + 1 - m0)):
+        for j in range(LANES):
+            y[m0 + r, b * LANES + j] = acc[r, j]
+            y[m0 + r, c * LANES + j] = acc[4 + r, j]
+
+
+@nb.njit(fastmath=_MATH, cache=True, nogil=True, inline="always")
+def _row_quad(w: np.ndarray, x: np.ndarray, y: np.ndarray, b: int, m: int, acc: np.ndarray) -> None:  # pragma: no cover
+    """Row ``m`` of blocks ``b .. b+3`` together (the caller passes whole groups): four chains per step of
+    ``k``, four weight streams."""
+    k_dim = w.shape[1]
+    s0, end = b * k_dim * LANES, w.shape[0] * k_dim * LANES - 1
+    step = k_dim * LANES
+    acc[:] = 0.0
+    for k in range(k_dim):
+        ahead = s0 + (k + PREFETCH) * LANES
+        _prefetch(w, min(ahead, end))
+        _prefetch(w, min(ahead + step, end))
+        _prefetch(w, min(ahead + 2 * step, end))
+        _prefetch(w, min(ahead + 3 * step, end))
+        x0 = x[m, k]
+        for j in range(LANES):
+            acc[0, j] += x0 * w[b, k, j]
+            acc[1, j] += x0 * w[b + 1, k, j]
+            acc[2, j] += x0 * w[b + 2, k, j]
+            acc[3, j] += x0 * w[b + 3, k, j]
+    for g in range(4):
+        for j in range(LANES):
+            y[m, (b + g) * LANES + j] = acc[g, j]
+
+
 @nb.njit(parallel=True, fastmath=_MATH, cache=True, nogil=True)
-def _product(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - compiled
+def _product(w: np.ndarray, x: np.ndarray, y: np.ndarray, threads: int) -> None:  # pragma: no cover - compiled
     """``y[m, b*16 + j] = sum_k x[m, k] w[b, k, j]`` for ``w [blocks, in, 16]``, ``x [rows, in]``, ``y [rows,
     blocks*16]`` (all C-contiguous float32).
 
-    The two tiles are written out row by row: a loop over a tile's rows (its length a compile-time constant) ran
-    1.5-2x slower at 2 and 8 rows, its sums no longer kept in registers."""
-    blocks, k_dim, _ = w.shape
+    ``threads`` runs of blocks (one per thread: :func:`match_threads`' count), each walked four blocks at a time
+    by every tile of rows: tiles of 5-8 rows one block at a time, of 2-4 rows two blocks at a time, a last
+    single row four blocks at a time (two at a time when the run has fewer than four blocks left)."""
+    blocks = w.shape[0]
     rows = x.shape[0]
-    end = blocks * k_dim * LANES - 1
-    for b in nb.prange(blocks):
+    for t in nb.prange(threads):
         acc = np.empty((TILE, LANES), np.float32)
-        c0, start = b * LANES, b * k_dim * LANES
-        m0 = 0
-        while m0 < rows:
-            last = rows - 1 - m0  # a tile past the last row repeats it
-            acc[:] = 0.0
-            if last >= 4:  # 5 or more rows left: a tile of 8
-                i1, i2, i3, i4 = m0 + 1, m0 + 2, m0 + 3, m0 + 4
-                i5, i6, i7 = m0 + min(5, last), m0 + min(6, last), m0 + min(7, last)
-                for k in range(k_dim):
-                    _prefetch(w, min(start + (k + PREFETCH) * LANES, end))
-                    x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
-                    x4, x5, x6, x7 = x[i4, k], x[i5, k], x[i6, k], x[i7, k]
-                    for j in range(LANES):
-                        v = w[b, k, j]
-                        acc[0, j] += x0 * v
-                        acc[1, j] += x1 * v
-                        acc[2, j] += x2 * v
-                        acc[3, j] += x3 * v
-                        acc[4, j] += x4 * v
-                        acc[5, j] += x5 * v
-                        acc[6, j] += x6 * v
-                        acc[7, j] += x7 * v
-                tile = 8
-            else:  # 1-4 rows left: a tile of 4
-                i1, i2, i3 = m0 + min(1, last), m0 + min(2, last), m0 + min(3, last)
-                for k in range(k_dim):
-                    _prefetch(w, min(start + (k + PREFETCH) * LANES, end))
-                    x0, x1, x2, x3 = x[m0, k], x[i1, k], x[i2, k], x[i3, k]
-                    for j in range(LANES):
-                        v = w[b, k, j]
-                        acc[0, j] += x0 * v
-                        acc[1, j] += x1 * v
-                        acc[2, j] += x2 * v
-                        acc[3, j] += x3 * v
-                tile = 4
-            for r in range(min(tile, last + 1)):
-                for j in range(LANES):
-                    y[m0 + r, c0 + j] = acc[r, j]
-            m0 += tile
+        lo, hi = t * blocks // threads, (t + 1) * blocks // threads
+        for g in range(lo, hi, GROUP):
+            n = min(GROUP, hi - g)
+            m0 = 0
+            while m0 < rows:
+                left = rows - m0
+                if left >= 5:
+                    for b in range(g, g + n):
+                        _tile8(w, x, y, b, m0, acc)
+                    m0 += 8
+                elif left >= 2:
+                    for b in range(g, g + n, 2):
+                        _tile4_pair(w, x, y, b, min(b + 1, g + n - 1), m0, acc)
+                    m0 += 4
+                else:
+                    if n == GROUP:
+                        _row_quad(w, x, y, g, m0, acc)
+                    else:
+                        for b in range(g, g + n, 2):
+                            _tile4_pair(w, x, y, b, min(b + 1, g + n - 1), m0, acc)
+                    m0 += 1
 
 
 @nb.njit(fastmath=_MATH, cache=True, nogil=True)
@@ -137,23 +213,32 @@ def lora_add(x: np.ndarray, select: np.ndarray, a_weight: "BlockedWeight", b_wei
     blocks) as :class:`BlockedWeight`. Three calls (the two blocked products and the masked add) for a LoRA
     group, on the threads :func:`match_threads` last set; rows not selected are left as they are."""
     a = np.empty((x.shape[0], a_weight.tensor.shape[0] * LANES), np.float32)
-    _product(a_weight.array, x, a)
+    threads = _thread_count()
+    _product(a_weight.array, x, a, threads)
     delta = np.empty((x.shape[0], b_weight.tensor.shape[0] * LANES), np.float32)
-    _product(b_weight.array, a, delta)
+    _product(b_weight.array, a, delta, threads)
     _add_rows(out, delta, select)
 
 
 _threads = threading.local()  # Numba's thread count is per calling thread
 
 
-def match_threads() -> None:
-    """Run Numba's parallel kernels on as many threads as torch uses (``torch.get_num_threads()``) from this thread.
-    Checked on every call, set only when torch's count changed: ``numba.get_num_threads`` costs about 6 us, which
-    the 121 products of a SmolLM2 forward would pay 121 times."""
+def match_threads() -> int:
+    """Run Numba's parallel kernels on as many threads as torch uses (``torch.get_num_threads()``) from this thread,
+    and return that count. Checked on every call, set only when torch's count changed: ``numba.get_num_threads``
+    costs about 6 us, which the 121 products of a SmolLM2 forward would pay 121 times."""
     threads = torch.get_num_threads()
-    if getattr(_threads, "count", None) != threads:
-        nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
-        _threads.count = threads
+    if getattr(_threads, "torch", None) != threads:
+        _threads.count = min(threads, nb.config.NUMBA_NUM_THREADS)
+        nb.set_num_threads(_threads.count)
+        _threads.torch = threads
+    return _threads.count
+
+
+def _thread_count() -> int:
+    """The thread count :func:`match_threads` last set from this thread (setting it if it never ran here)."""
+    count = getattr(_threads, "count", None)
+    return match_threads() if count is None else count
 
 
 class BlockedWeight:
@@ -188,7 +273,7 @@ class BlockedWeight:
     def into(self, x: np.ndarray, y: np.ndarray) -> None:
         """``y = x @ weight.T`` for C-contiguous float32 ``x [rows, in]`` and ``y [rows, out]`` (``out`` a multiple
         of :data:`LANES`), unchecked: the caller's buffers, on the threads :func:`match_threads` last set."""
-        _product(self.array, x, y)
+        _product(self.array, x, y, _thread_count())
 
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., in] @ weight.T (+ bias) -> [..., out]``, contiguous; every row's bits are the same at any row
@@ -200,8 +285,7 @@ class BlockedWeight:
         x2 = x.reshape(rows, self.in_features).contiguous()  # [rows, in]
         blocks = self.tensor.shape[0]
         y = torch.empty(rows, blocks * LANES, dtype=torch.float32)  # [rows, blocks*16]
-        match_threads()
-        _product(self.array, x2.detach().numpy(), y.numpy())
+        _product(self.array, x2.detach().numpy(), y.numpy(), match_threads())
         if blocks * LANES != self.out_features:
             y = y[:, :self.out_features].contiguous()
         if bias is not None:
@@ -209,4 +293,4 @@ class BlockedWeight:
         return y.view(*x.shape[:-1], self.out_features)
 
 
-__all__ = ["LANES", "PREFETCH", "TILE", "BlockedWeight", "lora_add", "match_threads"]
+__all__ = ["GROUP", "LANES", "PREFETCH", "TILE", "BlockedWeight", "lora_add", "match_threads"]
