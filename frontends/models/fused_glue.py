@@ -11,9 +11,9 @@ In torch these are about 45 calls per layer of a few microseconds each, a third 
 * :func:`_rope_write`: from the fused q/k/v product, RoPE on queries and keys, the queries laid out as
   attention takes them (each KV head's query heads stacked, ``[B, KV, g*L, d]``), keys and values written
   into their cache slots and laid out ``[B, KV, L, d]`` for a causal prefill;
-* :func:`_decode_attention`: a call of one token per row attends over its rows' cache slots in place, its
-  output laid out as ``o_proj`` reads it; wider calls run ``F.scaled_dot_product_attention``, which is faster
-  from 3-4 query tokens per row on;
+* :func:`_attention`: a call over the cache, of any width, attends over its rows' cache slots in place, its
+  output laid out as ``o_proj`` reads it (a causal prefill of empty rows runs ``F.scaled_dot_product_attention``
+  over its own tokens);
 * :func:`_silu_gate`: ``silu(gate) * up`` from the fused gate/up product, the exponential a polynomial
   (:func:`_exp`) that vectorises.
 
@@ -22,9 +22,14 @@ and allocations, and each layer's MLP output is added to the hidden states by th
 
 Every kernel computes each token on its own in a fixed order (the norm's sum of squares in 16 lanes, then a
 fixed pairwise tree; no reassociation is allowed), so what they give a token does not depend on the call's
-width, on the other rows or on the thread that ran it, as for the products; :func:`_decode_attention`'s result
-for a query depends on its own keys only (a masked key adds exactly zero). The results are the torch layer's up
-to float32 rounding (``tests/test_fused_glue.py``).
+width, on the other rows or on the thread that ran it, as for the products; :func:`_attention`'s result for a
+query depends on its own keys only (a masked key adds exactly zero). So a token's logits are the same bits in an
+AR step, a verification block or a batch of streams, which lossless verification needs: SDPA gives a query
+other bits beside other queries (11 of 32 queries differed between a call of one token and one of eight), and
+this kernel's bits are not SDPA's. The price: from 8 query tokens over 300 keys on, SDPA is faster (on 2 cores,
+one layer of SmolLM2, 8 tokens: 110 against 103 us over 100 keys, 282 against 185 over 300; one token: 37
+against 50 and 78 against 68). The results are the torch layer's up to float32 rounding
+(``tests/test_fused_glue.py``).
 
 SmolLM2, one token after a 100-token prefix, in one run (streaming reads at 23.6 GB/s): 35.2 ms per forward,
 47.2 with the torch layer; 16 tokens 57.4 and 75.4; everything but the products 3.5-5.1 ms at 2-16 tokens,
@@ -146,99 +151,112 @@ def _silu_gate(gu: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - c
             out[n, c] = a / (np.float32(1.0) + _exp(-a)) * gu[n, m + c]
 
 
-#: Queries per tile of :func:`_decode_attention`'s products (each key or value vector loaded once per tile).
+#: Queries per tile of :func:`_attention`'s products (each key or value vector loaded once per tile).
 QUERY_TILE = 4
-#: Queries of one (row, KV head) a task of :func:`_decode_attention` takes: tasks enough for both cores at one row.
-QUERY_TASK = 12
+#: Blocks of 16 keys a task of :func:`_attention`'s scores takes.
+KEY_TASK = 4
 
 
 @nb.njit(parallel=True, fastmath=_MATH, cache=True, nogil=True)
-def _decode_attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.ndarray, keys: int,
-                      bias: np.ndarray, bias_rows: np.ndarray, scale: np.float32,
-                      out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.ndarray, keys: int, bias: np.ndarray,
+               bias_rows: np.ndarray, scale: np.float32, p: np.ndarray, total: np.ndarray,
+               out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Attention of grouped queries ``q [B, KV, G, d]`` (``G = g*L``: query ``j*L + t`` is head ``kv*g + j`` of
     token ``t``) over the first ``keys`` slots of their rows in the cache, ``kc/vc [R, KV, slots, d]`` at
     ``rows [B]``, with the additive mask ``bias[bias_rows[b], t, :keys]`` (0 or -inf), into ``out [B*L, H*d]``
-    (``o_proj``'s input). ``d`` is a multiple of :data:`LANES`.
+    (``o_proj``'s input); ``p [B, KV, G, >= keys rounded up to 16]`` and ``total [B, KV, G]`` are scratch. ``d``
+    is a multiple of :data:`LANES`.
 
-    Per query: each score a sum over ``d`` in order (16 keys at a time, from a transposed block of keys); the
-    softmax's maximum and sum in 16 lanes by key index, then a fixed tree; each output element a sum over keys in
-    order. A masked key adds exactly zero, so a query's result depends on its own keys only."""
+    Three parallel passes, each split so that both cores have work at one query token per row:
+
+    * scores, by KV head and 64 keys: each a sum over ``d`` in order, 16 keys at a time from a transposed block
+      of keys (transposed once for all the head's queries);
+    * softmax numerators and sums, by query: the maximum and the sum in 16 lanes by key index, then a fixed tree;
+    * outputs, by KV head and 16 columns: each element a sum over keys in order.
+
+    A masked key adds exactly zero, so a query's result depends on its own keys only: not on the call's width,
+    the other rows, or how the work was split."""
     B, KV, G, d = q.shape
     L = out.shape[0] // B
     g = G // L
     blocks = (keys + LANES - 1) // LANES
-    tasks = (G + QUERY_TASK - 1) // QUERY_TASK
-    for task in nb.prange(B * KV * tasks):
-        b, rest = task // (KV * tasks), task % (KV * tasks)
-        kv, i0 = rest // tasks, (rest % tasks) * QUERY_TASK
-        i1 = min(i0 + QUERY_TASK, G)
-        r, br = rows[b], bias_rows[b]
-        p = np.empty((QUERY_TASK, blocks * LANES), np.float32)  # scores, then unnormalised probabilities
+    chunks = (blocks + KEY_TASK - 1) // KEY_TASK
+    for task in nb.prange(B * KV * chunks):  # scores
+        b, rest = task // (KV * chunks), task % (KV * chunks)
+        kv, chunk = rest // chunks, rest % chunks
+        kb, qb, pb, bb = kc[rows[b], kv], q[b, kv], p[b, kv], bias[bias_rows[b]]  # [slots, d], [G, d], [G, *]
         kt = np.empty((d, LANES), np.float32)
         acc = np.empty((QUERY_TILE, LANES), np.float32)
-        for blk in range(blocks):  # scores
+        for blk in range(chunk * KEY_TASK, min((chunk + 1) * KEY_TASK, blocks)):
             s0 = blk * LANES
             for j in range(LANES):
                 s = min(s0 + j, keys - 1)
                 for c in range(d):
-                    kt[c, j] = kc[r, kv, s, c]
-            for i in range(i0, i1, QUERY_TILE):
-                i_1, i_2, i_3 = min(i + 1, i1 - 1), min(i + 2, i1 - 1), min(i + 3, i1 - 1)
+                    kt[c, j] = kb[s, c]
+            for i in range(0, G, QUERY_TILE):
+                q0, q1 = qb[i], qb[min(i + 1, G - 1)]
+                q2, q3 = qb[min(i + 2, G - 1)], qb[min(i + 3, G - 1)]
                 acc[:] = 0.0
                 for c in range(d):
-                    x0, x1, x2, x3 = q[b, kv, i, c], q[b, kv, i_1, c], q[b, kv, i_2, c], q[b, kv, i_3, c]
+                    x0, x1, x2, x3 = q0[c], q1[c], q2[c], q3[c]
                     for j in range(LANES):
                         w = kt[c, j]
                         acc[0, j] += x0 * w
                         acc[1, j] += x1 * w
                         acc[2, j] += x2 * w
                         acc[3, j] += x3 * w
-                for u in range(min(QUERY_TILE, i1 - i)):
+                for u in range(min(QUERY_TILE, G - i)):
                     t = (i + u) % L
                     for j in range(LANES):
                         s = s0 + j
-                        p[i - i0 + u, s] = acc[u, j] * scale + bias[br, t, s] if s < keys else -np.inf
+                        pb[i + u, s] = acc[u, j] * scale + bb[t, s] if s < keys else -np.inf
+    for task in nb.prange(B * KV * G):  # softmax numerators and sums
+        b, kv, i = task // (KV * G), task // G % KV, task % G
+        row = p[b, kv, i]
         lanes = np.empty(LANES, np.float32)
-        total = np.empty(QUERY_TASK, np.float32)
-        for i in range(i1 - i0):  # softmax numerators and sums
+        for j in range(LANES):
+            lanes[j] = row[j]
+        for blk in range(1, blocks):
             for j in range(LANES):
-                lanes[j] = p[i, j]
-            for blk in range(1, blocks):
+                lanes[j] = max(lanes[j], row[blk * LANES + j])
+        top = lanes[0]
+        for j in range(1, LANES):
+            top = max(top, lanes[j])
+        lanes[:] = 0.0
+        for blk in range(blocks):
+            for j in range(LANES):
+                v = row[blk * LANES + j]
+                e = _exp(v - top)
+                e = e if v != -np.inf else np.float32(0.0)  # a select, not a branch: the loop vectorises
+                row[blk * LANES + j] = e
+                lanes[j] += e
+        width = LANES // 2
+        while width > 0:
+            for j in range(width):
+                lanes[j] += lanes[j + width]
+            width //= 2
+        total[b, kv, i] = lanes[0]
+    cols = d // LANES
+    for task in nb.prange(B * KV * cols):  # outputs, 16 columns at a time
+        b, kv, c0 = task // (KV * cols), task // cols % KV, task % cols * LANES
+        vb, pb, tb = vc[rows[b], kv], p[b, kv], total[b, kv]  # [slots, d], [G, *], [G]
+        acc = np.empty((QUERY_TILE, LANES), np.float32)
+        for i in range(0, G, QUERY_TILE):
+            p0, p1 = pb[i], pb[min(i + 1, G - 1)]
+            p2, p3 = pb[min(i + 2, G - 1)], pb[min(i + 3, G - 1)]
+            acc[:] = 0.0
+            for s in range(keys):
+                y0, y1, y2, y3 = p0[s], p1[s], p2[s], p3[s]
                 for j in range(LANES):
-                    lanes[j] = max(lanes[j], p[i, blk * LANES + j])
-            top = lanes[0]
-            for j in range(1, LANES):
-                top = max(top, lanes[j])
-            lanes[:] = 0.0
-            for blk in range(blocks):
+                    w = vb[s, c0 + j]
+                    acc[0, j] += y0 * w
+                    acc[1, j] += y1 * w
+                    acc[2, j] += y2 * w
+                    acc[3, j] += y3 * w
+            for u in range(min(QUERY_TILE, G - i)):
+                h, t = kv * g + (i + u) // L, (i + u) % L
                 for j in range(LANES):
-                    v = p[i, blk * LANES + j]
-                    e = np.float32(0.0) if v == -np.inf else _exp(v - top)
-                    p[i, blk * LANES + j] = e
-                    lanes[j] += e
-            width = LANES // 2
-            while width > 0:
-                for j in range(width):
-                    lanes[j] += lanes[j + width]
-                width //= 2
-            total[i] = lanes[0]
-        for c0 in range(0, d, LANES):  # outputs, 16 columns at a time
-            for i in range(i0, i1, QUERY_TILE):
-                i_1, i_2, i_3 = min(i + 1, i1 - 1), min(i + 2, i1 - 1), min(i + 3, i1 - 1)
-                acc[:] = 0.0
-                for s in range(keys):
-                    p0, p1, p2, p3 = p[i - i0, s], p[i_1 - i0, s], p[i_2 - i0, s], p[i_3 - i0, s]
-                    for j in range(LANES):
-                        w = vc[r, kv, s, c0 + j]
-                        acc[0, j] += p0 * w
-                        acc[1, j] += p1 * w
-                        acc[2, j] += p2 * w
-                        acc[3, j] += p3 * w
-                for u in range(min(QUERY_TILE, i1 - i)):
-                    h, t = kv * g + (i + u) // L, (i + u) % L
-                    for j in range(LANES):
-                        out[b * L + t, h * d + c0 + j] = acc[u, j] / total[i + u - i0]
+                    out[b * L + t, h * d + c0 + j] = acc[u, j] / tb[i + u]
 
 
 class GlueCall:
@@ -270,11 +288,14 @@ class GlueCall:
         N, d = B * L, cos.shape[-1]
         # The tokens the drafter's LoRA applies to, flat (None: a call without draft tokens).
         self.select = None if adapter is None else adapter.reshape(N).contiguous().numpy()
-        # One query token per row over the cache: attention is :func:`_decode_attention` (for a head size of
-        # whole 16-lane blocks), else SDPA.
-        self.decode = L == 1 and not cached.causal and d % LANES == 0
-        if self.decode:
+        # A call over the cache attends with :func:`_attention` (for a head size of whole 16-lane blocks), a
+        # causal prefill of empty rows with SDPA over its own tokens.
+        self.fused_attention = not cached.causal and d % LANES == 0
+        if self.fused_attention:
             self.keys, self.scale = cached.keys, np.float32(1.0 / np.sqrt(d))
+            G = heads // kv_heads * L
+            self.scores = np.empty((B, kv_heads, G, -(-self.keys // LANES) * LANES), np.float32)
+            self.totals = np.empty((B, kv_heads, G), np.float32)
             if mask is None:
                 self.bias, self.bias_rows = np.zeros((1, L, self.keys), np.float32), np.zeros(B, np.int64)
             else:
@@ -370,9 +391,9 @@ class LayerGlue:
         kc, vc = self._cache_arrays(cached, index)
         _rope_write(call.qkv_np, call.cos, call.sin, self.heads, self.kv_heads, call.rows, call.slots, kc, vc,
                     call.q_np, call.k_np, call.v_np)
-        if call.decode:
-            _decode_attention(call.q_np, kc, vc, call.rows, call.keys, call.bias, call.bias_rows, call.scale,
-                              call.heads_np)
+        if call.fused_attention:
+            _attention(call.q_np, kc, vc, call.rows, call.keys, call.bias, call.bias_rows, call.scale, call.scores,
+                       call.totals, call.heads_np)
             heads = call.heads_np
         else:
             heads = self.attn.attend(call.q, call.k, call.v, mask, cached, index).contiguous().view(B * L, -1).numpy()
