@@ -11,8 +11,9 @@ The weight ``[out, in]`` is laid out once as ``[out / 16, in, 16]``: blocks of 1
 ``in``-major, so a block is one contiguous stream (36 KB for ``in = 576``). Each thread takes a contiguous run of
 blocks, four at a time (a group). Every tile of input rows walks the group while it stays in the core's cache, so
 the weights are read from memory once per call whatever its width. At each ``k`` a row's input value is
-broadcast against a block's 16 weights (two AVX2 vectors, or one AVX-512 vector) while the weights ahead are
-prefetched. A tile keeps eight chains of multiply-adds in registers, enough to hide the latency of each:
+broadcast against a block's 16 weights (two 256-bit vectors: LLVM prefers them to one 512-bit vector on
+AVX-512 machines too) while the weights ahead are prefetched. A tile keeps four to eight independent chains of multiply-adds in registers, so that they hide
+each other's latency:
 
 * 8 rows of one block for each whole tile of 8 (and a last 5-8 rows);
 * 4 rows of two blocks for a last 2-4 rows;
@@ -118,7 +119,8 @@ def _tile8(w: np.ndarray, x: np.ndarray, y: np.ndarray, b: int, m0: int, acc: np
 def _tile4_pair(w: np.ndarray, x: np.ndarray, y: np.ndarray, b: int, c: int, m0: int,
                 acc: np.ndarray) -> None:  # pragma: no cover - compiled
     """Rows ``m0 .. m0+3`` (rows past the last repeat it, unwritten) of blocks ``b`` and ``c`` together: eight
-    chains per step of ``k``, where one block alone would leave the multiply-add latency exposed."""
+    chains per step of ``k``, where one block alone would leave the multiply-add latency exposed. ``c == b``
+    (a run's last single block) computes and writes the block twice, the same bits."""
     k_dim, last = w.shape[1], x.shape[0] - 1
     sb, sc, end = b * k_dim * LANES, c * k_dim * LANES, w.shape[0] * k_dim * LANES - 1
     i1, i2, i3 = min(m0 + 1, last), min(m0 + 2, last), min(m0 + 3, last)
