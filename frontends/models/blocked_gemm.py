@@ -12,8 +12,8 @@ The weight ``[out, in]`` is laid out once as ``[out / 16, in, 16]``: blocks of 1
 blocks, four at a time (a group). Every tile of input rows walks the group while it stays in the core's cache, so
 the weights are read from memory once per call whatever its width. At each ``k`` a row's input value is
 broadcast against a block's 16 weights (two 256-bit vectors: LLVM prefers them to one 512-bit vector on
-AVX-512 machines too) while the weights ahead are prefetched. A tile keeps four to eight independent chains of multiply-adds in registers, so that they hide
-each other's latency:
+AVX-512 machines too) while the weights ahead are prefetched. A tile keeps four to eight independent chains of
+multiply-adds in registers, so that they hide each other's latency:
 
 * 8 rows of one block for each whole tile of 8 (and a last 5-8 rows);
 * 4 rows of two blocks for a last 2-4 rows;
