@@ -113,7 +113,7 @@ def attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: torch.T
     L = mask.shape[1]
     out = torch.empty(B * L, G // L * KV * d)
     bias = torch.zeros(B, L, keys).masked_fill_(~mask, -np.inf)
-    scores = np.full((B, KV, G, -(-keys // LANES) * LANES), np.nan, np.float32)  # scratch, never read unset
+    scores = np.full((B, KV, G, -(-keys // LANES) * LANES), np.nan, np.float32)  # a score left unset shows
     _attention(q.numpy(), kc.numpy(), vc.numpy(), rows.numpy(), keys, bias.numpy(), torch.arange(B).numpy(),
                np.float32(d ** -0.5), scores, np.empty((B, KV, G), np.float32), out.numpy())
     return out.view(B, L, -1)
@@ -122,8 +122,8 @@ def attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: torch.T
 @settings(max_examples=20, deadline=None)
 @given(B=st.integers(1, 3), L=st.integers(1, 9), keys=st.integers(1, 80), extra=st.integers(1, 20),
        seed=st.integers(0, 2**16))
-def test_attention_equals_sdpa_and_a_query_depends_on_its_own_keys_only(B: int, L: int, keys: int,
-                                                                               extra: int, seed: int) -> None:
+def test_attention_equals_sdpa_and_a_query_depends_on_its_own_keys_only(B: int, L: int, keys: int, extra: int,
+                                                                        seed: int) -> None:
     """Against SDPA on scattered rows under a random mask (each query sees at least one key); then the same
     queries with more masked keys after theirs, each row alone, and each token alone: the same bits."""
     g = torch.Generator().manual_seed(seed)
