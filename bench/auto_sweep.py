@@ -162,7 +162,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """The markdown tables: per kind, tok/s by concurrency and mode (the median of the repetitions), latency,
     and auto / best fixed (with every repetition's auto / best fixed where there are several)."""
     out = [f"# auto against fixed modes ({args.model or 'the shipped model'}, max_tokens {args.max_tokens}, "
-           f"{args.requests} requests per point, T = 0"
+           f"{args.requests or 'max(8, 2 x streams)'} requests per point, T = 0"
            + (f", median of {args.repeats} repetitions in alternating order" if args.repeats > 1 else "") + ")", ""]
     modes = ["auto", *args.fixed]
     for kind in args.kinds:

@@ -38,7 +38,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from graphrt.cost_model import shape_seconds
+from graphrt.cost_model import FEATURES, shape_seconds
 from graphrt.registry import REQUIRED, OpDef, register_op
 from graphrt.types import TensorType, Type
 
@@ -95,8 +95,8 @@ class ChoiceState:
     # The rates as host floats: a rule asks for a dozen candidates per cycle of every request, and each
     # tensor op would cost more than the arithmetic.
     _rates: list[list[float]] = field(init=False, repr=False, compare=False)
-    # Round times by (width, join): the candidates of a cycle share a few widths.
-    _seconds: dict[tuple[int, bool], float] = field(init=False, repr=False, compare=False)
+    # Round times by (width, join, adapter): the candidates of a cycle share a few widths.
+    _seconds: dict[tuple[int, bool, bool], float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self._rates = self.rates.double().tolist()
@@ -112,19 +112,28 @@ class ChoiceState:
             total += reach
         return total
 
-    def round_seconds(self, width: int, join: bool = False) -> float:
+    def round_seconds(self, width: int, join: bool = False, adapter: bool = False) -> float:
         """The cost model's time of this round's call with this request's forward ``width`` tokens wide.
 
         A call is as wide as its widest row. By default the request is charged as if it set the call's
         width (``T(R + 1, width)``); ``join=True`` prices joining the others' widest forward
-        (``T(R + 1, max(W, width))``), where width up to ``W`` looks free."""
-        seconds = self._seconds.get((width, join))
+        (``T(R + 1, max(W, width))``), where width up to ``W`` looks free. ``adapter=True`` prices the
+        forward of a diffusion draft, which runs the draft adapter over the whole call."""
+        seconds = self._seconds.get((width, join, adapter))
         if seconds is None:
             rows, wide, spans = self.load[0], self.load[1], self.load[2]
             seconds = shape_seconds(self.cost, int(rows) + 1, int(max(wide, width) if join else width),
-                                    int(spans) + self.start + width)
-            seconds = self._seconds[width, join] = max(seconds, 1e-9)
+                                    int(spans) + self.start + width, adapter)
+            seconds = self._seconds[width, join, adapter] = max(seconds, 1e-9)
         return seconds
+
+    def cycle_seconds(self, source: int, width: int) -> float:
+        """The cost model's time per round of a cycle of ``source`` at ``width``: one round for a plain step or a
+        lookup draft, and for a diffusion draft the mean of its two rounds (the draft forward, with the
+        adapter, then the verify forward)."""
+        if source == 2 and width > 1:
+            return 0.5 * (self.round_seconds(width, adapter=True) + self.round_seconds(width))
+        return self.round_seconds(width)
 
     def candidates(self) -> list[tuple[int, int]]:
         """Every ``(source, width)`` the policy allows this cycle (a lookup only where there is a match)."""
@@ -179,12 +188,13 @@ def expected_rate(state: ChoiceState) -> tuple[int, int]:
     For each candidate (source ``s``, width ``w``) of this request, given the others' share of the
     round (``load``: ``R`` rows, having committed ``G`` tokens in the last round)::
 
-        rate(s, w) = (G + E(s, w) / n_s) / T(R + 1, w, spans)
+        rate(s, w) = (G + E(s, w) / n_s) / T_s(R + 1, w, spans)
 
     where ``E(s, w) = 1 + sum_{j < w} prod_{i <= j} p_s[i]`` is the expected tokens the cycle commits
     (from the per-slot acceptance ``p_s``), ``n_s`` the rounds the cycle takes (1 for a plain step or a
-    lookup draft, 2 for a diffusion draft: the draft forward, then the verify forward) and ``T`` the
-    cost model's time of the shared call were it ``w`` tokens wide. Alone in the round (``R = G = 0``)
+    lookup draft, 2 for a diffusion draft: the draft forward, then the verify forward) and ``T_s`` the
+    cost model's time per round of the shared call were it ``w`` tokens wide (for a diffusion draft the
+    mean of a round with the draft adapter and one without: :meth:`ChoiceState.cycle_seconds`). Alone in the round (``R = G = 0``)
     this is the request's own tokens per second; among many it weighs the tokens a draft adds against
     the time its width costs everyone in the call. Each request is charged the call's width as if it
     set it, never ``max(W, w)``: were width up to the others' widest ``W`` free, a crowded round would
@@ -195,7 +205,7 @@ def expected_rate(state: ChoiceState) -> tuple[int, int]:
     best, best_key = (0, 1), None
     for s, w in state.candidates():
         rounds = 2.0 if s == 2 else 1.0
-        rate = (committed + state.expected_tokens(s, w) / rounds) / state.round_seconds(w)
+        rate = (committed + state.expected_tokens(s, w) / rounds) / state.cycle_seconds(s, w)
         key = (rate, -w, -s)
         if best_key is None or key > best_key:
             best, best_key = (s, w), key
@@ -230,7 +240,7 @@ def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: tor
     start : torch.Tensor
         Scalar int64: the seed's absolute position.
     cost : torch.Tensor
-        ``[4]`` float64 cost-model coefficients.
+        ``[6]`` float64 cost-model coefficients (:data:`graphrt.cost_model.FEATURES`).
     load : torch.Tensor
         ``[4]`` float64, the other requests' share of the round (:data:`LOAD_FIELDS`).
     widths, sources : list of int
@@ -355,8 +365,11 @@ def _choice_infer(ts: list[Type], attrs: dict) -> list[Type]:
     _check_stats(stats)
     _scalar_i64(count, "lookup_count")
     _scalar_i64(start, "start")
-    _float(cost, (4,), "cost")
-    _float(load, (4,), "load")
+    _float(cost, (len(FEATURES),), "cost")
+    _float(load, (len(LOAD_FIELDS),), "load")
+    for t, what, n in ((cost, "cost", len(FEATURES)), (load, "load", len(LOAD_FIELDS))):
+        if isinstance(t.shape[0], int) and t.shape[0] != n:  # type: ignore[union-attr]
+            raise ValueError(f"{what}: expected float[{n}], found {t}")
     widths, sources = attrs["widths"], attrs["sources"]
     if not (isinstance(widths, list) and widths and all(isinstance(w, int) and w >= 1 for w in widths)):
         raise ValueError(f"attribute widths: expected a non-empty list of ints >= 1, found {widths!r}")

@@ -2,13 +2,17 @@
 
 A packed call (:class:`~graphrt.backbone.ForwardBatch`) runs ``rows`` requests'
 forwards right-padded to the widest, ``width`` tokens each; its time is modelled
-as a small linear function of four features::
+as a small linear function of six features::
 
     seconds ~= a + b * rows + c * rows * width + d * keys / 1000
+               + adapter * (e + f * rows * width)
 
 where ``keys`` is the query-key pairs the attention reads,
 ``width * sum(span of each row)`` (a row's span: its cached prefix plus the new
-tokens). The coefficients come from a short calibration on the running backbone
+tokens), and ``adapter`` is 1 for a call that runs the model's draft adapter
+(a diffusion draft's forward) and 0 otherwise: the adapter's products run over
+every token of such a call, so they add a cost per call and one per token. The
+coefficients come from a short calibration on the running backbone
 (:func:`calibrate`: a few seconds at most), are cached on disk per model, dtype,
 device and thread count (:func:`load_cached`, :meth:`CostModel.save`), and are
 refreshed by the call times a session observes (:meth:`CostModel.observe`):
@@ -24,9 +28,11 @@ A missing or stale model never blocks anything: :class:`CostModel` starts from
 a constant-time prior (every call costs the same: tokens per forward is what
 counts) and learns from the calls it observes.
 
->>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 0.0])
+>>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 0.0, 5e-4, 1e-5])
 >>> round(m.linear(rows=2, width=8) * 1e3, 3)
 1.52
+>>> round(m.linear(rows=2, width=8, adapter=True) * 1e3, 3)
+2.18
 """
 
 from __future__ import annotations
@@ -46,12 +52,13 @@ import torch
 __all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "for_model",
            "load_cached", "model_key", "probe_batch", "shape_seconds", "PRIOR"]
 
-FEATURES = ("call", "rows", "tokens", "kilokeys")
-"""The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000."""
-PRIOR = (1e-2, 0.0, 0.0, 0.0)
+FEATURES = ("call", "rows", "tokens", "kilokeys", "adapter_call", "adapter_tokens")
+"""The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000, and for a call
+that runs the draft adapter 1 and rows * width again (0 and 0 for any other call)."""
+PRIOR = (1e-2, 0.0, 0.0, 0.0, 0.0, 0.0)
 """Coefficients before any measurement: every call costs 10 ms (only the number of calls counts)."""
-FORMAT = 1
-"""Version of the on-disk format."""
+FORMAT = 2
+"""Version of the on-disk format (1: four features, no adapter)."""
 
 
 @dataclass(frozen=True)
@@ -66,43 +73,50 @@ class CallShape:
         Tokens per row after padding (the widest row's forward).
     spans:
         Sum over rows of each row's key span (cached prefix plus new tokens).
+    adapter:
+        Whether the call runs the draft adapter (some token of it is a draft or denoise token).
     """
 
     rows: int
     width: int
     spans: int = 0
+    adapter: bool = False
 
     @property
-    def feature_values(self) -> tuple[float, float, float, float]:
-        """``(1, rows, rows * width, width * spans / 1000)`` (see :data:`FEATURES`), as host floats."""
-        return 1.0, float(self.rows), float(self.rows * self.width), self.width * self.spans / 1000.0
+    def feature_values(self) -> tuple[float, ...]:
+        """``(1, rows, rows * width, width * spans / 1000, adapter, adapter * rows * width)`` (see :data:`FEATURES`),
+        as host floats."""
+        tokens = float(self.rows * self.width)
+        return (1.0, float(self.rows), tokens, self.width * self.spans / 1000.0, float(self.adapter),
+                tokens if self.adapter else 0.0)
 
     @property
     def features(self) -> np.ndarray:
-        """:attr:`feature_values` as a ``[4]`` float64 array (a row of the fit)."""
+        """:attr:`feature_values` as a float64 array (a row of the fit)."""
         return np.array(self.feature_values)
 
     def seconds(self, coef: Sequence[float]) -> float:
         """The linear model's time of this call with coefficients ``coef`` (:func:`shape_seconds`)."""
-        return shape_seconds(coef, self.rows, self.width, self.spans)
+        return shape_seconds(coef, self.rows, self.width, self.spans, self.adapter)
 
     @property
-    def bucket(self) -> tuple[int, int, int]:
-        """``(rows, width, mean span rounded up to a power of two)``: the key of its moving average."""
+    def bucket(self) -> tuple[int, int, int, bool]:
+        """``(rows, width, mean span rounded up to a power of two, adapter)``: the key of its moving average."""
         mean = self.spans / max(self.rows, 1)
-        return self.rows, self.width, 0 if mean <= 0 else 1 << max(0, math.ceil(math.log2(mean)))
+        return self.rows, self.width, 0 if mean <= 0 else 1 << max(0, math.ceil(math.log2(mean))), self.adapter
 
 
-def shape_seconds(coef: Sequence[float], rows: int, width: int, spans: int) -> float:
-    """The linear model's time of a call of ``rows`` rows ``width`` wide with key spans summing to ``spans``, with
-    coefficients ``coef`` (:data:`FEATURES`), in host floats: a rule prices a dozen candidate calls per cycle of
-    every request, where building a :class:`CallShape` or a NumPy product per candidate would cost more than the
-    arithmetic."""
-    a, b, c, d = coef
-    return a + b * rows + c * rows * width + d * width * spans / 1000.0
+def shape_seconds(coef: Sequence[float], rows: int, width: int, spans: int, adapter: bool = False) -> float:
+    """The linear model's time of a call of ``rows`` rows ``width`` wide with key spans summing to ``spans``, running
+    the draft adapter or not, with coefficients ``coef`` (:data:`FEATURES`), in host floats: a rule prices a dozen
+    candidate calls per cycle of every request, where building a :class:`CallShape` or a NumPy product per candidate
+    would cost more than the arithmetic."""
+    a, b, c, d, e, f = coef
+    seconds = a + b * rows + c * rows * width + d * width * spans / 1000.0
+    return seconds + e + f * rows * width if adapter else seconds
 
 
-def call_shape(rows: int, width: int, last_positions: Iterable[int] = ()) -> CallShape:
+def call_shape(rows: int, width: int, last_positions: Iterable[int] = (), adapter: bool = False) -> CallShape:
     """The :class:`CallShape` of a call of ``rows`` rows ``width`` wide whose rows end at ``last_positions``.
 
     Parameters
@@ -111,12 +125,14 @@ def call_shape(rows: int, width: int, last_positions: Iterable[int] = ()) -> Cal
         The packed call's batch rows and (padded) width.
     last_positions:
         Each row's largest absolute position in the call (its span is that plus one).
+    adapter:
+        Whether the call runs the draft adapter.
 
     Returns
     -------
     CallShape
     """
-    return CallShape(int(rows), int(width), int(sum(int(p) + 1 for p in last_positions)))
+    return CallShape(int(rows), int(width), int(sum(int(p) + 1 for p in last_positions)), bool(adapter))
 
 
 @dataclass
@@ -132,11 +148,11 @@ class CostModel:
     Parameters
     ----------
     coef:
-        ``[a, b, c, d]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
+        ``[a, b, c, d, e, f]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
     key:
         What the model was measured on (:func:`model_key`), or ``""``.
     points:
-        Calibration measurements ``(rows, width, spans, seconds)``.
+        Calibration measurements ``(rows, width, spans, adapter, seconds)``.
     decay:
         Weight of a new observation in its bucket's moving average.
     refit_every:
@@ -148,18 +164,18 @@ class CostModel:
         Running mean relative error of each predictor against the observed times, measured
         before each observation is learnt (``"linear"``, ``"ema"``), and how many were scored.
     tensor:
-        ``float64[4]``: the linear coefficients, updated in place at every refit (a policy graph's
+        ``float64[6]``: the linear coefficients, updated in place at every refit (a policy graph's
         ``cost`` input reads them live).
     """
 
     coef: Sequence[float] = PRIOR
     key: str = ""
-    points: list[tuple[int, int, int, float]] = field(default_factory=list)
+    points: list[tuple[int, int, int, bool, float]] = field(default_factory=list)
     decay: float = 0.2
     refit_every: int = 16
     created: float = field(default_factory=time.time)
     errors: dict[str, float] = field(default_factory=lambda: {"linear": 0.0, "ema": 0.0, "scored": 0})
-    buckets: dict[tuple[int, int, int], _Ema] = field(default_factory=dict)
+    buckets: dict[tuple[int, int, int, bool], _Ema] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         coef = np.asarray(self.coef, dtype=np.float64)
@@ -170,21 +186,21 @@ class CostModel:
         self._since_refit = 0
 
     # ------------------------------------------------------------------ predictions
-    def linear(self, rows: int, width: int, spans: int = 0) -> float:
+    def linear(self, rows: int, width: int, spans: int = 0, adapter: bool = False) -> float:
         """Seconds of a call by the linear model (never below a microsecond)."""
-        return max(CallShape(rows, width, spans).seconds(self.coef), 1e-6)
+        return max(shape_seconds(self.coef, rows, width, spans, adapter), 1e-6)
 
-    def ema(self, rows: int, width: int, spans: int = 0) -> float | None:
+    def ema(self, rows: int, width: int, spans: int = 0, adapter: bool = False) -> float | None:
         """Seconds of a call by its bucket's moving average, or ``None`` when that bucket was never observed."""
-        e = self.buckets.get(CallShape(rows, width, spans).bucket)
+        e = self.buckets.get(CallShape(rows, width, spans, adapter).bucket)
         return None if e is None else e.seconds
 
-    def predict(self, rows: int, width: int, spans: int = 0) -> float:
+    def predict(self, rows: int, width: int, spans: int = 0, adapter: bool = False) -> float:
         """Seconds of a call: the bucket average where there is one and it has fit better, else the linear model."""
-        e = self.ema(rows, width, spans)
+        e = self.ema(rows, width, spans, adapter)
         if e is not None and self.errors["scored"] and self.errors["ema"] < self.errors["linear"]:
             return e
-        return self.linear(rows, width, spans)
+        return self.linear(rows, width, spans, adapter)
 
     @property
     def calibrated(self) -> bool:
@@ -208,7 +224,7 @@ class CostModel:
         if e is not None:  # score only where both predictors can answer
             n = self.errors["scored"] + 1
             w = max(1.0 / n, 0.05)  # running mean, then an exponential one
-            lin = abs(self.linear(shape.rows, shape.width, shape.spans) - seconds) / seconds
+            lin = abs(shape.seconds(self.coef) - seconds) / seconds
             ema = abs(e.seconds - seconds) / seconds
             self.errors["linear"] += w * (lin - self.errors["linear"])
             self.errors["ema"] += w * (ema - self.errors["ema"])
@@ -231,12 +247,12 @@ class CostModel:
         """
         self._since_refit = 0
         rows, times, weights = [], [], []
-        for r, w, s, t in self.points:
-            rows.append(CallShape(r, w, s).features)
+        for r, w, s, ad, t in self.points:
+            rows.append(CallShape(r, w, s, ad).features)
             times.append(t)
             weights.append(1.0)
-        for (r, w, span), e in self.buckets.items():
-            rows.append(CallShape(r, w, span * r).features)
+        for (r, w, span, ad), e in self.buckets.items():
+            rows.append(CallShape(r, w, span * r, ad).features)
             times.append(e.seconds)
             weights.append(min(float(e.count), 8.0))
         if not rows:
@@ -254,7 +270,7 @@ class CostModel:
         dict
             ``{"median": ..., "mean": ..., "max": ..., "n": ...}`` of ``|predicted - measured| / measured``.
         """
-        errs = [abs(self.linear(s.rows, s.width, s.spans) - t) / t for s, t in samples if t > 0]
+        errs = [abs(max(s.seconds(self.coef), 1e-6) - t) / t for s, t in samples if t > 0]
         if not errs:
             return {"median": float("nan"), "mean": float("nan"), "max": float("nan"), "n": 0}
         return {"median": float(np.median(errs)), "mean": float(np.mean(errs)), "max": float(np.max(errs)),
@@ -280,7 +296,7 @@ class CostModel:
             raise ValueError(f"cost model: expected format {FORMAT} with features {list(FEATURES)}, found format "
                              f"{record.get('format')!r} with features {record.get('features')!r}")
         m = cls(coef=record["coef"], key=record.get("key", ""), created=float(record.get("created", 0.0)),
-                points=[(int(r), int(w), int(s), float(t)) for r, w, s, t in record.get("points", [])])
+                points=[(int(r), int(w), int(s), bool(ad), float(t)) for r, w, s, ad, t in record.get("points", [])])
         m.errors.update(record.get("errors", {}))
         return m
 
@@ -295,8 +311,9 @@ class CostModel:
 
     def describe(self) -> str:
         """A few lines for people: the formula with its coefficients, where it came from, how well it fits."""
-        a, b, c, d = (float(x) * 1e3 for x in self.coef)
-        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {d:.4g} * keys/1000",
+        a, b, c, d, e, f = (float(x) * 1e3 for x in self.coef)
+        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {d:.4g} * keys/1000"
+                 f" + adapter * ({e:.4g} + {f:.4g} * rows*width)",
                  f"  measured: {len(self.points)} calibration points, {len(self.buckets)} observed buckets"
                  + (f", age {(time.time() - self.created) / 3600:.1f} h" if self.points else " (prior: not measured)")]
         if self.errors["scored"]:
@@ -311,7 +328,7 @@ def fit_linear(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     x:
-        ``[n, 4]`` features.
+        ``[n, k]`` features (:data:`FEATURES`).
     t:
         ``[n]`` seconds (positive).
     w:
@@ -320,11 +337,15 @@ def fit_linear(x: np.ndarray, t: np.ndarray, w: np.ndarray) -> np.ndarray:
     Returns
     -------
     np.ndarray
-        ``[4]`` coefficients, each ``>= 0``; with fewer points than features, only the constant term.
+        ``[k]`` coefficients, each ``>= 0``; a feature that is zero at every point gets 0 (a model measured
+        without its adapter prices it at nothing); with fewer points than the other features, only the
+        constant term.
     """
     n, k = x.shape
     scale = np.sqrt(w) / np.maximum(t, 1e-9)
-    active = list(range(k)) if n >= k else [0]
+    active = [j for j in range(k) if j == 0 or np.any(x[:, j])]
+    if n < len(active):
+        active = [0]
     while True:
         coef_a, *_ = np.linalg.lstsq(x[:, active] * scale[:, None], t * scale, rcond=None)
         if np.all(coef_a >= 0) or len(active) == 1:
@@ -465,7 +486,8 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     The calls use rows the backbone has free (allocated here and returned), write nothing to
     the cache except, for a nonzero span, the prefix each row attends to (cropped again after),
     and run in an order that covers the grid evenly, so a budget that runs out leaves a spread
-    of points. Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own
+    of points. A backbone whose model has a draft adapter (``has_adapter``) is measured with and
+    without it at every shape. Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own
     cost, without the spikes of whatever else runs on the machine (the observations of a session
     bring the typical load in).
 
@@ -479,7 +501,8 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     key:
         Stored with the model (:func:`model_key`).
     rows, widths, spans:
-        The grid; rows beyond the free rows, widths and spans beyond a row's capacity are left out.
+        The grid (times with and without the adapter where there is one); rows beyond the free rows,
+        widths and spans beyond a row's capacity are left out.
     repeats:
         Timed calls per point.
     min_points:
@@ -505,12 +528,13 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     dev = torch.device(getattr(backbone, "device", "cpu") or "cpu")
     got = backbone.alloc_rows(max(rows))
     vocab = backbone.config.vocab_size
-    points: list[tuple[int, int, int, float]] = []
+    adapters = (False, True) if getattr(backbone, "has_adapter", False) else (False,)
+    points: list[tuple[int, int, int, bool, float]] = []
     try:
-        grid = [(r, w, s) for s in spans for w in widths for r in rows if s + w <= cap - 1]
+        grid = [(r, w, s, ad) for s in spans for w in widths for r in rows for ad in adapters if s + w <= cap - 1]
         grid.sort(key=lambda p: _spread_order(p, rows, widths, spans))
         filled = 0
-        for r, w, s in grid:
+        for r, w, s, ad in grid:
             if deadline is not None and clock() > deadline and len(points) >= min_points:
                 break
             if s < filled:  # keep a prefix of s tokens
@@ -526,7 +550,7 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
                                                          device=dev).tril(), "causal", _flags(s, True, dev),
                                                          _flags(s, False, dev), "last"))
                 filled = s
-            batch = probe_batch(got[:r], w, s, vocab, dev)
+            batch = probe_batch(got[:r], w, s, vocab, dev, adapter=ad)
             times = []
             for i in range(repeats + 1):
                 t0 = clock()
@@ -537,7 +561,7 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
                     times.append(clock() - t0)
                 elif deadline is None:  # a first call's JIT compile (Numba's product, inductor) is not measuring
                     deadline = clock() + budget_s
-            points.append((r, w, r * s + r * w, float(min(times))))
+            points.append((r, w, r * s + r * w, ad, float(min(times))))
     finally:
         for row in got:
             backbone.crop(row, 0)
@@ -548,16 +572,18 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     return model
 
 
-def _spread_order(p: tuple[int, int, int], rows: Sequence[int], widths: Sequence[int],
-                  spans: Sequence[int]) -> tuple[int, int]:
+def _spread_order(p: tuple[int, int, int, bool], rows: Sequence[int], widths: Sequence[int],
+                  spans: Sequence[int]) -> tuple[int, int, bool]:
     """Corners of the grid first, then the rest: a budget cut short still spans every feature."""
-    r, w, s = p
+    r, w, s, adapter = p
     corner = (r in (rows[0], rows[-1])) + (w in (widths[0], widths[-1])) + (s in (spans[0], spans[-1]))
-    return (-corner, spans.index(s) if s in spans else 0)
+    return (-corner, spans.index(s) if s in spans else 0, adapter)
 
 
-def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.device | str = "cpu") -> Any:
-    """A call that measures: ``width`` causal tokens per row at positions ``span ..``, writing nothing.
+def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.device | str = "cpu",
+                adapter: bool = False) -> Any:
+    """A call that measures: ``width`` causal tokens per row at positions ``span ..``, writing nothing, every
+    token with the draft adapter when ``adapter``.
 
     Parameters
     ----------
@@ -569,6 +595,8 @@ def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.d
         The vocabulary size (token ids stay below it).
     dev:
         Where the tensors live.
+    adapter:
+        Whether the tokens run with the draft adapter (a draft forward's cost).
 
     Returns
     -------
@@ -583,7 +611,7 @@ def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.d
         toks = (torch.arange(width, device=dev) * 7 + row) % (vocab - 1) + 1
         pos = torch.arange(span, span + width, device=dev)
         parts.append(ForwardBatch.single(row, toks, pos, torch.ones(width, width, dtype=torch.bool, device=dev).tril(),
-                                         "causal", _flags(width, False, dev), _flags(width, False, dev)))
+                                         "causal", _flags(width, False, dev), _flags(width, adapter, dev)))
     return ForwardBatch.pack(parts)
 
 

@@ -379,10 +379,12 @@ class Session:
             return [reqs] if reqs else []
         widths = [r.pending.tokens.shape[1] for r in reqs]  # type: ignore[union-attr]
         lasts = [int(r.pending.positions.max()) for r in reqs]  # type: ignore[union-attr]
+        adapted = [bool(r.pending.adapter.any()) for r in reqs]  # type: ignore[union-attr]
 
         def seconds(idx: list[int]) -> float:
-            shape = call_shape(len(idx), max(widths[i] for i in idx), [lasts[i] for i in idx])
-            return self.cost_model.predict(shape.rows, shape.width, shape.spans)
+            shape = call_shape(len(idx), max(widths[i] for i in idx), [lasts[i] for i in idx],
+                               any(adapted[i] for i in idx))
+            return self.cost_model.predict(shape.rows, shape.width, shape.spans, shape.adapter)
 
         order = sorted(range(len(reqs)), key=widths.__getitem__)
         best, cut = seconds(order), 0
@@ -410,7 +412,7 @@ class Session:
         seconds = time.perf_counter() - t0
         widths = [r.pending.tokens.shape[1] for r in reqs]  # type: ignore[union-attr]
         lasts = [int(x) for x in batch.positions.max(dim=1).values.tolist()]
-        self.cost_model.observe(call_shape(len(reqs), max(widths), lasts), seconds)
+        self.cost_model.observe(call_shape(len(reqs), max(widths), lasts, bool(batch.adapter.any())), seconds)
         if self._adaptive:
             self._share_load(reqs, widths, lasts)
         return logits

@@ -189,8 +189,10 @@ def test_acceptance_update_counts_reached_and_accepted_slots() -> None:
 
 
 def _state(rates: list[float], cost: tuple[float, ...], load: tuple[float, ...], lookup: bool = True) -> ChoiceState:
+    """A choice state; ``cost`` gives the first coefficients of :data:`FEATURES`, the adapter's default to 0."""
     D = 7
     r = torch.tensor([[0.0] * D, rates[:D], rates[:D]], dtype=torch.float64)
+    cost = tuple(cost) + (0.0,) * (len(FEATURES) - len(cost))
     return ChoiceState(r, torch.zeros(3, D), lookup, (1, 2, 4, 8), (0, 1, 2), 40, cost, load)
 
 
@@ -209,6 +211,21 @@ def test_expected_rate_drafts_alone_and_steps_in_a_crowded_compute_bound_round()
     assert adaptive.expected_rate(_state([0.9] * 7, flat, crowded))[0] == LOOKUP
 
 
+def test_expected_rate_prices_the_draft_adapter_into_a_diffusion_cycle() -> None:
+    """A diffusion draft at 0.6 acceptance commits 2.46 tokens in two rounds: worth it where its forward costs what
+    a step costs (1.23 tokens per 10 ms round), not where the adapter adds 10 ms to it (1.23 per 15 ms)."""
+    alone = (0.0, 0.0, 0.0, 0.0)
+    free_adapter = _state([0.6] * 7, (10e-3,), alone, lookup=False)
+    assert adaptive.expected_rate(free_adapter) == (DIFFUSION, 8)
+    costly = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 10e-3), alone, lookup=False)
+    assert costly.cycle_seconds(DIFFUSION, 8) == pytest.approx(15e-3)
+    assert costly.cycle_seconds(LOOKUP, 8) == costly.cycle_seconds(NONE, 1) == pytest.approx(10e-3)
+    assert adaptive.expected_rate(costly) == (NONE, 1)
+    per_token = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 0.0, 1e-3), alone, lookup=False)  # 1 ms per adapted token
+    assert per_token.cycle_seconds(DIFFUSION, 4) == pytest.approx(12e-3)
+    assert adaptive.expected_rate(per_token) == (NONE, 1)
+
+
 def test_expected_rate_steps_back_from_a_round_the_others_made_wide() -> None:
     # Three others drafting 8 wide at low acceptance: joining their width looks free, yet if every
     # request reasons so, none ever steps back; charged at its own width, each one does.
@@ -224,7 +241,7 @@ def test_expected_rate_steps_back_from_a_round_the_others_made_wide() -> None:
 def test_draft_choice_names_what_a_bad_rule_answered() -> None:
     adaptive.register_rule("test-bad", constant_rule((LOOKUP, 3)), replace=True)
     args = (torch.zeros(42, dtype=torch.float64), torch.tensor(7), torch.tensor(10),
-            torch.tensor([1e-3, 0, 0, 0], dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+            torch.tensor([1e-3, 0, 0, 0, 0, 0], dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"rule 'test-bad': expected a source .* width in \[1, 2, 4, 8\].*found "
                                          r"source 1 with width 3"):
         draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2], rule="test-bad")
@@ -232,6 +249,19 @@ def test_draft_choice_names_what_a_bad_rule_answered() -> None:
         draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2], rule="nope")
     src, width = draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2])
     assert (int(src), int(width)) in set(every_choice(8))
+
+
+def test_draft_choice_refuses_cost_coefficients_of_another_model() -> None:
+    """A graph declaring the four coefficients of the cost model before the adapter's two fails where it is built,
+    naming the input, what was expected and what was found."""
+    from graphrt.builder import GraphBuilder
+    from graphrt.types import tensor
+
+    b = GraphBuilder("old-auto")
+    stats = b.input("stats", tensor("float", 42))
+    args = (b.const(0), b.const(0), b.input("cost", tensor("float", 4)), b.input("load", tensor("float", 4)))
+    with pytest.raises(ValueError, match=r"cost: expected float\[6\], found float\[4\]"):
+        b.draft_choice(stats, *args, widths=[1, 2, 4, 8])
 
 
 def test_auto_graph_survives_json_and_the_pass_pipeline(model) -> None:
@@ -269,8 +299,8 @@ def test_draft_choice_host_kernel_sees_and_answers_as_the_reference(seed, dtype,
     """The host kernel's state is the reference's bit for bit (the rule records it), and so is the answer."""
     g = torch.Generator().manual_seed(seed)
     stats = torch.rand(6 * 7, generator=g, dtype=dtype) * 5
-    cost = torch.tensor([2e-3, 1e-4, 3e-5, 1e-6], dtype=torch.float64) * (0.5 + torch.rand(4, generator=g,
-                                                                                          dtype=torch.float64))
+    cost = torch.tensor([2e-3, 1e-4, 3e-5, 1e-6, 1e-3, 1e-5], dtype=torch.float64) * (
+        0.5 + torch.rand(len(FEATURES), generator=g, dtype=torch.float64))
     load = torch.tensor([rows, wide, 100.0 * rows, committed], dtype=torch.float64)
     seen: list[ChoiceState] = []
 
@@ -292,15 +322,17 @@ def test_draft_choice_host_kernel_sees_and_answers_as_the_reference(seed, dtype,
 
 
 class ClockedBackbone:
-    """A backbone wrapper whose calls advance a virtual clock by a known cost (plus a drift)."""
+    """A backbone wrapper whose calls advance a virtual clock by a known cost (plus a drift); it says it has a draft
+    adapter when ``has_adapter`` (the calls that ask for it are charged its cost)."""
 
-    def __init__(self, inner, coef: tuple[float, float, float, float]) -> None:
-        self.inner, self.coef, self.now = inner, coef, 0.0
+    def __init__(self, inner, coef: tuple[float, ...], has_adapter: bool = False) -> None:
+        self.inner, self.coef, self.now, self.has_adapter = inner, coef, 0.0, has_adapter
 
     def forward(self, batch):
         B, L = batch.tokens.shape
         spans = int((batch.positions.max(dim=1).values + 1).sum())
-        self.now += float(CallShape(B, L, spans).features @ torch.tensor(self.coef, dtype=torch.float64).numpy())
+        shape = CallShape(B, L, spans, bool(batch.adapter.any()))
+        self.now += float(shape.features @ torch.tensor(self.coef, dtype=torch.float64).numpy())
         return self.inner.forward(batch)
 
     def clock(self) -> float:
@@ -310,14 +342,18 @@ class ClockedBackbone:
         return getattr(self.inner, name)
 
 
-def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model) -> None:
-    true = (2e-3, 1e-4, 5e-5, 1e-5)
-    clocked = ClockedBackbone(model.backbone, true)
+@pytest.mark.parametrize("has_adapter", [False, True])
+def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model, has_adapter) -> None:
+    true = (2e-3, 1e-4, 5e-5, 1e-5, 3e-4, 2e-5)
+    clocked = ClockedBackbone(model.backbone, true, has_adapter)
     cm = calibrate(clocked, budget_s=0.5, clock=clocked.clock, rows=(1, 2, 4), widths=(1, 4, 8), spans=(0, 32),
                    repeats=1)
     assert model.backbone.free_row_count() == 8, "calibration returns its rows"
-    assert cm.coef == pytest.approx(true, rel=1e-6, abs=1e-9)
-    shapes = [CallShape(r, w, s) for r in (1, 3, 8) for w in (1, 2, 8) for s in (10, 200)]
+    assert {p[3] for p in cm.points} == ({False, True} if has_adapter else {False})
+    # without an adapter nothing measures its two coefficients, and the fit leaves them at 0
+    assert cm.coef == pytest.approx(true if has_adapter else true[:4] + (0.0, 0.0), rel=1e-6, abs=1e-9)
+    shapes = [CallShape(r, w, s, ad) for r in (1, 3, 8) for w in (1, 2, 8) for s in (10, 200)
+              for ad in {False, has_adapter}]
     truth = [(s, float(s.features @ torch.tensor(true).numpy())) for s in shapes]
     assert cm.fit_error(truth)["max"] < 1e-6
     # the machine gets twice as slow: observed calls pull the model along
@@ -331,14 +367,16 @@ def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model) 
 
 def test_calibration_measures_one_point_per_coefficient_past_a_spent_budget(model) -> None:
     """A budget that a few wide calls exhaust still leaves a determined fit: narrow and wide shapes."""
-    true = (2e-3, 1e-4, 5e-5, 1e-5)
-    clocked = ClockedBackbone(model.backbone, true)
+    true = (2e-3, 1e-4, 5e-5, 1e-5, 3e-4, 2e-5)
+    clocked = ClockedBackbone(model.backbone, true, has_adapter=True)
     clocked.now = 10.0
     cm = calibrate(clocked, budget_s=0.0, clock=lambda: clocked.now + 100.0, rows=(1, 2, 4), widths=(1, 4, 8),
                    spans=(0, 32), repeats=1)
     assert len(cm.points) == len(FEATURES)
-    assert len({w for _, w, _, _ in cm.points}) > 1 and len({r for r, _, _, _ in cm.points}) > 1
+    assert len({w for _, w, _, _, _ in cm.points}) > 1 and len({r for r, _, _, _, _ in cm.points}) > 1
+    assert len({ad for *_, ad, _ in cm.points}) == 2, "with the adapter and without"
     assert cm.linear(rows=4, width=8) > cm.linear(rows=4, width=1)
+    assert cm.linear(rows=4, width=8, adapter=True) > cm.linear(rows=4, width=8)
 
 
 def test_the_fit_against_measured_step_times(model) -> None:
@@ -390,6 +428,28 @@ def test_a_session_refreshes_the_cost_model_from_its_steps(model) -> None:
     assert ar_only.cost_model.calibrated, "on a host device every call is timed (it costs no synchronisation)"
 
 
+def test_a_session_tells_the_cost_model_which_calls_ran_the_draft_adapter() -> None:
+    """Self-speculation's draft forwards run the adapter, its prefill and verify forwards do not: each observed
+    call says which it was, as the backbone saw it."""
+    adapted = tiny_model(seed=0, draft_adapter={"rank": 4, "alpha": 8})
+    assert adapted.backbone.has_adapter
+    flags: list[bool] = []
+    calls = CountingBackbone(adapted.backbone)
+    forward = calls.forward
+    calls.forward = lambda batch: (flags.append(bool(batch.adapter.any())), forward(batch))[1]  # type: ignore
+    cm = CostModel()
+    seen: list[CallShape] = []
+    observe = cm.observe
+    cm.observe = lambda shape, seconds: (seen.append(shape), observe(shape, seconds))  # type: ignore[method-assign]
+    session = Session(calls, cost_model=cm)
+    session.add(graphrt.compile("self-spec", adapted), [5, 17, 33, 8, 41, 2, 9],
+                GenerationParams(max_new_tokens=10, ignore_eos=True))
+    session.run()
+    assert [s.adapter for s in seen] == flags and True in flags and False in flags
+    assert cm.ema(seen[flags.index(True)].rows, seen[flags.index(True)].width, seen[flags.index(True)].spans,
+                  adapter=True) is not None, "an adapted call has its own bucket"
+
+
 class CountingBackbone:
     """A backbone wrapper that records each call's ``(rows, width)``."""
 
@@ -412,7 +472,7 @@ def test_a_prompt_joining_decoding_rows_runs_in_its_own_call_where_padding_costs
     params = GenerationParams(max_new_tokens=6, ignore_eos=True)
     ar = graphrt.compile("ar", model)
     prompts = [[5, 17, 33], [9, 4, 71], [12, 8, 3], list(range(3, 43))]
-    cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0], points=[(1, 1, 1, 1e-2)] * 4)
+    cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0, 0.0, 0.0], points=[(1, 1, 1, False, 1e-2)] * 4)
     cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
     bb = CountingBackbone(model.backbone)
     session = Session(bb, cost_model=cm, split_calls=True)
@@ -437,11 +497,13 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))
     key = model_key(model.backbone, "random-0")
     assert load_cached(key) is None
-    few = CostModel(coef=[1e-3, 0.0, 0.0, 0.0], key=key, points=[(1, 1, 2, 1.2e-3), (8, 1, 16, 1.3e-3)])
+    few = CostModel(coef=[1e-3, 0.0, 0.0, 0.0, 0.0, 0.0], key=key,
+                    points=[(1, 1, 2, False, 1.2e-3), (8, 1, 16, False, 1.3e-3)])
     few.save()
     assert load_cached(key) is None, "fewer points than coefficients: underdetermined, measured again"
-    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0], key=key,
-                   points=[(1, 1, 2, 1.2e-3), (4, 1, 8, 2e-3), (1, 8, 16, 1.5e-3), (4, 8, 64, 3e-3)])
+    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0, 4e-4, 0.0], key=key,
+                   points=[(1, 1, 2, False, 1.2e-3), (4, 1, 8, False, 2e-3), (1, 8, 16, False, 1.5e-3),
+                           (4, 8, 64, False, 3e-3), (1, 8, 16, True, 1.9e-3), (4, 8, 64, True, 3.4e-3)])
     path = cm.save()
     assert path.parent == tmp_path / "cost_models"
     back = load_cached(key)
@@ -451,7 +513,12 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     path.write_text("{not json", encoding="utf-8")
     assert load_cached(key) is None, "unreadable: measured again, never an error"
     assert "call ms" in cm.describe()
-    assert call_shape(2, 4, [9, 19]).spans == 30
+    old = dict(cm.to_json(), format=1, features=list(FEATURES[:4]))  # a file of the four-feature release
+    path.write_text(json.dumps(old), encoding="utf-8")
+    assert load_cached(key) is None, "another format: measured again"
+    with pytest.raises(ValueError, match="expected format 2 with features .*adapter_call.* found format 1"):
+        CostModel.from_json(old)
+    assert call_shape(2, 4, [9, 19]).spans == 30 and not call_shape(2, 4, [9, 19]).adapter
 
 
 def test_rules_and_choices_enumerate() -> None:

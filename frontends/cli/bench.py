@@ -62,8 +62,8 @@ def print_cost_model(args: argparse.Namespace) -> int:
     cm = for_model(model, max_age_s=-1.0 if args.recalibrate else 7 * 24 * 3600.0, log=print)
     print(f"model: {model.path}")
     print(cm.describe())
-    for r, w, s, t in cm.points:
-        print(f"  rows {r:3d} width {w:3d} keys {w * s:7d}: measured {t * 1e3:8.3f} ms, model "
-              f"{cm.linear(r, w, s) * 1e3:8.3f} ms")
+    for r, w, s, adapter, t in cm.points:
+        print(f"  rows {r:3d} width {w:3d} keys {w * s:7d}{' adapter' if adapter else '        '}: measured "
+              f"{t * 1e3:8.3f} ms, model {cm.linear(r, w, s, adapter) * 1e3:8.3f} ms")
     print(f"cached at {cache_path(cm.key)}")
     return 0

@@ -486,6 +486,12 @@ class TransformerBackbone:
         float32 CPU inference only; the model cannot be trained afterwards); ``"auto"`` packs where
         that applies (float32, CPU, not compiled).
 
+    Attributes
+    ----------
+    has_adapter:
+        Whether the model has a draft adapter, which a call's ``adapter`` tokens run with (the cost
+        model measures a call with and without it, :func:`graphrt.cost_model.calibrate`).
+
     Notes
     -----
     Per call the host reads the rows' cache lengths (kept on the host) to size the
@@ -509,7 +515,7 @@ class TransformerBackbone:
         scratch = cfg.block_size * (cfg.block_size + 1) if scratch is None else int(scratch)
         self.cache = RowKVCache(max_rows, cfg.num_hidden_layers, attn.num_kv_heads, capacity,
                                 cfg.head_dim, dtype=self.dtype, device=self.device, scratch=scratch)
-        self._has_adapter = cfg.draft_adapter is not None
+        self.has_adapter = cfg.draft_adapter is not None
         self._run = model.run_layers
         if compile not in (False, True, "freeze", "background"):
             raise ValueError(f"TransformerBackbone: compile expected False, True, 'freeze' or 'background', "
@@ -586,7 +592,7 @@ class TransformerBackbone:
         if mask is not None and plan.spread is not None:  # the holes' (idle) queries see every key
             mask = mask.new_ones((plan.k[0].shape[0],) + mask.shape[1:]).index_copy_(0, plan.spread, mask)
         # A call with no draft token (prefill, AR, verification) skips the adapter: it adds nothing there.
-        adapter = batch.adapter.to(dev) if self._has_adapter and bool(batch.adapter.any()) else None
+        adapter = batch.adapter.to(dev) if self.has_adapter and bool(batch.adapter.any()) else None
         logits = self._run(tok, pos, mask, adapter, CachedCall.of(plan, causal), _last(batch, dev))
         self.cache.commit(plan)
         return logits
@@ -619,7 +625,7 @@ class TransformerBackbone:
         pos = rows(batch.positions.clamp_min(0))  # [Bb, Lb]
         mask = None if causal else torch.cat([self._mask(batch, plan, B, Lb, allow_none=False),
                                               self._padding_mask(Bb - B, Lb, plan.keys)])
-        adapter = rows(batch.adapter) if self._has_adapter else None
+        adapter = rows(batch.adapter) if self.has_adapter else None
         logits = run(tok, pos, mask, adapter, CachedCall.of(plan, causal), None if last is None else rows(last))
         self.cache.commit(plan)
         return logits[:B] if last is not None else logits[:B, :L]
@@ -653,7 +659,7 @@ class TransformerBackbone:
         plan.keys = keys
         tokens, positions = (torch.zeros((Bb, Lb), dtype=torch.long, device=self.device) for _ in range(2))
         mask = None if causal else self._padding_mask(Bb, Lb, keys)
-        adapter = torch.zeros((Bb, Lb), dtype=torch.bool, device=self.device) if self._has_adapter else None
+        adapter = torch.zeros((Bb, Lb), dtype=torch.bool, device=self.device) if self.has_adapter else None
         rows = torch.zeros(Bb, dtype=torch.long, device=self.device) if last else None
         self._run(tokens, positions, mask, adapter, CachedCall.of(plan, causal), rows)
         self.shapes_seen.add(key)

@@ -12,10 +12,10 @@ AR's, at T = 0 and at T > 0 with the same seed (the noise is a function of the a
 
 The rule (the built-in :func:`graphrt.adaptive.expected_rate`): pick the ``(source, w)`` that
 maximises the round's expected committed tokens per second given the other requests' share of
-the round, ``(G + E(s, w) / n_s) / T(R + 1, w, spans)``, with ``E`` the expected tokens
+the round, ``(G + E(s, w) / n_s) / T_s(R + 1, w, spans)``, with ``E`` the expected tokens
 of the cycle from the request's running acceptance by draft slot, ``n_s`` its rounds (2 for a
-diffusion draft) and ``T`` the measured cost model's time of the shared call (see its
-docstring). Replace it with your own: ``auto(rule=my_rule)`` where
+diffusion draft) and ``T_s`` the measured cost model's time per round of the shared call (a
+diffusion draft's forward also pays for the draft adapter; see the rule's docstring). Replace it with your own: ``auto(rule=my_rule)`` where
 ``my_rule(state: ChoiceState) -> (source, width)``, or a policy file (``examples/auto_rule.py``).
 
 Shapes stay static: each width is its own branch (a ``loop`` that runs once when chosen, else
@@ -36,8 +36,9 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from graphrt.adaptive import SOURCES, ChoiceState, register_rule
+from graphrt.adaptive import LOAD_FIELDS, SOURCES, ChoiceState, register_rule
 from graphrt.backbone import BackboneConfig
+from graphrt.cost_model import FEATURES
 from graphrt.builder import GraphBuilder, Var
 from graphrt.ir import Graph
 from graphrt.library import DecodeInputs, accept_length, ban_mask, decode_inputs, next_tokens, token_logprobs
@@ -93,8 +94,8 @@ def build_auto(config: BackboneConfig, widths: Sequence[int] | None = None,
     mask_id = config.mask_token_id
     b = GraphBuilder("auto")
     io = decode_inputs(b)
-    cost = b.input("cost", tensor("float", 4))
-    load = b.input("load", tensor("float", 4))
+    cost = b.input("cost", tensor("float", len(FEATURES)))
+    load = b.input("load", tensor("float", len(LOAD_FIELDS)))
     cache, seed, lp, start = prefill(b, io, config.banned_token_id)
     done = b.emit(seed.unsqueeze(), 1, lp.unsqueeze())
     ctx = context_buffer(b, io, config, blen, seed, start)
