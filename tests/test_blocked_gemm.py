@@ -52,6 +52,22 @@ def test_the_split_of_blocks_between_threads_changes_no_bit(out: int, fan_in: in
         assert np.array_equal(y, ys[0]), f"{threads} runs of blocks against one"
 
 
+@settings(max_examples=40, deadline=None)
+@given(outs=st.lists(st.integers(1, 40), min_size=1, max_size=5), fan_in=st.integers(1, 20),
+       seed=st.integers(0, 2**16))
+def test_stacked_weights_are_laid_out_as_their_concatenation(outs: list[int], fan_in: int, seed: int) -> None:
+    """Parts that start and end anywhere in a block (fused projections) land where one stacked matrix would."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(n, fan_in, generator=g) for n in outs]
+    stacked = torch.cat(parts)
+    packed = BlockedWeight(parts, "test")
+    assert packed.out_features == sum(outs) and packed.tensor.shape == (-(-sum(outs) // LANES), fan_in, LANES)
+    want = torch.zeros(packed.tensor.shape[0] * LANES, fan_in)
+    want[:sum(outs)] = stacked
+    assert torch.equal(packed.tensor, want.view(-1, LANES, fan_in).transpose(1, 2))
+    assert torch.equal(packed.tensor, BlockedWeight(stacked, "test").tensor)
+
+
 def test_leading_dims_and_a_non_contiguous_input() -> None:
     g = torch.Generator().manual_seed(1)
     w = torch.randn(40, 24, generator=g)
@@ -80,6 +96,8 @@ def test_bad_weights_and_inputs_are_named() -> None:
         BlockedWeight(torch.zeros(4, 4, dtype=torch.float64), "q_proj")
     with pytest.raises(ValueError, match=r"found \(4,\)"):
         BlockedWeight(torch.zeros(4), "q_proj")
+    with pytest.raises(ValueError, match=r"qkv: expected .*, found \(3, 5\) torch.float32 on cpu \(part 1 of 2, in = 6"):
+        BlockedWeight([torch.zeros(4, 6), torch.zeros(3, 5)], "qkv")
     packed = BlockedWeight(torch.zeros(4, 6), "q_proj")
     with pytest.raises(ValueError, match=r"q_proj: expected float32 input \[\.\.\., 6\], found torch.float32 \(2, 5\)"):
         packed(torch.zeros(2, 5))

@@ -136,7 +136,7 @@ class PackedLoRA:
         # read its own LoRA inputs only; as wide as the blocked A's output (zero columns past the rank)
         for r_start, o_start, w in deltas:
             b[o_start:o_start + w.shape[0], r_start:r_start + w.shape[1]] = w
-        self.a = BlockedWeight(torch.cat(adapted), "PackedLoRA A")  # [sum r, in]
+        self.a = BlockedWeight(adapted, "PackedLoRA A")  # [sum r, in]
         self.b = BlockedWeight(b, "PackedLoRA B")  # [sum out, sum r]
 
     @classmethod
@@ -173,9 +173,8 @@ class FusedProduct:
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
-        weight = torch.cat([lin.weight.detach() for lin in linears])  # [sum(out), in]
         biases = [lin.bias for lin in linears]
-        self.packed = BlockedWeight(weight, "FusedProduct")
+        self.packed = BlockedWeight([lin.weight for lin in linears], "FusedProduct")  # [sum(out), in]
         self.bias = None if all(b is None for b in biases) else torch.cat(
             [b.detach() if b is not None else torch.zeros(lin.out_features) for b, lin in zip(biases, linears)])
         self.lora = PackedLoRA.of(linears)
