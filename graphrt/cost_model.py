@@ -479,17 +479,19 @@ def for_model(model: Any, budget_s: float = 2.0, measure: bool = True, max_age_s
 
 def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
               rows: Sequence[int] = (1, 2, 4, 8), widths: Sequence[int] = (1, 2, 4, 8, 16),
-              spans: Sequence[int] = (0, 128), repeats: int = 3, min_points: int = len(FEATURES),
+              spans: Sequence[int] = (0, 128), repeats: int = 3, min_points: int | None = None,
               clock: Callable[[], float] = time.perf_counter) -> CostModel:
     """Measure the backbone on a grid of call shapes within ``budget_s`` seconds and fit the model.
 
     The calls use rows the backbone has free (allocated here and returned), write nothing to
     the cache except, for a nonzero span, the prefix each row attends to (cropped again after),
     and run in an order that covers the grid evenly, so a budget that runs out leaves a spread
-    of points. A backbone whose model has a draft adapter (``has_adapter``) is measured with and
-    without it at every shape. Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own
-    cost, without the spikes of whatever else runs on the machine (the observations of a session
-    bring the typical load in).
+    of points: first the corners of the grid (fewest and most rows, narrowest and widest, at the
+    first span and the last), then, where the model has a draft adapter (the backbone's
+    ``has_adapter``), three corners with the adapter at the last span (over a cached prefix, as a
+    draft runs; the widest call with the most rows, the grid's costliest, left out), then the rest. Each point is the fastest of ``repeats`` calls after one warm-up call: the
+    call's own cost, without the spikes of whatever else runs on the machine (the observations of a
+    session bring the typical load in).
 
     Parameters
     ----------
@@ -501,14 +503,15 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     key:
         Stored with the model (:func:`model_key`).
     rows, widths, spans:
-        The grid (times with and without the adapter where there is one); rows beyond the free rows,
-        widths and spans beyond a row's capacity are left out.
+        The grid; rows beyond the free rows, widths and spans beyond a row's capacity are left out.
     repeats:
         Timed calls per point.
     min_points:
-        Points measured even past the budget (default: one per coefficient, so the fit is determined). On
-        a large model a few wide calls can spend a short budget, and a model fitted on narrow calls
-        alone would price every width alike.
+        Points measured even past the budget (default: the corners above, with and without the adapter,
+        so every coefficient is determined). On a large model a few wide calls can spend a short budget,
+        and a model fitted on narrow calls alone would price every width alike, one fitted without a
+        second span would charge the keys for what many tokens cost, and one without the adapter's
+        points would price a draft forward as a verify forward.
     clock:
         Seconds now (tests pass a clock of their own).
 
@@ -528,11 +531,15 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     dev = torch.device(getattr(backbone, "device", "cpu") or "cpu")
     got = backbone.alloc_rows(max(rows))
     vocab = backbone.config.vocab_size
-    adapters = (False, True) if getattr(backbone, "has_adapter", False) else (False,)
     points: list[tuple[int, int, int, bool, float]] = []
     try:
-        grid = [(r, w, s, ad) for s in spans for w in widths for r in rows for ad in adapters if s + w <= cap - 1]
-        grid.sort(key=lambda p: _spread_order(p, rows, widths, spans))
+        grid = [(r, w, s, False) for s in spans for w in widths for r in rows if s + w <= cap - 1]
+        if getattr(backbone, "has_adapter", False):
+            grid += [(r, w, spans[-1], True) for w in (widths[0], widths[-1]) for r in (rows[0], rows[-1])
+                     if (r, w) != (rows[-1], widths[-1]) and spans[-1] + w <= cap - 1]
+        grid = sorted(set(grid), key=lambda p: _spread_order(p, rows, widths, spans))
+        if min_points is None:
+            min_points = sum(_spread_order(p, rows, widths, spans)[0] < 2 for p in grid)
         filled = 0
         for r, w, s, ad in grid:
             if deadline is not None and clock() > deadline and len(points) >= min_points:
@@ -573,11 +580,14 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
 
 
 def _spread_order(p: tuple[int, int, int, bool], rows: Sequence[int], widths: Sequence[int],
-                  spans: Sequence[int]) -> tuple[int, int, bool]:
-    """Corners of the grid first, then the rest: a budget cut short still spans every feature."""
+                  spans: Sequence[int]) -> tuple[int, int, int, int, int]:
+    """Where a point comes in the calibration: the grid's corners (group 0), the adapter's points (1), the rest
+    (2) by how many of its coordinates are extremes; within each, by span, then rows and width. A budget cut
+    short still spans every feature."""
     r, w, s, adapter = p
     corner = (r in (rows[0], rows[-1])) + (w in (widths[0], widths[-1])) + (s in (spans[0], spans[-1]))
-    return (-corner, spans.index(s) if s in spans else 0, adapter)
+    group = 1 if adapter else 0 if corner == 3 else 2
+    return (group, -corner, spans.index(s) if s in spans else 0, r, w)
 
 
 def probe_batch(rows: list[int], width: int, span: int, vocab: int, dev: torch.device | str = "cpu",

@@ -365,16 +365,18 @@ def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model, 
     assert cm.tensor.tolist() == pytest.approx(list(cm.coef))
 
 
-def test_calibration_measures_one_point_per_coefficient_past_a_spent_budget(model) -> None:
-    """A budget that a few wide calls exhaust still leaves a determined fit: narrow and wide shapes."""
+def test_calibration_measures_the_corners_past_a_spent_budget(model) -> None:
+    """A budget that a few wide calls exhaust still leaves a determined fit: few and many rows, narrow and wide, at
+    both spans (else the keys' coefficient would absorb what many tokens cost), and three calls with the adapter."""
     true = (2e-3, 1e-4, 5e-5, 1e-5, 3e-4, 2e-5)
     clocked = ClockedBackbone(model.backbone, true, has_adapter=True)
     clocked.now = 10.0
     cm = calibrate(clocked, budget_s=0.0, clock=lambda: clocked.now + 100.0, rows=(1, 2, 4), widths=(1, 4, 8),
                    spans=(0, 32), repeats=1)
-    assert len(cm.points) == len(FEATURES)
-    assert len({w for _, w, _, _, _ in cm.points}) > 1 and len({r for r, _, _, _, _ in cm.points}) > 1
-    assert len({ad for *_, ad, _ in cm.points}) == 2, "with the adapter and without"
+    corners = {(r, w, r * (s + w)) for r in (1, 4) for w in (1, 8) for s in (0, 32)}
+    assert {(r, w, s) for r, w, s, ad, _ in cm.points if not ad} == corners
+    assert {(r, w, s) for r, w, s, ad, _ in cm.points if ad} == {(1, 1, 33), (4, 1, 132), (1, 8, 40)}
+    assert len(cm.points) == 11 >= len(FEATURES)
     assert cm.linear(rows=4, width=8) > cm.linear(rows=4, width=1)
     assert cm.linear(rows=4, width=8, adapter=True) > cm.linear(rows=4, width=8)
 
