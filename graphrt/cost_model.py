@@ -2,16 +2,20 @@
 
 A packed call (:class:`~graphrt.backbone.ForwardBatch`) runs ``rows`` requests'
 forwards right-padded to the widest, ``width`` tokens each; its time is modelled
-as a small linear function of six features::
+as a small linear function of seven features::
 
-    seconds ~= a + b * rows + c * rows * width + d * keys / 1000
+    seconds ~= a + b * rows + c * rows * width + d * keys / 1000 + g * spans / 1000
                + adapter * (e + f * rows * width)
 
-where ``keys`` is the query-key pairs the attention reads,
-``width * sum(span of each row)`` (a row's span: its cached prefix plus the new
-tokens), and ``adapter`` is 1 for a call that runs the model's draft adapter
+where ``spans`` is the cached keys the attention reads, the sum over rows of each
+row's span (its cached prefix plus the new tokens), ``keys`` the query-key pairs
+it scores, ``width * spans``, and ``adapter`` is 1 for a call that runs the model's draft adapter
 (a diffusion draft's forward) and 0 otherwise: the adapter's products run over
-every token of such a call, so they add a cost per call and one per token. The
+every token of such a call, so they add a cost per call and one per token.
+Attention costs both per key read (each row's K/V, streamed once per call
+whatever its width) and per pair: with the pairs alone, a calibration that must
+explain 8 rows of one token over 128 keys prices a draft of 8 tokens over 400
+at 8 ms more than one token, where it costs 3. The
 coefficients come from a short calibration on the running backbone
 (:func:`calibrate`: a few seconds at most), are cached on disk per model, dtype,
 device and thread count (:func:`load_cached`, :meth:`CostModel.save`), and are
@@ -28,7 +32,7 @@ A missing or stale model never blocks anything: :class:`CostModel` starts from
 a constant-time prior (every call costs the same: tokens per forward is what
 counts) and learns from the calls it observes.
 
->>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 0.0, 5e-4, 1e-5])
+>>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 0.0, 0.0, 5e-4, 1e-5])
 >>> round(m.linear(rows=2, width=8) * 1e3, 3)
 1.52
 >>> round(m.linear(rows=2, width=8, adapter=True) * 1e3, 3)
@@ -52,13 +56,14 @@ import torch
 __all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "for_model",
            "load_cached", "model_key", "probe_batch", "shape_seconds", "PRIOR"]
 
-FEATURES = ("call", "rows", "tokens", "kilokeys", "adapter_call", "adapter_tokens")
-"""The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000, and for a call
-that runs the draft adapter 1 and rows * width again (0 and 0 for any other call)."""
-PRIOR = (1e-2, 0.0, 0.0, 0.0, 0.0, 0.0)
+FEATURES = ("call", "rows", "tokens", "kilokeys", "kilospans", "adapter_call", "adapter_tokens")
+"""The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000, cached keys
+read / 1000 (the rows' spans), and for a call that runs the draft adapter 1 and rows * width again (0 and 0 for
+any other call)."""
+PRIOR = (1e-2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 """Coefficients before any measurement: every call costs 10 ms (only the number of calls counts)."""
 FORMAT = 2
-"""Version of the on-disk format (1: four features, no adapter)."""
+"""Version of the on-disk format (1: four features, without the spans and the adapter)."""
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,11 @@ class CallShape:
 
     @property
     def feature_values(self) -> tuple[float, ...]:
-        """``(1, rows, rows * width, width * spans / 1000, adapter, adapter * rows * width)`` (see :data:`FEATURES`),
-        as host floats."""
+        """``(1, rows, rows * width, width * spans / 1000, spans / 1000, adapter, adapter * rows * width)`` (see
+        :data:`FEATURES`), as host floats."""
         tokens = float(self.rows * self.width)
-        return (1.0, float(self.rows), tokens, self.width * self.spans / 1000.0, float(self.adapter),
-                tokens if self.adapter else 0.0)
+        return (1.0, float(self.rows), tokens, self.width * self.spans / 1000.0, self.spans / 1000.0,
+                float(self.adapter), tokens if self.adapter else 0.0)
 
     @property
     def features(self) -> np.ndarray:
@@ -111,8 +116,8 @@ def shape_seconds(coef: Sequence[float], rows: int, width: int, spans: int, adap
     the draft adapter or not, with coefficients ``coef`` (:data:`FEATURES`), in host floats: a rule prices a dozen
     candidate calls per cycle of every request, where building a :class:`CallShape` or a NumPy product per candidate
     would cost more than the arithmetic."""
-    a, b, c, d, e, f = coef
-    seconds = a + b * rows + c * rows * width + d * width * spans / 1000.0
+    a, b, c, d, g, e, f = coef
+    seconds = a + b * rows + c * rows * width + (d * width + g) * spans / 1000.0
     return seconds + e + f * rows * width if adapter else seconds
 
 
@@ -148,7 +153,7 @@ class CostModel:
     Parameters
     ----------
     coef:
-        ``[a, b, c, d, e, f]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
+        ``[a, b, c, d, g, e, f]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
     key:
         What the model was measured on (:func:`model_key`), or ``""``.
     points:
@@ -164,7 +169,7 @@ class CostModel:
         Running mean relative error of each predictor against the observed times, measured
         before each observation is learnt (``"linear"``, ``"ema"``), and how many were scored.
     tensor:
-        ``float64[6]``: the linear coefficients, updated in place at every refit (a policy graph's
+        ``float64[7]``: the linear coefficients, updated in place at every refit (a policy graph's
         ``cost`` input reads them live).
     """
 
@@ -188,7 +193,7 @@ class CostModel:
     # ------------------------------------------------------------------ predictions
     def linear(self, rows: int, width: int, spans: int = 0, adapter: bool = False) -> float:
         """Seconds of a call by the linear model (never below a microsecond)."""
-        return max(shape_seconds(self.coef, rows, width, spans, adapter), 1e-6)
+        return max(float(shape_seconds(self.coef, rows, width, spans, adapter)), 1e-6)
 
     def ema(self, rows: int, width: int, spans: int = 0, adapter: bool = False) -> float | None:
         """Seconds of a call by its bucket's moving average, or ``None`` when that bucket was never observed."""
@@ -311,9 +316,9 @@ class CostModel:
 
     def describe(self) -> str:
         """A few lines for people: the formula with its coefficients, where it came from, how well it fits."""
-        a, b, c, d, e, f = (float(x) * 1e3 for x in self.coef)
-        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {d:.4g} * keys/1000"
-                 f" + adapter * ({e:.4g} + {f:.4g} * rows*width)",
+        a, b, c, d, g, e, f = (float(x) * 1e3 for x in self.coef)
+        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {d:.4g} * keys/1000 + {g:.4g} * "
+                 f"spans/1000 + adapter * ({e:.4g} + {f:.4g} * rows*width)",
                  f"  measured: {len(self.points)} calibration points, {len(self.buckets)} observed buckets"
                  + (f", age {(time.time() - self.created) / 3600:.1f} h" if self.points else " (prior: not measured)")]
         if self.errors["scored"]:
