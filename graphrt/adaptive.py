@@ -194,8 +194,8 @@ def expected_rate(state: ChoiceState) -> tuple[int, int]:
     (from the per-slot acceptance ``p_s``), ``n_s`` the rounds the cycle takes (1 for a plain step or a
     lookup draft, 2 for a diffusion draft: the draft forward, then the verify forward) and ``T_s`` the
     cost model's time per round of the shared call were it ``w`` tokens wide (for a diffusion draft the
-    mean of a round with the draft adapter and one without: :meth:`ChoiceState.cycle_seconds`). Alone in the round (``R = G = 0``)
-    this is the request's own tokens per second; among many it weighs the tokens a draft adds against
+    mean of a round with the draft adapter and one without: :meth:`ChoiceState.cycle_seconds`). Alone
+    in the round (``R = G = 0``) this is the request's own tokens per second; among many it weighs the tokens a draft adds against
     the time its width costs everyone in the call. Each request is charged the call's width as if it
     set it, never ``max(W, w)``: were width up to the others' widest ``W`` free, a crowded round would
     lock into wide cycles (each request's best answer to wide others is wide, so none steps back) even

@@ -494,9 +494,10 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
     of points: first the corners of the grid (fewest and most rows, narrowest and widest, at the
     first span and the last), then, where the model has a draft adapter (the backbone's
     ``has_adapter``), three corners with the adapter at the last span (over a cached prefix, as a
-    draft runs; the widest call with the most rows, the grid's costliest, left out), then the rest. Each point is the fastest of ``repeats`` calls after one warm-up call: the
-    call's own cost, without the spikes of whatever else runs on the machine (the observations of a
-    session bring the typical load in).
+    draft runs; the widest call with the most rows, the grid's costliest, left out), then the rest.
+    Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own cost,
+    without the spikes of whatever else runs on the machine (the observations of a session bring the
+    typical load in).
 
     Parameters
     ----------

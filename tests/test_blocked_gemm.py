@@ -96,7 +96,8 @@ def test_bad_weights_and_inputs_are_named() -> None:
         BlockedWeight(torch.zeros(4, 4, dtype=torch.float64), "q_proj")
     with pytest.raises(ValueError, match=r"found \(4,\)"):
         BlockedWeight(torch.zeros(4), "q_proj")
-    with pytest.raises(ValueError, match=r"qkv: expected .*, found \(3, 5\) torch.float32 on cpu \(part 1 of 2, in = 6"):
+    with pytest.raises(ValueError, match=r"qkv: expected .*, found \(3, 5\) torch.float32 on cpu "
+                                         r"\(part 1 of 2, in = 6"):
         BlockedWeight([torch.zeros(4, 6), torch.zeros(3, 5)], "qkv")
     packed = BlockedWeight(torch.zeros(4, 6), "q_proj")
     with pytest.raises(ValueError, match=r"q_proj: expected float32 input \[\.\.\., 6\], found torch.float32 \(2, 5\)"):

@@ -15,8 +15,9 @@ maximises the round's expected committed tokens per second given the other reque
 the round, ``(G + E(s, w) / n_s) / T_s(R + 1, w, spans)``, with ``E`` the expected tokens
 of the cycle from the request's running acceptance by draft slot, ``n_s`` its rounds (2 for a
 diffusion draft) and ``T_s`` the measured cost model's time per round of the shared call (a
-diffusion draft's forward also pays for the draft adapter; see the rule's docstring). Replace it with your own: ``auto(rule=my_rule)`` where
-``my_rule(state: ChoiceState) -> (source, width)``, or a policy file (``examples/auto_rule.py``).
+diffusion draft's forward also pays for the draft adapter; see the rule's docstring). Replace it
+with your own: ``auto(rule=my_rule)`` where ``my_rule(state: ChoiceState) -> (source, width)``, or a
+policy file (``examples/auto_rule.py``).
 
 Shapes stay static: each width is its own branch (a ``loop`` that runs once when chosen, else
 never), so every forward has a static width from the set; the acceptance statistics, the
