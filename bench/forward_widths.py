@@ -9,8 +9,8 @@ the same fused layout run by oneDNN's prepacked inner product, the layout induct
 path before the blocked product, padded to 4 rows as it was), writes a cached prefix into one row of each, then
 times forwards of each width over that prefix (causal, nothing written, so the prefix stays the same). Paths and
 widths are interleaved within each repetition; figures are medians (and the 10th percentile, the least disturbed
-by other processes on the machine). The streaming-read floor (weight bytes / the GB/s of a sum over a 512 MB float32 tensor) is timed in
-the same run, between repetitions.
+by other processes on the machine). The streaming-read floor (weight bytes / the GB/s of a sum over a 512 MB
+float32 tensor) is timed in the same run, between repetitions.
 
 Run: ``python bench/forward_widths.py --model smollm2 [--repeats 20] [--out FILE.md]``.
 """

@@ -195,11 +195,12 @@ def expected_rate(state: ChoiceState) -> tuple[int, int]:
     lookup draft, 2 for a diffusion draft: the draft forward, then the verify forward) and ``T_s`` the
     cost model's time per round of the shared call were it ``w`` tokens wide (for a diffusion draft the
     mean of a round with the draft adapter and one without: :meth:`ChoiceState.cycle_seconds`). Alone
-    in the round (``R = G = 0``) this is the request's own tokens per second; among many it weighs the tokens a draft adds against
-    the time its width costs everyone in the call. Each request is charged the call's width as if it
-    set it, never ``max(W, w)``: were width up to the others' widest ``W`` free, a crowded round would
-    lock into wide cycles (each request's best answer to wide others is wide, so none steps back) even
-    where all stepping narrow is faster. Ties go to the cheaper choice (fewer tokens, then a plain step).
+    in the round (``R = G = 0``) this is the request's own tokens per second; among many it weighs the
+    tokens a draft adds against the time its width costs everyone in the call. Each request is charged
+    the call's width as if it set it, never ``max(W, w)``: were width up to the others' widest ``W``
+    free, a crowded round would lock into wide cycles (each request's best answer to wide others is
+    wide, so none steps back) even where all stepping narrow is faster. Ties go to the cheaper choice
+    (fewer tokens, then a plain step).
     """
     committed = float(state.load[3])
     best, best_key = (0, 1), None
@@ -343,7 +344,10 @@ def acceptance_update_host(stats: torch.Tensor, source: torch.Tensor, width: tor
 # ---------------------------------------------------------------------- registration
 
 def _float(t: Type, shape: tuple | None, what: str) -> TensorType:
-    if not isinstance(t, TensorType) or t.dtype != "float" or (shape is not None and len(t.shape) != len(shape)):
+    """``t`` as a float tensor of ``shape``'s rank, whose dimensions equal ``shape``'s where both are ints."""
+    if not isinstance(t, TensorType) or t.dtype != "float" or (shape is not None and (
+            len(t.shape) != len(shape) or any(isinstance(a, int) and isinstance(b, int) and a != b
+                                              for a, b in zip(t.shape, shape)))):
         raise ValueError(f"{what}: expected float{list(shape) if shape else ''}, found {t}")
     return t
 
@@ -367,9 +371,6 @@ def _choice_infer(ts: list[Type], attrs: dict) -> list[Type]:
     _scalar_i64(start, "start")
     _float(cost, (len(FEATURES),), "cost")
     _float(load, (len(LOAD_FIELDS),), "load")
-    for t, what, n in ((cost, "cost", len(FEATURES)), (load, "load", len(LOAD_FIELDS))):
-        if isinstance(t.shape[0], int) and t.shape[0] != n:  # type: ignore[union-attr]
-            raise ValueError(f"{what}: expected float[{n}], found {t}")
     widths, sources = attrs["widths"], attrs["sources"]
     if not (isinstance(widths, list) and widths and all(isinstance(w, int) and w >= 1 for w in widths)):
         raise ValueError(f"attribute widths: expected a non-empty list of ints >= 1, found {widths!r}")

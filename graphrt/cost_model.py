@@ -229,7 +229,7 @@ class CostModel:
         if e is not None:  # score only where both predictors can answer
             n = self.errors["scored"] + 1
             w = max(1.0 / n, 0.05)  # running mean, then an exponential one
-            lin = abs(shape.seconds(self.coef) - seconds) / seconds
+            lin = abs(self.linear(shape.rows, shape.width, shape.spans, shape.adapter) - seconds) / seconds
             ema = abs(e.seconds - seconds) / seconds
             self.errors["linear"] += w * (lin - self.errors["linear"])
             self.errors["ema"] += w * (ema - self.errors["ema"])
@@ -275,7 +275,7 @@ class CostModel:
         dict
             ``{"median": ..., "mean": ..., "max": ..., "n": ...}`` of ``|predicted - measured| / measured``.
         """
-        errs = [abs(max(s.seconds(self.coef), 1e-6) - t) / t for s, t in samples if t > 0]
+        errs = [abs(self.linear(s.rows, s.width, s.spans, s.adapter) - t) / t for s, t in samples if t > 0]
         if not errs:
             return {"median": float("nan"), "mean": float("nan"), "max": float("nan"), "n": 0}
         return {"median": float(np.median(errs)), "mean": float(np.mean(errs)), "max": float(np.max(errs)),

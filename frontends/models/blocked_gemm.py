@@ -237,7 +237,8 @@ def _place_rows(blocked: torch.Tensor, weight: torch.Tensor, row: int) -> None:
     first, last = -(-row // LANES), end // LANES  # the whole blocks are [first, last)
     if first < last:
         lo = first * LANES - row
-        blocked[first:last].copy_(weight[lo:lo + (last - first) * LANES].view(last - first, LANES, -1).transpose(1, 2))
+        blocked[first:last].copy_(weight[lo:lo + (last - first) * LANES].reshape(last - first, LANES, -1)
+                                  .transpose(1, 2))
         edges = [*range(row, first * LANES), *range(last * LANES, end)]
     else:
         edges = list(range(row, end))
