@@ -75,9 +75,10 @@ def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path, caps
                        + json.dumps({"id": "p1", "text": "def f(x):\n    return x\n"}) + "\n")
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(model_dir), "--prompt-file", str(prompts), "--max-new-tokens", "6",
-                 "--modes", "ar,self-spec", "--speed-prompts", "1", "--json", str(out)]) == 0
+                 "--modes", "ar,self-spec", "--speed-prompts", "0", "--json", str(out)]) == 0
     records = {r["mode"]: r for r in json.loads(out.read_text())}
     assert set(records) == {"ar", "self-spec"} and records["ar"]["n_prompts"] == 2
+    assert records["ar"]["tokens_per_s"] is None  # --speed-prompts 0: nothing timed
     ss = records["self-spec"]
     assert ss["exact_match"] is None and ss["prefix_match"] is None and ss["tpf"] > 0
     hist = ss["accepted_histogram"]
@@ -87,3 +88,5 @@ def test_eval_on_a_prompt_file_reports_slot_acceptance(model_dir, tmp_path, caps
     prompts.write_text(json.dumps({"id": "p2", "content": "x"}) + "\n")
     assert main(["eval", "--model", str(model_dir), "--prompt-file", str(prompts), "--modes", "ar"]) == 2
     assert "p.jsonl:1: expected an object with 'messages', 'prompt' or 'text'" in capsys.readouterr().err
+    assert main(["eval", "--model", str(model_dir), "--speed-prompts", "-1"]) == 2
+    assert "--speed-prompts must be >= 0, found -1" in capsys.readouterr().err

@@ -229,10 +229,13 @@ def run_config(model: Any, mode: str, threshold: float | None, prompts: list[Eva
     return [session.result(i) for i in ids]
 
 
-def time_config(model: Any, mode: str, threshold: float | None, prompts: list[EvalPrompt], max_new: int) -> float:
-    """Median tokens/s of single-request generation over ``prompts``."""
+def time_config(model: Any, mode: str, threshold: float | None, prompts: list[EvalPrompt],
+                max_new: int) -> float | None:
+    """Median tokens/s of single-request generation over ``prompts`` (``None`` when there are none)."""
     import graphrt
 
+    if not prompts:
+        return None
     policy = graphrt.compile(mode, model, threshold=threshold)
     rates = []
     for p in prompts:
@@ -243,7 +246,7 @@ def time_config(model: Any, mode: str, threshold: float | None, prompts: list[Ev
 
 
 def summarize(mode: str, threshold: float | None, results: list[Any], prompts: list[EvalPrompt],
-              ar_tokens: list[list[int]] | None, tokens_per_s: float,
+              ar_tokens: list[list[int]] | None, tokens_per_s: float | None,
               logliks: list[float] | None = None) -> dict[str, Any]:
     """One JSON record for a mode (``logliks``: :func:`ar_loglik` of its outputs, when measured)."""
     hits = [first_line(r.text or "") == p.next_line for r, p in zip(results, prompts)]
@@ -384,7 +387,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     p.add_argument("--thresholds", default=",".join(map(str, DIFFUSION_THRESHOLDS)))
     p.add_argument("--dtype", default="float32")
     p.add_argument("--batch", type=int, default=16, help="requests per session round")
-    p.add_argument("--speed-prompts", type=int, default=12, help="prompts timed one request at a time")
+    p.add_argument("--speed-prompts", type=int, default=12,
+                   help="prompts timed one request at a time (0: no timing)")
     p.add_argument("--near-ties", action="store_true", help="report AR's top-2 gap where self-spec differs")
     p.add_argument("--json", default=None)
     p.add_argument("--markdown", default=None)
@@ -400,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
     if args.prompts <= 0 or args.max_new_tokens <= 0:
         raise ValueError(f"eval: --prompts and --max-new-tokens must be > 0, found {args.prompts}, "
                          f"{args.max_new_tokens}")
+    if args.speed_prompts < 0:
+        raise ValueError(f"eval: --speed-prompts must be >= 0, found {args.speed_prompts}")
     model = graphrt.load(args.model, dtype=args.dtype, max_batch=args.batch)
     if model.tokenizer is None:
         raise ValueError(f"eval: the model at {model.path} has no tokenizer.json")
