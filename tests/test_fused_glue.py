@@ -15,7 +15,7 @@ from graphrt.frontends.models.checkpoint import init_random_
 from graphrt.frontends.models.config import default_test_config
 import numba as nb
 
-from graphrt.frontends.models.fused_glue import LANES, _add_norm, _attention, _exp, _rope_write, _silu_gate
+from graphrt.frontends.models.fused_glue import KEY_CHUNK, _add_norm, _attention, _exp, _rope_write, _silu_gate
 from graphrt.frontends.models.transformer import RMSNorm, Transformer, TransformerBackbone, apply_rope, group_mask
 
 F32 = torch.float32
@@ -113,25 +113,30 @@ def attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: torch.T
     L = mask.shape[1]
     out = torch.empty(B * L, G // L * KV * d)
     bias = torch.zeros(B, L, keys).masked_fill_(~mask, -np.inf)
-    scores = np.full((B, KV, G, -(-keys // LANES) * LANES), np.nan, np.float32)  # a score left unset shows
+    chunks = -(-keys // KEY_CHUNK)
+    part_o = np.full((B, KV, chunks, G, d), np.nan, np.float32)  # a partial result left unset shows
+    part_m, part_l = np.full((2, B, KV, chunks, G), np.nan, np.float32)
     _attention(q.numpy(), kc.numpy(), vc.numpy(), rows.numpy(), keys, bias.numpy(), torch.arange(B).numpy(),
-               np.float32(d ** -0.5), scores, np.empty((B, KV, G), np.float32), out.numpy())
+               np.float32(d ** -0.5), part_o, part_m, part_l, out.numpy())
     return out.view(B, L, -1)
 
 
 @settings(max_examples=20, deadline=None)
-@given(B=st.integers(1, 3), L=st.integers(1, 9), keys=st.integers(1, 80), extra=st.integers(1, 20),
+@given(B=st.integers(1, 3), L=st.integers(1, 9), keys=st.integers(1, 3 * KEY_CHUNK), extra=st.integers(1, 2 * KEY_CHUNK),
        seed=st.integers(0, 2**16))
 def test_attention_equals_sdpa_and_a_query_depends_on_its_own_keys_only(B: int, L: int, keys: int, extra: int,
                                                                         seed: int) -> None:
-    """Against SDPA on scattered rows under a random mask (each query sees at least one key); then the same
-    queries with more masked keys after theirs, each row alone, and each token alone: the same bits."""
+    """Against SDPA on scattered rows under a random mask (each query sees at least one key; past one chunk of
+    keys, a token sees none of the first chunk); then the same queries with more masked keys after theirs (whole
+    chunks of them too), each row alone, and each token alone: the same bits."""
     g = torch.Generator().manual_seed(seed)
     KV, groups, d, R = 2, 3, 16, 4
     kc, vc = torch.randn(R, KV, keys + extra, d, generator=g), torch.randn(R, KV, keys + extra, d, generator=g)
     q = torch.randn(B, KV, groups * L, d, generator=g)
     rows = torch.randperm(R, generator=g)[:B]
     mask = torch.rand(B, L, keys, generator=g) < 0.6
+    if keys > KEY_CHUNK:
+        mask[:, -1, :KEY_CHUNK] = False  # a query with a chunk whose keys it sees none of
     mask[:, :, 0] |= ~mask.any(-1)
     got = attention(q, kc, vc, rows, keys, mask)
     want = F.scaled_dot_product_attention(q, kc[rows, :, :keys], vc[rows, :, :keys],

@@ -153,54 +153,58 @@ def _silu_gate(gu: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - c
 
 #: Queries per tile of :func:`_attention`'s products (each key or value vector loaded once per tile).
 QUERY_TILE = 4
-#: Blocks of 16 keys a task of :func:`_attention`'s scores takes.
-KEY_TASK = 4
+#: Keys per task of :func:`_attention`: chunk ``c`` of a row is its keys ``c*64 .. c*64 + 63``, whatever the call.
+KEY_CHUNK = 64
 
 
 @nb.njit(parallel=True, fastmath=_MATH, cache=True, nogil=True)
 def _attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.ndarray, keys: int, bias: np.ndarray,
-               bias_rows: np.ndarray, scale: np.float32, p: np.ndarray, total: np.ndarray,
-               out: np.ndarray) -> None:  # pragma: no cover - compiled
+               bias_rows: np.ndarray, scale: np.float32, part_o: np.ndarray, part_m: np.ndarray,
+               part_l: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
     """Attention of grouped queries ``q [B, KV, G, d]`` (``G = g*L``: query ``j*L + t`` is head ``kv*g + j`` of
     token ``t``) over the first ``keys`` slots of their rows in the cache, ``kc/vc [R, KV, slots, d]`` at
     ``rows [B]``, with the additive mask ``bias[bias_rows[b], t, :keys]`` (0 or -inf), into ``out [B*L, H*d]``
-    (``o_proj``'s input); ``p [B, KV, G, >= keys rounded up to 16]`` and ``total [B, KV, G]`` are scratch. ``d``
-    is a multiple of :data:`LANES`.
+    (``o_proj``'s input). ``part_o [B, KV, chunks, G, d]``, ``part_m`` and ``part_l [B, KV, chunks, G]`` are
+    scratch, ``chunks = ceil(keys / KEY_CHUNK)``; ``d`` is a multiple of :data:`LANES`.
 
-    Three parallel passes, each split so that both cores have work at one query token per row:
+    Two parallel passes (split keys, as flash-decoding splits them):
 
-    * scores, by KV head and 64 keys: each a sum over ``d`` in order, 16 keys at a time from a transposed block
-      of keys (transposed once for all the head's queries);
-    * softmax numerators and sums, by query: the maximum and the sum in 16 lanes by key index, then a fixed tree;
-    * outputs, by KV head and 16 columns: each element a sum over keys in order.
+    * by KV head and chunk of :data:`KEY_CHUNK` keys, everything the chunk gives its head's queries: the chunk's
+      keys transposed once, the scores (each a sum over ``d`` in order, 16 keys at a time), the chunk's maximum
+      and its softmax numerators and sum (in 16 lanes by key index, then a fixed tree), and the numerators times
+      the chunk's values (each column a sum over the chunk's keys in order, a value row read whole and once);
+    * by query, the chunks combined in order: each scaled by ``exp(its maximum - the largest)``, a chunk whose
+      keys are all masked skipped.
 
-    A masked key adds exactly zero, so a query's result depends on its own keys only: not on the call's width,
-    the other rows, or how the work was split."""
+    Each chunk's keys and values are read once, front to back, where the three passes of the previous kernel
+    read every value row four times, 64 bytes of it at a time, from memory the weights had flushed it from. A
+    chunk is a fixed range of key slots and a masked key adds exactly zero, so a query's result depends on its
+    own keys only: not on the call's width or key span, the other rows, or how the work was split."""
     B, KV, G, d = q.shape
     L = out.shape[0] // B
     g = G // L
-    blocks = (keys + LANES - 1) // LANES
-    chunks = (blocks + KEY_TASK - 1) // KEY_TASK
-    for task in nb.prange(B * KV * chunks):  # scores
-        b, rest = task // (KV * chunks), task % (KV * chunks)
-        kv, chunk = rest // chunks, rest % chunks
-        kb, qb, pb, bb = kc[rows[b], kv], q[b, kv], p[b, kv], bias[bias_rows[b]]  # [slots, d], [G, d], [G, *]
-        kt = np.empty((d, LANES), np.float32)
+    chunks = (keys + KEY_CHUNK - 1) // KEY_CHUNK
+    for task in nb.prange(B * KV * chunks):
+        b, kv, ch = task // (KV * chunks), task // chunks % KV, task % chunks
+        kb, vb, qb, bb = kc[rows[b], kv], vc[rows[b], kv], q[b, kv], bias[bias_rows[b]]  # [slots, d] [G, d]
+        s0 = ch * KEY_CHUNK
+        n = min(KEY_CHUNK, keys - s0)
+        kt = np.empty((d, KEY_CHUNK), np.float32)  # the chunk's keys, transposed (the last repeated past n)
+        for j in range(KEY_CHUNK):
+            s = s0 + min(j, n - 1)
+            for c in range(d):
+                kt[c, j] = kb[s, c]
+        e = np.empty((G, KEY_CHUNK), np.float32)  # scores, then softmax numerators
         acc = np.empty((QUERY_TILE, LANES), np.float32)
-        for blk in range(chunk * KEY_TASK, min((chunk + 1) * KEY_TASK, blocks)):
-            s0 = blk * LANES
-            for j in range(LANES):
-                s = min(s0 + j, keys - 1)
-                for c in range(d):
-                    kt[c, j] = kb[s, c]
-            for i in range(0, G, QUERY_TILE):
-                q0, q1 = qb[i], qb[min(i + 1, G - 1)]
-                q2, q3 = qb[min(i + 2, G - 1)], qb[min(i + 3, G - 1)]
+        for i in range(0, G, QUERY_TILE):
+            q0, q1 = qb[i], qb[min(i + 1, G - 1)]
+            q2, q3 = qb[min(i + 2, G - 1)], qb[min(i + 3, G - 1)]
+            for j0 in range(0, KEY_CHUNK, LANES):
                 acc[:] = 0.0
                 for c in range(d):
                     x0, x1, x2, x3 = q0[c], q1[c], q2[c], q3[c]
                     for j in range(LANES):
-                        w = kt[c, j]
+                        w = kt[c, j0 + j]
                         acc[0, j] += x0 * w
                         acc[1, j] += x1 * w
                         acc[2, j] += x2 * w
@@ -208,55 +212,69 @@ def _attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, rows: np.ndarray, 
                 for u in range(min(QUERY_TILE, G - i)):
                     t = (i + u) % L
                     for j in range(LANES):
-                        s = s0 + j
-                        pb[i + u, s] = acc[u, j] * scale + bb[t, s] if s < keys else -np.inf
-    for task in nb.prange(B * KV * G):  # softmax numerators and sums
-        b, kv, i = task // (KV * G), task // G % KV, task % G
-        row = p[b, kv, i]
+                        e[i + u, j0 + j] = acc[u, j] * scale + bb[t, s0 + j0 + j] if j0 + j < n else -np.inf
         lanes = np.empty(LANES, np.float32)
-        for j in range(LANES):
-            lanes[j] = row[j]
-        for blk in range(1, blocks):
+        for i in range(G):  # the chunk's maximum, numerators and sum
+            row = e[i]
             for j in range(LANES):
-                lanes[j] = max(lanes[j], row[blk * LANES + j])
-        top = lanes[0]
-        for j in range(1, LANES):
-            top = max(top, lanes[j])
-        lanes[:] = 0.0
-        for blk in range(blocks):
-            for j in range(LANES):
-                v = row[blk * LANES + j]
-                e = _exp(v - top)
-                e = e if v != -np.inf else np.float32(0.0)  # a select, not a branch: the loop vectorises
-                row[blk * LANES + j] = e
-                lanes[j] += e
-        width = LANES // 2
-        while width > 0:
-            for j in range(width):
-                lanes[j] += lanes[j + width]
-            width //= 2
-        total[b, kv, i] = lanes[0]
-    cols = d // LANES
-    for task in nb.prange(B * KV * cols):  # outputs, 16 columns at a time
-        b, kv, c0 = task // (KV * cols), task // cols % KV, task % cols * LANES
-        vb, pb, tb = vc[rows[b], kv], p[b, kv], total[b, kv]  # [slots, d], [G, *], [G]
-        acc = np.empty((QUERY_TILE, LANES), np.float32)
+                lanes[j] = row[j]
+            for j0 in range(LANES, KEY_CHUNK, LANES):
+                for j in range(LANES):
+                    lanes[j] = max(lanes[j], row[j0 + j])
+            top = lanes[0]
+            for j in range(1, LANES):
+                top = max(top, lanes[j])
+            lanes[:] = 0.0
+            for j0 in range(0, KEY_CHUNK, LANES):
+                for j in range(LANES):
+                    v = row[j0 + j]
+                    x = _exp(v - top)
+                    x = x if v != -np.inf else np.float32(0.0)  # a select, not a branch: the loop vectorises
+                    row[j0 + j] = x
+                    lanes[j] += x
+            width = LANES // 2
+            while width > 0:
+                for j in range(width):
+                    lanes[j] += lanes[j + width]
+                width //= 2
+            part_m[b, kv, ch, i], part_l[b, kv, ch, i] = top, lanes[0]
+        po = part_o[b, kv, ch]  # [G, d]
+        acc_o = np.empty((QUERY_TILE, d), np.float32)
         for i in range(0, G, QUERY_TILE):
-            p0, p1 = pb[i], pb[min(i + 1, G - 1)]
-            p2, p3 = pb[min(i + 2, G - 1)], pb[min(i + 3, G - 1)]
-            acc[:] = 0.0
-            for s in range(keys):
-                y0, y1, y2, y3 = p0[s], p1[s], p2[s], p3[s]
-                for j in range(LANES):
-                    w = vb[s, c0 + j]
-                    acc[0, j] += y0 * w
-                    acc[1, j] += y1 * w
-                    acc[2, j] += y2 * w
-                    acc[3, j] += y3 * w
+            e0, e1 = e[i], e[min(i + 1, G - 1)]
+            e2, e3 = e[min(i + 2, G - 1)], e[min(i + 3, G - 1)]
+            acc_o[:] = 0.0
+            for j in range(n):
+                y0, y1, y2, y3 = e0[j], e1[j], e2[j], e3[j]
+                vr = vb[s0 + j]
+                for c in range(d):
+                    w = vr[c]
+                    acc_o[0, c] += y0 * w
+                    acc_o[1, c] += y1 * w
+                    acc_o[2, c] += y2 * w
+                    acc_o[3, c] += y3 * w
             for u in range(min(QUERY_TILE, G - i)):
-                h, t = kv * g + (i + u) // L, (i + u) % L
-                for j in range(LANES):
-                    out[b * L + t, h * d + c0 + j] = acc[u, j] / tb[i + u]
+                po[i + u] = acc_o[u]
+    for task in nb.prange(B * KV * G):  # the chunks combined, in order
+        b, kv, i = task // (KV * G), task // G % KV, task % G
+        top = np.float32(-np.inf)
+        for ch in range(chunks):
+            top = max(top, part_m[b, kv, ch, i])
+        h, t = kv * g + i // L, i % L
+        o = out[b * L + t, h * d:(h + 1) * d]
+        o[:] = 0.0
+        total = np.float32(0.0)
+        for ch in range(chunks):
+            m = part_m[b, kv, ch, i]
+            if m == -np.inf:  # every key of the chunk masked for this query
+                continue
+            f = _exp(m - top)
+            total += f * part_l[b, kv, ch, i]
+            po = part_o[b, kv, ch, i]
+            for c in range(d):
+                o[c] += f * po[c]
+        for c in range(d):
+            o[c] /= total
 
 
 class GlueCall:
@@ -294,8 +312,9 @@ class GlueCall:
         if self.fused_attention:
             self.keys, self.scale = cached.keys, np.float32(1.0 / np.sqrt(d))
             G = heads // kv_heads * L
-            self.scores = np.empty((B, kv_heads, G, -(-self.keys // LANES) * LANES), np.float32)
-            self.totals = np.empty((B, kv_heads, G), np.float32)
+            chunks = -(-self.keys // KEY_CHUNK)
+            self.part_o = np.empty((B, kv_heads, chunks, G, d), np.float32)  # _attention's per-chunk results
+            self.part_m, self.part_l = np.empty((2, B, kv_heads, chunks, G), np.float32)
             if mask is None:
                 self.bias, self.bias_rows = np.zeros((1, L, self.keys), np.float32), np.zeros(B, np.int64)
             else:
@@ -392,8 +411,8 @@ class LayerGlue:
         _rope_write(call.qkv_np, call.cos, call.sin, self.heads, self.kv_heads, call.rows, call.slots, kc, vc,
                     call.q_np, call.k_np, call.v_np)
         if call.fused_attention:
-            _attention(call.q_np, kc, vc, call.rows, call.keys, call.bias, call.bias_rows, call.scale, call.scores,
-                       call.totals, call.heads_np)
+            _attention(call.q_np, kc, vc, call.rows, call.keys, call.bias, call.bias_rows, call.scale, call.part_o,
+                       call.part_m, call.part_l, call.heads_np)
             heads = call.heads_np
         else:
             heads = self.attn.attend(call.q, call.k, call.v, mask, cached, index).contiguous().view(B * L, -1).numpy()
