@@ -122,8 +122,8 @@ def attention(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, rows: torch.T
 
 
 @settings(max_examples=20, deadline=None)
-@given(B=st.integers(1, 3), L=st.integers(1, 9), keys=st.integers(1, 3 * KEY_CHUNK), extra=st.integers(1, 2 * KEY_CHUNK),
-       seed=st.integers(0, 2**16))
+@given(B=st.integers(1, 3), L=st.integers(1, 9), keys=st.integers(1, 3 * KEY_CHUNK),
+       extra=st.integers(1, 2 * KEY_CHUNK), seed=st.integers(0, 2**16))
 def test_attention_equals_sdpa_and_a_query_depends_on_its_own_keys_only(B: int, L: int, keys: int, extra: int,
                                                                         seed: int) -> None:
     """Against SDPA on scattered rows under a random mask (each query sees at least one key; past one chunk of

@@ -26,10 +26,13 @@ width, on the other rows or on the thread that ran it, as for the products; :fun
 query depends on its own keys only (a masked key adds exactly zero). So a token's logits are the same bits in an
 AR step, a verification block or a batch of streams, which lossless verification needs: SDPA gives a query
 other bits beside other queries (11 of 32 queries differed between a call of one token and one of eight), and
-this kernel's bits are not SDPA's. The price: from 8 query tokens over 300 keys on, SDPA is faster (on 2 cores,
-one layer of SmolLM2, 8 tokens: 110 against 103 us over 100 keys, 282 against 185 over 300; one token: 37
-against 50 and 78 against 68). The results are the torch layer's up to float32 rounding
-(``tests/test_fused_glue.py``).
+this kernel's bits are not SDPA's. The price: on warm caches SDPA is faster from 8 query tokens on (on 2 cores,
+one layer of SmolLM2, 8 tokens: 48 against 33 us over 100 keys, 127 against 68 over 300; one token: 16 against
+19 and 34 against 29). Inside a forward, where the weights have flushed the cache, what counts is that each
+chunk of keys and values is read once, front to back: 8 rows of one token over 400 cached keys spend 14.1 ms of
+a 31.4 ms forward in attention, against 46.8 of 66.7 with the three-pass kernel this one replaced
+(``python bench/decode_attention.py``, ``bench/results/decode_attention_split_keys.md``). The results are the
+torch layer's up to float32 rounding (``tests/test_fused_glue.py``).
 
 SmolLM2, one token after a 100-token prefix, in one run (streaming reads at 23.6 GB/s): 35.2 ms per forward,
 47.2 with the torch layer; 16 tokens 57.4 and 75.4; everything but the products 3.5-5.1 ms at 2-16 tokens,
