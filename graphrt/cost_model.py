@@ -380,8 +380,9 @@ def cache_path(key: str) -> Path:
 
 
 def model_key(backbone: Any, identity: str | None = None) -> str:
-    """What a measurement is valid for: the model, its dtype, device, linear-layer path, fused kernels and
-    compilation, and torch's thread count.
+    """What a measurement is valid for: the model, its dtype, device, linear-layer path, fused kernels (and
+    the digest of their source, ``backbone.kernels``, where it has one) and compilation, and torch's thread
+    count.
 
     Parameters
     ----------
@@ -398,6 +399,7 @@ def model_key(backbone: Any, identity: str | None = None) -> str:
     parts = [identity or "", repr(getattr(backbone, "config", None)), str(getattr(backbone, "dtype", "")),
              str(getattr(backbone, "device", "")), f"threads={torch.get_num_threads()}",
              f"linear={getattr(backbone, 'linear', '')}", f"glue={getattr(backbone, 'fused_glue', '')}",
+             f"kernels={getattr(backbone, 'kernels', '')}",
              f"compiled={getattr(backbone, 'compiled', '')}",
              f"rows={getattr(backbone, 'max_rows', '') or _rows(backbone)}"]
     model = getattr(backbone, "model", None)

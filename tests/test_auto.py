@@ -513,6 +513,8 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     assert back is not None and back.coef.tolist() == cm.coef.tolist() and back.points == cm.points
     assert load_cached(key, max_age_s=-1.0) is None, "stale"
     assert load_cached(model_key(model.backbone, "another")) is None
+    monkeypatch.setattr(model.backbone, "kernels", "other-source", raising=False)
+    assert model_key(model.backbone, "random-0") != key, "other kernels: measured again"
     path.write_text("{not json", encoding="utf-8")
     assert load_cached(key) is None, "unreadable: measured again, never an error"
     assert "call ms" in cm.describe()

@@ -43,6 +43,9 @@ the previous figures: ``forward_widths_fused_glue.md``).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numba as nb
 import numpy as np
 import torch
@@ -51,6 +54,10 @@ from numba.core import types
 from numba.extending import intrinsic
 
 from .blocked_gemm import match_threads
+
+KERNELS_DIGEST = hashlib.sha256(b"".join(Path(__file__).with_name(name).read_bytes()
+                                          for name in ("blocked_gemm.py", "fused_glue.py"))).hexdigest()[:16]
+"""The CPU kernels' source (products and glue): a cost measured with other kernels is measured again."""
 
 #: Lanes of the RMSNorm's partial sums of squares.
 LANES = 16

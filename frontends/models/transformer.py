@@ -34,7 +34,7 @@ from graphrt.frontends.models.kvcache import RowKVCache, SlotPlan
 
 from .compiled_shapes import BackgroundCompiler, ShapeBuckets, compile_layers, pad_width
 from .config import ModelConfig
-from .fused_glue import LayerGlue
+from .fused_glue import KERNELS_DIGEST, LayerGlue
 from .packed_linear import prepack, resolve_linear
 
 
@@ -526,6 +526,7 @@ class TransformerBackbone:
         if self.linear == "packed":
             prepack(model)
         self.fused_glue = any(layer.glue is not None for layer in model.encoder.layers)  # see fused_glue.py
+        self.kernels = KERNELS_DIGEST if self.linear == "packed" else ""  # what the cost model's key names
         # --
         self.shapes_seen: set[tuple[int, ...]] = set()  # (batch, width, keys, views, causal, last only)
         self.buckets = ShapeBuckets.for_block(cfg.block_size, self.cache.pad_slot, max_rows)
