@@ -2,10 +2,10 @@
 
 A packed call (:class:`~graphrt.backbone.ForwardBatch`) runs ``rows`` requests'
 forwards right-padded to the widest, ``width`` tokens each; its time is modelled
-as a small linear function of seven features::
+as a small linear function of eight features::
 
-    seconds ~= a + b * rows + c * rows * width + d * keys / 1000 + g * spans / 1000
-               + adapter * (e + f * rows * width)
+    seconds ~= a + b * rows + c * rows * width + t * max(0, rows * width - TILE_TOKENS)
+               + d * keys / 1000 + g * spans / 1000 + adapter * (e + f * rows * width)
 
 where ``spans`` is the cached keys the attention reads, the sum over rows of each
 row's span (its cached prefix plus the new tokens), ``keys`` the query-key pairs
@@ -15,7 +15,9 @@ every token of such a call, so they add a cost per call and one per token.
 Attention costs both per key read (each row's K/V, streamed once per call
 whatever its width) and per pair: with the pairs alone, a calibration that must
 explain 8 rows of one token over 128 keys prices a draft of 8 tokens over 400
-at 8 ms more than one token, where it costs 3. The
+at 8 ms more than one token, where it costs 3. The products cost about the same
+for up to :data:`TILE_TOKENS` token slots (one pass of the CPU's blocked product
+over the weights), then per slot past them. The
 coefficients come from a short calibration on the running backbone
 (:func:`calibrate`: a few seconds at most), are cached on disk per model, dtype,
 device and thread count (:func:`load_cached`, :meth:`CostModel.save`), and are
@@ -32,11 +34,11 @@ A missing or stale model never blocks anything: :class:`CostModel` starts from
 a constant-time prior (every call costs the same: tokens per forward is what
 counts) and learns from the calls it observes.
 
->>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 0.0, 0.0, 5e-4, 1e-5])
+>>> m = CostModel(coef=[1e-3, 1e-4, 2e-5, 1e-4, 0.0, 0.0, 5e-4, 1e-5])
 >>> round(m.linear(rows=2, width=8) * 1e3, 3)
-1.52
+2.32
 >>> round(m.linear(rows=2, width=8, adapter=True) * 1e3, 3)
-2.18
+2.98
 """
 
 from __future__ import annotations
@@ -53,17 +55,25 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["CostModel", "FEATURES", "CallShape", "calibrate", "call_shape", "default_cache_dir", "for_model",
-           "load_cached", "model_key", "probe_batch", "shape_seconds", "PRIOR"]
+__all__ = ["CostModel", "FEATURES", "TILE_TOKENS", "CallShape", "calibrate", "call_shape", "default_cache_dir",
+           "for_model", "load_cached", "model_key", "probe_batch", "shape_seconds", "PRIOR"]
 
-FEATURES = ("call", "rows", "tokens", "kilokeys", "kilospans", "adapter_call", "adapter_tokens")
-"""The linear model's features: 1, rows, rows * width (padded token slots), query-key pairs / 1000, cached keys
-read / 1000 (the rows' spans), and for a call that runs the draft adapter 1 and rows * width again (0 and 0 for
-any other call)."""
-PRIOR = (1e-2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+FEATURES = ("call", "rows", "tokens", "tokens_past_tile", "kilokeys", "kilospans", "adapter_call",
+            "adapter_tokens")
+"""The linear model's features: 1, rows, rows * width (padded token slots), the token slots past the first
+:data:`TILE_TOKENS`, query-key pairs / 1000, cached keys read / 1000 (the rows' spans), and for a call that runs
+the draft adapter 1 and rows * width again (0 and 0 for any other call)."""
+TILE_TOKENS = 8
+"""Token slots a call's products take for about the cost of one: the CPU's blocked product multiplies up to 8
+rows per pass over the weights (``frontends/models/blocked_gemm.py``), so on SmolLM2 a forward of 8 tokens costs
+1.1x one of 1 and one of 16 tokens 1.4x. A cost linear in the tokens alone, fitted on 1 and 16, priced an
+8-token draft at 1.6x a step. Where a call's cost is linear in its tokens throughout, the fit gives the feature
+no weight."""
+PRIOR = (1e-2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 """Coefficients before any measurement: every call costs 10 ms (only the number of calls counts)."""
-FORMAT = 2
-"""Version of the on-disk format (1: four features, without the spans and the adapter)."""
+FORMAT = 3
+"""Version of the on-disk format (1: four features, without the spans and the adapter; 2: seven, without the
+tokens past the tile)."""
 
 
 @dataclass(frozen=True)
@@ -89,11 +99,11 @@ class CallShape:
 
     @property
     def feature_values(self) -> tuple[float, ...]:
-        """``(1, rows, rows * width, width * spans / 1000, spans / 1000, adapter, adapter * rows * width)`` (see
-        :data:`FEATURES`), as host floats."""
+        """``(1, rows, rows * width, max(0, rows * width - TILE_TOKENS), width * spans / 1000, spans / 1000,
+        adapter, adapter * rows * width)`` (see :data:`FEATURES`), as host floats."""
         tokens = float(self.rows * self.width)
-        return (1.0, float(self.rows), tokens, self.width * self.spans / 1000.0, self.spans / 1000.0,
-                float(self.adapter), tokens if self.adapter else 0.0)
+        return (1.0, float(self.rows), tokens, max(0.0, tokens - TILE_TOKENS), self.width * self.spans / 1000.0,
+                self.spans / 1000.0, float(self.adapter), tokens if self.adapter else 0.0)
 
     @property
     def features(self) -> np.ndarray:
@@ -116,9 +126,10 @@ def shape_seconds(coef: Sequence[float], rows: int, width: int, spans: int, adap
     the draft adapter or not, with coefficients ``coef`` (:data:`FEATURES`), in host floats: a rule prices a dozen
     candidate calls per cycle of every request, where building a :class:`CallShape` or a NumPy product per candidate
     would cost more than the arithmetic."""
-    a, b, c, d, g, e, f = coef
-    seconds = a + b * rows + c * rows * width + (d * width + g) * spans / 1000.0
-    return seconds + e + f * rows * width if adapter else seconds
+    a, b, c, t, d, g, e, f = coef
+    tokens = rows * width
+    seconds = a + b * rows + c * tokens + t * max(0, tokens - TILE_TOKENS) + (d * width + g) * spans / 1000.0
+    return seconds + e + f * tokens if adapter else seconds
 
 
 def call_shape(rows: int, width: int, last_positions: Iterable[int] = (), adapter: bool = False) -> CallShape:
@@ -153,7 +164,7 @@ class CostModel:
     Parameters
     ----------
     coef:
-        ``[a, b, c, d, g, e, f]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
+        ``[a, b, c, t, d, g, e, f]`` of :data:`FEATURES` (seconds); default :data:`PRIOR`.
     key:
         What the model was measured on (:func:`model_key`), or ``""``.
     points:
@@ -169,7 +180,7 @@ class CostModel:
         Running mean relative error of each predictor against the observed times, measured
         before each observation is learnt (``"linear"``, ``"ema"``), and how many were scored.
     tensor:
-        ``float64[7]``: the linear coefficients, updated in place at every refit (a policy graph's
+        ``float64[8]``: the linear coefficients, updated in place at every refit (a policy graph's
         ``cost`` input reads them live).
     """
 
@@ -316,9 +327,10 @@ class CostModel:
 
     def describe(self) -> str:
         """A few lines for people: the formula with its coefficients, where it came from, how well it fits."""
-        a, b, c, d, g, e, f = (float(x) * 1e3 for x in self.coef)
-        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {d:.4g} * keys/1000 + {g:.4g} * "
-                 f"spans/1000 + adapter * ({e:.4g} + {f:.4g} * rows*width)",
+        a, b, c, t, d, g, e, f = (float(x) * 1e3 for x in self.coef)
+        lines = [f"call ms = {a:.4g} + {b:.4g} * rows + {c:.4g} * rows*width + {t:.4g} * max(0, rows*width - "
+                 f"{TILE_TOKENS}) + {d:.4g} * keys/1000 + {g:.4g} * spans/1000 + adapter * ({e:.4g} + {f:.4g} * "
+                 "rows*width)",
                  f"  measured: {len(self.points)} calibration points, {len(self.buckets)} observed buckets"
                  + (f", age {(time.time() - self.created) / 3600:.1f} h" if self.points else " (prior: not measured)")]
         if self.errors["scored"]:
@@ -490,13 +502,13 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
               clock: Callable[[], float] = time.perf_counter) -> CostModel:
     """Measure the backbone on a grid of call shapes within ``budget_s`` seconds and fit the model.
 
-    The calls use rows the backbone has free (allocated here and returned), write nothing to
-    the cache except, for a nonzero span, the prefix each row attends to (cropped again after),
-    and run in an order that covers the grid evenly, so a budget that runs out leaves a spread
-    of points: first the corners of the grid (fewest and most rows, narrowest and widest, at the
-    first span and the last), then, where the model has a draft adapter (the backbone's
-    ``has_adapter``), three corners with the adapter at the last span (over a cached prefix, as a
-    draft runs; the widest call with the most rows, the grid's costliest, left out), then the rest.
+    The calls use rows the backbone has free (allocated here and returned), write nothing to the cache except,
+    for a nonzero span, the prefix each row attends to (cropped again after), and run in an order that covers
+    the grid evenly, so a budget that runs out leaves a spread of points: first the corners of the grid (fewest
+    and most rows, narrowest and widest, at the first span and the last; and the fewest rows at the widest width
+    within :data:`TILE_TOKENS`), then, where the model has a draft adapter (the backbone's ``has_adapter``),
+    three corners with the adapter at the last span (over a cached prefix, as a draft runs; the widest call with
+    the most rows, the grid's costliest, left out), then the rest.
     Each point is the fastest of ``repeats`` calls after one warm-up call: the call's own cost,
     without the spikes of whatever else runs on the machine (the observations of a session bring the
     typical load in).
@@ -590,10 +602,13 @@ def calibrate(backbone: Any, budget_s: float = 2.0, key: str = "",
 def _spread_order(p: tuple[int, int, int, bool], rows: Sequence[int], widths: Sequence[int],
                   spans: Sequence[int]) -> tuple[int, int, int, int, int]:
     """Where a point comes in the calibration: the grid's corners (group 0), the adapter's points (1), the rest
-    (2) by how many of its coordinates are extremes; within each, by span, then rows and width. A budget cut
-    short still spans every feature."""
+    (2) by how many of its coordinates are extremes; within each, by span, then rows and width. The widest width
+    within :data:`TILE_TOKENS` counts as an extreme at the fewest rows (it tells the tokens that cost about
+    nothing from the ones past the tile). A budget cut short still spans every feature."""
     r, w, s, adapter = p
-    corner = (r in (rows[0], rows[-1])) + (w in (widths[0], widths[-1])) + (s in (spans[0], spans[-1]))
+    tile = max((x for x in widths if x <= TILE_TOKENS), default=widths[0])
+    extreme_w = w in (widths[0], widths[-1]) or (r == rows[0] and w == tile)
+    corner = (r in (rows[0], rows[-1])) + extreme_w + (s in (spans[0], spans[-1]))
     group = 1 if adapter else 0 if corner == 3 else 2
     return (group, -corner, spans.index(s) if s in spans else 0, r, w)
 

@@ -217,11 +217,12 @@ def test_expected_rate_prices_the_draft_adapter_into_a_diffusion_cycle() -> None
     alone = (0.0, 0.0, 0.0, 0.0)
     free_adapter = _state([0.6] * 7, (10e-3,), alone, lookup=False)
     assert adaptive.expected_rate(free_adapter) == (DIFFUSION, 8)
-    costly = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 0.0, 10e-3), alone, lookup=False)
+    costly = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 10e-3), alone, lookup=False)
     assert costly.cycle_seconds(DIFFUSION, 8) == pytest.approx(15e-3)
     assert costly.cycle_seconds(LOOKUP, 8) == costly.cycle_seconds(NONE, 1) == pytest.approx(10e-3)
     assert adaptive.expected_rate(costly) == (NONE, 1)
-    per_token = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-3), alone, lookup=False)  # 1 ms per adapted token
+    per_token = _state([0.6] * 7, (10e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1e-3), alone,
+                       lookup=False)  # 1 ms per adapted token
     assert per_token.cycle_seconds(DIFFUSION, 4) == pytest.approx(12e-3)
     assert adaptive.expected_rate(per_token) == (NONE, 1)
 
@@ -241,7 +242,7 @@ def test_expected_rate_steps_back_from_a_round_the_others_made_wide() -> None:
 def test_draft_choice_names_what_a_bad_rule_answered() -> None:
     adaptive.register_rule("test-bad", constant_rule((LOOKUP, 3)), replace=True)
     args = (torch.zeros(42, dtype=torch.float64), torch.tensor(7), torch.tensor(10),
-            torch.tensor([1e-3, 0, 0, 0, 0, 0, 0], dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+            torch.tensor([1e-3, 0, 0, 0, 0, 0, 0, 0], dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"rule 'test-bad': expected a source .* width in \[1, 2, 4, 8\].*found "
                                          r"source 1 with width 3"):
         draft_choice_ref(*args, widths=[1, 2, 4, 8], sources=[0, 1, 2], rule="test-bad")
@@ -260,7 +261,7 @@ def test_draft_choice_refuses_cost_coefficients_of_another_model() -> None:
     b = GraphBuilder("old-auto")
     stats = b.input("stats", tensor("float", 42))
     args = (b.const(0), b.const(0), b.input("cost", tensor("float", 4)), b.input("load", tensor("float", 4)))
-    with pytest.raises(ValueError, match=r"cost: expected float\[7\], found float\[4\]"):
+    with pytest.raises(ValueError, match=r"cost: expected float\[8\], found float\[4\]"):
         b.draft_choice(stats, *args, widths=[1, 2, 4, 8])
 
 
@@ -299,7 +300,7 @@ def test_draft_choice_host_kernel_sees_and_answers_as_the_reference(seed, dtype,
     """The host kernel's state is the reference's bit for bit (the rule records it), and so is the answer."""
     g = torch.Generator().manual_seed(seed)
     stats = torch.rand(6 * 7, generator=g, dtype=dtype) * 5
-    cost = torch.tensor([2e-3, 1e-4, 3e-5, 1e-6, 4e-6, 1e-3, 1e-5], dtype=torch.float64) * (
+    cost = torch.tensor([2e-3, 1e-4, 3e-5, 2e-4, 1e-6, 4e-6, 1e-3, 1e-5], dtype=torch.float64) * (
         0.5 + torch.rand(len(FEATURES), generator=g, dtype=torch.float64))
     load = torch.tensor([rows, wide, 100.0 * rows, committed], dtype=torch.float64)
     seen: list[ChoiceState] = []
@@ -344,14 +345,14 @@ class ClockedBackbone:
 
 @pytest.mark.parametrize("has_adapter", [False, True])
 def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model, has_adapter) -> None:
-    true = (2e-3, 1e-4, 5e-5, 1e-5, 4e-5, 3e-4, 2e-5)
+    true = (2e-3, 1e-4, 5e-5, 2e-4, 1e-5, 4e-5, 3e-4, 2e-5)
     clocked = ClockedBackbone(model.backbone, true, has_adapter)
     cm = calibrate(clocked, budget_s=0.5, clock=clocked.clock, rows=(1, 2, 4), widths=(1, 4, 8), spans=(0, 32),
                    repeats=1)
     assert model.backbone.free_row_count() == 8, "calibration returns its rows"
     assert {p[3] for p in cm.points} == ({False, True} if has_adapter else {False})
     # without an adapter nothing measures its two coefficients, and the fit leaves them at 0
-    assert cm.coef == pytest.approx(true if has_adapter else true[:5] + (0.0, 0.0), rel=1e-6, abs=1e-9)
+    assert cm.coef == pytest.approx(true if has_adapter else true[:6] + (0.0, 0.0), rel=1e-6, abs=1e-9)
     shapes = [CallShape(r, w, s, ad) for r in (1, 3, 8) for w in (1, 2, 8) for s in (10, 200)
               for ad in {False, has_adapter}]
     truth = [(s, float(s.features @ torch.tensor(true).numpy())) for s in shapes]
@@ -367,16 +368,19 @@ def test_calibration_recovers_a_known_cost_and_observations_follow_drift(model, 
 
 def test_calibration_measures_the_corners_past_a_spent_budget(model) -> None:
     """A budget that a few wide calls exhaust still leaves a determined fit: few and many rows, narrow and wide, at
-    both spans (else the keys' coefficient would absorb what many tokens cost), and three calls with the adapter."""
-    true = (2e-3, 1e-4, 5e-5, 1e-5, 4e-5, 3e-4, 2e-5)
+    both spans (else the keys' coefficient would absorb what many tokens cost), one row as wide as the tile (else
+    the tokens past it could not be told from the others), and three calls with the adapter."""
+    true = (2e-3, 1e-4, 5e-5, 2e-4, 1e-5, 4e-5, 3e-4, 2e-5)
     clocked = ClockedBackbone(model.backbone, true, has_adapter=True)
     clocked.now = 10.0
-    cm = calibrate(clocked, budget_s=0.0, clock=lambda: clocked.now + 100.0, rows=(1, 2, 4), widths=(1, 4, 8),
+    cm = calibrate(clocked, budget_s=0.0, clock=lambda: clocked.now + 100.0, rows=(1, 2, 4), widths=(1, 4, 8, 16),
                    spans=(0, 32), repeats=1)
-    corners = {(r, w, r * (s + w)) for r in (1, 4) for w in (1, 8) for s in (0, 32)}
-    assert {(r, w, s) for r, w, s, ad, _ in cm.points if not ad} == corners
-    assert {(r, w, s) for r, w, s, ad, _ in cm.points if ad} == {(1, 1, 33), (4, 1, 132), (1, 8, 40)}
-    assert len(cm.points) == 11 >= len(FEATURES)
+    corners = {(r, w, r * (s + w)) for r in (1, 4) for w in (1, 16) for s in (0, 32)}
+    tile = {(1, 8, s + 8) for s in (0, 32)}  # the widest width within the tile, at the fewest rows
+    assert {(r, w, s) for r, w, s, ad, _ in cm.points if not ad} == corners | tile
+    assert {(r, w, s) for r, w, s, ad, _ in cm.points if ad} == {(1, 1, 33), (4, 1, 132), (1, 16, 48)}
+    assert len(cm.points) == 13 >= len(FEATURES)
+    assert cm.coef == pytest.approx(true, rel=1e-6, abs=1e-9)
     assert cm.linear(rows=4, width=8) > cm.linear(rows=4, width=1)
     assert cm.linear(rows=4, width=8, adapter=True) > cm.linear(rows=4, width=8)
 
@@ -474,7 +478,7 @@ def test_a_prompt_joining_decoding_rows_runs_in_its_own_call_where_padding_costs
     params = GenerationParams(max_new_tokens=6, ignore_eos=True)
     ar = graphrt.compile("ar", model)
     prompts = [[5, 17, 33], [9, 4, 71], [12, 8, 3], list(range(3, 43))]
-    cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0, 0.0, 0.0, 0.0], points=[(1, 1, 1, False, 1e-2)] * 4)
+    cm = CostModel(coef=[1e-2, 0.0, per_token, 0.0, 0.0, 0.0, 0.0, 0.0], points=[(1, 1, 1, False, 1e-2)] * 4)
     cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
     bb = CountingBackbone(model.backbone)
     session = Session(bb, cost_model=cm, split_calls=True)
@@ -499,14 +503,14 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     monkeypatch.setenv("GRAPHRT_CACHE_DIR", str(tmp_path))
     key = model_key(model.backbone, "random-0")
     assert load_cached(key) is None
-    few = CostModel(coef=[1e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], key=key,
+    few = CostModel(coef=[1e-3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], key=key,
                     points=[(1, 1, 2, False, 1.2e-3), (8, 1, 16, False, 1.3e-3)])
     few.save()
     assert load_cached(key) is None, "fewer points than coefficients: underdetermined, measured again"
-    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 0.0, 1e-6, 4e-4, 0.0], key=key,
+    cm = CostModel(coef=[1e-3, 2e-4, 3e-5, 1e-4, 0.0, 1e-6, 4e-4, 0.0], key=key,
                    points=[(1, 1, 2, False, 1.2e-3), (4, 1, 8, False, 2e-3), (1, 8, 16, False, 1.5e-3),
                            (4, 8, 64, False, 3e-3), (1, 8, 40, False, 1.6e-3), (1, 8, 16, True, 1.9e-3),
-                           (4, 8, 64, True, 3.4e-3)])
+                           (4, 8, 64, True, 3.4e-3), (1, 16, 32, False, 2.4e-3)])
     path = cm.save()
     assert path.parent == tmp_path / "cost_models"
     back = load_cached(key)
@@ -518,11 +522,14 @@ def test_cost_model_cache_on_disk(tmp_path, monkeypatch, model) -> None:
     path.write_text("{not json", encoding="utf-8")
     assert load_cached(key) is None, "unreadable: measured again, never an error"
     assert "call ms" in cm.describe()
-    old = dict(cm.to_json(), format=1, features=list(FEATURES[:4]))  # a file of the four-feature release
-    path.write_text(json.dumps(old), encoding="utf-8")
-    assert load_cached(key) is None, "another format: measured again"
-    with pytest.raises(ValueError, match="expected format 2 with features .*adapter_call.* found format 1"):
-        CostModel.from_json(old)
+    seven = [f for f in FEATURES if f != "tokens_past_tile"]
+    for fmt, features in ((1, FEATURES[:3] + ("kilokeys",)), (2, seven)):  # the four- and seven-feature releases
+        old = dict(cm.to_json(), format=fmt, features=list(features), coef=cm.coef.tolist()[:len(features)])
+        path.write_text(json.dumps(old), encoding="utf-8")
+        assert load_cached(key) is None, f"format {fmt}: measured again"
+        with pytest.raises(ValueError, match=f"expected format 3 with features .*tokens_past_tile.* found format "
+                                             f"{fmt}"):
+            CostModel.from_json(old)
     assert call_shape(2, 4, [9, 19]).spans == 30 and not call_shape(2, 4, [9, 19]).adapter
 
 
