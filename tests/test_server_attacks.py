@@ -296,7 +296,7 @@ def test_a_prompt_failing_in_its_own_call_of_a_split_round_fails_alone() -> None
     model = graphrt.load(max_batch=4)
     ar = graphrt.compile("ar", model)
     params = GenerationParams(max_new_tokens=6, ignore_eos=True)
-    cm = CostModel(coef=[1e-2, 0.0, 1e-3, 0.0, 0.0, 0.0, 0.0], points=[(1, 1, 1, False, 1e-2)] * 4)
+    cm = CostModel(coef=[1e-2, 0.0, 1e-3, 0.0, 0.0, 0.0, 0.0, 0.0], points=[(1, 1, 1, False, 1e-2)] * 4)
     cm.observe = lambda shape, seconds: None  # type: ignore[method-assign]  # keep the given prices
     session = IsolatingSession(FailingBackbone(model.backbone), model.tokenizer, cost_model=cm, split_calls=True)
     mates = [session.add(ar, p, params) for p in ([5, 17, 33], [9, 4, 71])]
