@@ -241,7 +241,7 @@ def draft_choice_ref(stats: torch.Tensor, lookup_count: torch.Tensor, start: tor
     start : torch.Tensor
         Scalar int64: the seed's absolute position.
     cost : torch.Tensor
-        ``[7]`` float64 cost-model coefficients (:data:`graphrt.cost_model.FEATURES`).
+        ``[8]`` float64 cost-model coefficients (:data:`graphrt.cost_model.FEATURES`).
     load : torch.Tensor
         ``[4]`` float64, the other requests' share of the round (:data:`LOAD_FIELDS`).
     widths, sources : list of int
